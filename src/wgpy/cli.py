@@ -1,0 +1,239 @@
+"""Command line: `wgpy genkey|pubkey|genpsk|up|down|show` and the `wgpyd` daemon for wg-quick.
+
+`show` and everything else that inspects a running interface goes through the UAPI socket, the same control
+path the `wg` tool uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from . import crypto
+
+USAGE_SHOW_FIELDS = ("public-key", "private-key", "listen-port", "peers", "endpoints", "allowed-ips",
+                     "latest-handshakes", "transfer", "persistent-keepalive", "dump")
+
+
+def _genkey() -> int:
+    print(crypto.encode_key(crypto.clamp(os.urandom(32))))
+    return 0
+
+
+def _genpsk() -> int:
+    print(crypto.encode_key(os.urandom(32)))
+    return 0
+
+
+def _pubkey() -> int:
+    try:
+        raw = crypto.decode_key(sys.stdin.read(), "private key")
+    except crypto.KeyError_ as e:
+        print(f"wgpy: {e}", file=sys.stderr)
+        return 1
+    print(crypto.encode_key(crypto.public_from_private(raw)))
+    return 0
+
+
+# ---- show ----------------------------------------------------------------------------------------------------
+
+def _parse_get(text: str) -> tuple[dict, list[dict]]:
+    dev: dict = {}
+    peers: list[dict] = []
+    cur = dev
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            cur = {"public_key": value, "allowed_ips": []}
+            peers.append(cur)
+        elif key == "allowed_ip":
+            cur["allowed_ips"].append(value)
+        elif key:
+            cur[key] = value
+    return dev, peers
+
+
+def _b64(hexkey: str) -> str:
+    return crypto.encode_key(bytes.fromhex(hexkey))
+
+
+def _ago(seconds: int) -> str:
+    parts = []
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        n, seconds = divmod(seconds, size)
+        if n:
+            parts.append(f"{n} {name}{'s' if n != 1 else ''}")
+    return ", ".join(parts) + " ago" if parts else "Now"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def interfaces() -> list[str]:
+    from .uapi.server import SOCKET_DIR
+    try:
+        names = [f[:-5] for f in os.listdir(SOCKET_DIR) if f.endswith(".sock")]
+    except FileNotFoundError:
+        return []
+    return sorted(names)
+
+
+def _show_one(name: str, field: str | None) -> int:
+    from .uapi.server import request
+    try:
+        reply = request(name, "get=1\n")
+    except OSError as e:
+        print(f"wgpy: unable to access interface {name}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    dev, peers = _parse_get(reply)
+    if dev.get("errno", "0") != "0":
+        print(f"wgpy: interface {name}: errno {dev['errno']}", file=sys.stderr)
+        return 1
+    hide = os.environ.get("WG_HIDE_KEYS", "always") != "never"
+    pub = crypto.encode_key(crypto.public_from_private(bytes.fromhex(dev["private_key"]))) \
+        if "private_key" in dev else "(none)"
+    if field == "dump":
+        priv = _b64(dev["private_key"]) if "private_key" in dev else "(none)"
+        print(f"{priv}\t{pub}\t{dev.get('listen_port', '0')}\t{dev.get('fwmark', 'off')}")
+        for p in peers:
+            psk = p.get("preshared_key", "0" * 64)
+            print("\t".join([
+                _b64(p["public_key"]), "(none)" if psk == "0" * 64 else _b64(psk), p.get("endpoint", "(none)"),
+                ",".join(p["allowed_ips"]) or "(none)", p.get("last_handshake_time_sec", "0"),
+                p.get("rx_bytes", "0"), p.get("tx_bytes", "0"),
+                p.get("persistent_keepalive_interval", "0").replace("0", "off") if
+                p.get("persistent_keepalive_interval", "0") == "0" else p["persistent_keepalive_interval"]]))
+        return 0
+    if field == "latest-handshakes":
+        for p in peers:
+            print(f"{_b64(p['public_key'])}\t{p.get('last_handshake_time_sec', '0')}")
+        return 0
+    if field == "transfer":
+        for p in peers:
+            print(f"{_b64(p['public_key'])}\t{p.get('rx_bytes', '0')}\t{p.get('tx_bytes', '0')}")
+        return 0
+    if field == "public-key":
+        print(pub)
+        return 0
+    if field == "listen-port":
+        print(dev.get("listen_port", "0"))
+        return 0
+    if field == "endpoints":
+        for p in peers:
+            print(f"{_b64(p['public_key'])}\t{p.get('endpoint', '(none)')}")
+        return 0
+    if field == "allowed-ips":
+        for p in peers:
+            print(f"{_b64(p['public_key'])}\t{' '.join(p['allowed_ips']) or '(none)'}")
+        return 0
+    if field == "peers":
+        for p in peers:
+            print(_b64(p["public_key"]))
+        return 0
+    print(f"interface: {name}")
+    print(f"  public key: {pub}")
+    print(f"  private key: {'(hidden)' if hide else _b64(dev.get('private_key', '00' * 32))}")
+    if dev.get("listen_port"):
+        print(f"  listening port: {dev['listen_port']}")
+    if dev.get("fwmark"):
+        print(f"  fwmark: {int(dev['fwmark']):#x}")
+    now = time.time()
+    peers.sort(key=lambda p: -int(p.get("last_handshake_time_sec", "0")))
+    for p in peers:
+        print()
+        print(f"peer: {_b64(p['public_key'])}")
+        if p.get("preshared_key", "0" * 64) != "0" * 64:
+            print("  preshared key: (hidden)")
+        if "endpoint" in p:
+            print(f"  endpoint: {p['endpoint']}")
+        print(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
+        hs = int(p.get("last_handshake_time_sec", "0"))
+        if hs:
+            print(f"  latest handshake: {_ago(max(0, int(now - hs)))}")
+        rx, tx = int(p.get("rx_bytes", "0")), int(p.get("tx_bytes", "0"))
+        if rx or tx:
+            print(f"  transfer: {_bytes(rx)} received, {_bytes(tx)} sent")
+        if p.get("wgpy_path_mtu"):
+            print(f"  path mtu: {p['wgpy_path_mtu']}")
+        ka = int(p.get("persistent_keepalive_interval", "0"))
+        if ka:
+            print(f"  persistent keepalive: every {ka} second{'s' if ka != 1 else ''}")
+    return 0
+
+
+def _show(name: str | None, field: str | None) -> int:
+    if name in (None, "all", "interfaces"):
+        names = interfaces()
+        if name == "interfaces":
+            print(" ".join(names))
+            return 0
+        rc = 0
+        for i, n in enumerate(names):
+            if i and field is None:
+                print()
+            rc |= _show_one(n, field)
+        return rc
+    return _show_one(name, field)
+
+
+# ---- entry points -------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="wgpy", description="userspace WireGuard-compatible VPN")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("genkey", help="print a new private key (base64)")
+    sub.add_parser("genpsk", help="print a new preshared key (base64)")
+    sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
+    p_up = sub.add_parser("up", help="bring an interface up from a wg-quick style config file")
+    p_up.add_argument("config")
+    p_up.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p_up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p_up.add_argument("-v", "--verbose", action="store_true")
+    p_down = sub.add_parser("down", help="stop an interface and remove what up added")
+    p_down.add_argument("interface", help="interface name or its config file")
+    p_show = sub.add_parser("show", help="show interfaces like `wg show`")
+    p_show.add_argument("interface", nargs="?")
+    p_show.add_argument("field", nargs="?", choices=USAGE_SHOW_FIELDS)
+    args = ap.parse_args(argv)
+
+    if args.cmd == "genkey":
+        return _genkey()
+    if args.cmd == "genpsk":
+        return _genpsk()
+    if args.cmd == "pubkey":
+        return _pubkey()
+    if args.cmd == "show":
+        return _show(args.interface, args.field)
+    if args.cmd == "down":
+        from .quick import down
+        return down(args.interface)
+    if args.cmd == "up":
+        from . import config as cfgmod
+        from .quick import UpError, up_background, up_foreground
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s wgpy: %(message)s")
+        if args.foreground or args.ready_fd is not None:
+            return up_foreground(args.config, args.ready_fd)
+        try:
+            return up_background(args.config)
+        except (cfgmod.ConfigError, UpError) as e:
+            print(f"wgpy: {e}", file=sys.stderr)
+            return 1
+    return 2
+
+
+def wgpyd_main(argv: list[str] | None = None) -> int:
+    """`wgpyd [-f|--foreground] INTERFACE`: what wg-quick expects of a userspace implementation."""
+    from .wgpyd import main as _main
+    return _main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

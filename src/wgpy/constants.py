@@ -1,0 +1,67 @@
+"""Protocol and implementation constants.
+
+The first block is fixed by the WireGuard whitepaper (section 6 "Timers & Stateless UX" and section 5.4 "Messages");
+changing any of it breaks interoperability. The second block is this implementation's own choice.
+"""
+
+# ---------------------------------------------------------------------------------------------------------------
+# Specification constants
+# ---------------------------------------------------------------------------------------------------------------
+
+CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s"
+IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
+LABEL_MAC1 = b"mac1----"
+LABEL_COOKIE = b"cookie--"
+
+REKEY_AFTER_MESSAGES = 1 << 60
+REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
+REKEY_AFTER_TIME = 120.0
+REJECT_AFTER_TIME = 180.0
+REKEY_ATTEMPT_TIME = 90.0
+REKEY_TIMEOUT = 5.0
+KEEPALIVE_TIMEOUT = 10.0
+COOKIE_REFRESH_TIME = 120.0
+REKEY_TIMEOUT_JITTER_MAX = 1.0 / 3.0
+MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)  # 18
+
+# message types (the 4-byte little-endian "type + 3 reserved zero bytes" word)
+MESSAGE_INITIATION = 1
+MESSAGE_RESPONSE = 2
+MESSAGE_COOKIE_REPLY = 3
+MESSAGE_TRANSPORT = 4
+
+# wire sizes
+KEY_LEN = 32
+TAG_LEN = 16   # Poly1305 tag, the size of AEAD(k, n, ε, h)
+MAC_LEN = 16
+TIMESTAMP_LEN = 12
+COOKIE_LEN = 16
+COOKIE_NONCE_LEN = 24
+MESSAGE_INITIATION_SIZE = 148
+MESSAGE_RESPONSE_SIZE = 92
+MESSAGE_COOKIE_REPLY_SIZE = 64
+MESSAGE_TRANSPORT_HEADER_SIZE = 16
+MESSAGE_TRANSPORT_MIN_SIZE = MESSAGE_TRANSPORT_HEADER_SIZE + TAG_LEN  # a keepalive
+PADDING_MULTIPLE = 16
+
+# ---------------------------------------------------------------------------------------------------------------
+# Implementation constants
+# ---------------------------------------------------------------------------------------------------------------
+
+# Minimum time between two initiations accepted from one peer (wireguard-go: 50 per second).
+HANDSHAKE_INITIATION_RATE = 1.0 / 50
+# The device counts as "under load" (and demands cookies) when more than this many handshake messages
+# arrived within one second; it stays under load for UNDER_LOAD_AFTER_TIME after the last such second.
+UNDER_LOAD_HANDSHAKES_PER_SECOND = 256
+UNDER_LOAD_AFTER_TIME = 1.0
+# Per source address token bucket applied to handshake messages while under load.
+RATELIMIT_PACKETS_PER_SECOND = 20
+RATELIMIT_BURST = 5
+RATELIMIT_MAX_ENTRIES = 8192
+# Packets queued for a peer while its handshake is under way (the oldest is dropped beyond this).
+MAX_STAGED_PACKETS = 128
+# Size of the anti-replay window, in messages (RFC 6479 style bitmap).
+REPLAY_WINDOW = 8192 - 64
+MAX_PEERS = 1 << 20
+# Default tunnel MTU when nothing else is known (1500 - 80, as wg-quick).
+DEFAULT_MTU = 1420

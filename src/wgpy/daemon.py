@@ -1,0 +1,203 @@
+"""The I/O runtime of one interface: TUN device, UDP sockets, UAPI socket and the event loop around the core.
+
+Event loop (one thread, epoll):
+    1. wait for the TUN, a UDP socket or the UAPI socket to be readable, or for the core's next deadline
+    2. TUN readable: read up to BATCH packets, hand them to Device.send_packets as one batch
+    3. UDP readable: read up to BATCH datagrams, hand them to Device.receive_datagrams as one batch
+    4. carry out what the core returned: sendto() each datagram, write() each packet to the TUN
+    5. run expired timers (Device.tick); once a second check that the interface still exists
+Nothing on the per-packet path logs or allocates beyond the packet buffers themselves.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import time
+
+from .io.tun import Tun
+from .io.udp import UdpBind, format_endpoint, parse_endpoint
+from .protocol.device import Device
+from .uapi import protocol as uapi
+from .uapi.server import UapiServer
+
+log = logging.getLogger("wgpy")
+BATCH = 64
+_EAGAIN = (BlockingIOError, InterruptedError)
+
+
+class Interface:
+    """One wgpy interface: implements uapi.Host for the UAPI layer and runs the event loop."""
+
+    def __init__(self, name: str, mode: str = "tun") -> None:
+        self.name = name
+        self.mode = mode
+        self.device = Device(rand=os.urandom, wall=time.time)
+        self.bind = UdpBind()
+        self.tun: Tun | None = None
+        self.uapi: UapiServer | None = None
+        self.listen_port = 0
+        self.fwmark = 0
+        self.epoll = select.epoll()
+        self.running = False
+        self.send_errors = 0
+        self.tun_write_errors = 0
+
+    # ---- setup / teardown ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the TUN device, bind a UDP port and open the UAPI socket (undone by close() on failure)."""
+        try:
+            self.tun = Tun(self.name, self.mode)
+            self.name = self.tun.name
+            self.bind.open(0)
+            self.listen_port = self.bind.port
+            self.uapi = UapiServer(self.name, self.handle_uapi)
+        except BaseException:
+            self.close()
+            raise
+        self.epoll.register(self.tun.fd, select.EPOLLIN)
+        self.epoll.register(self.uapi.fileno(), select.EPOLLIN)
+        self._register_sockets()
+
+    def _register_sockets(self) -> None:
+        self._sock_by_fd = {s.fileno(): s for s in self.bind.sockets()}
+        for fd in self._sock_by_fd:
+            self.epoll.register(fd, select.EPOLLIN)
+
+    def close(self) -> None:
+        if self.uapi is not None:
+            self.uapi.close()
+            self.uapi = None
+        self.bind.close()
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        self.device.zero_all()
+
+    # ---- uapi.Host ----------------------------------------------------------------------------------------
+
+    def handle_uapi(self, text: str) -> str:
+        return uapi.handle_request(text, self, log.warning)
+
+    def set_listen_port(self, port: int) -> None:
+        old = dict(self._sock_by_fd) if hasattr(self, "_sock_by_fd") else {}
+        new = UdpBind()
+        new.open(port, self.fwmark)         # raises before anything changes
+        for fd in old:
+            try:
+                self.epoll.unregister(fd)
+            except OSError:
+                pass
+        self.bind.close()
+        self.bind = new
+        self.listen_port = new.port
+        self._register_sockets()
+
+    def set_fwmark(self, mark: int) -> None:
+        self.fwmark = mark
+        self.bind.set_fwmark(mark)
+
+    parse_endpoint = staticmethod(parse_endpoint)
+    format_endpoint = staticmethod(format_endpoint)
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def flush(self, out: list) -> None:
+        s4, s6 = self.bind.s4, self.bind.s6
+        for data, ep in out:
+            try:
+                (s6 if len(ep) == 4 else s4).sendto(data, ep)
+            except (OSError, AttributeError):
+                self.send_errors += 1
+
+    # ---- event loop ---------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.running = True
+        dev = self.device
+        tun_fd = self.tun.fd
+        uapi_fd = self.uapi.fileno()
+        read = os.read
+        write = os.write
+        monotonic = time.monotonic
+        next_check = monotonic() + 1.0
+        while self.running:
+            now = monotonic()
+            deadline = dev.next_deadline()
+            timeout = min(next_check, deadline if deadline is not None else next_check) - now
+            try:
+                events = self.epoll.poll(max(timeout, 0.0))
+            except InterruptedError:
+                continue
+            now = monotonic()
+            out_net: list = []
+            out_tun: list = []
+            for fd, _ev in events:
+                if fd == tun_fd:
+                    packets = []
+                    for _ in range(BATCH):
+                        try:
+                            packets.append(read(tun_fd, 65536))
+                        except _EAGAIN:
+                            break
+                        except OSError as e:
+                            if e.errno in (errno.EBADFD, errno.EIO, errno.ENODEV):
+                                self.running = False   # the interface was deleted under us
+                            break
+                    if packets:
+                        dev.send_packets(packets, now, out_net)
+                elif fd == uapi_fd:
+                    self.uapi.accept()
+                else:
+                    sock = self._sock_by_fd.get(fd)
+                    if sock is None:
+                        continue
+                    datagrams = []
+                    recvfrom = sock.recvfrom
+                    for _ in range(BATCH):
+                        try:
+                            datagrams.append(recvfrom(65536))
+                        except _EAGAIN:
+                            break
+                        except OSError:
+                            break   # ICMP errors surface here (ECONNREFUSED...); nothing to do
+                    if datagrams:
+                        dev.receive_datagrams(datagrams, now, out_net, out_tun)
+                    tun_fd = self.tun.fd
+            deadline = dev.next_deadline()
+            if deadline is not None and deadline <= now:
+                dev.tick(now, out_net)
+            if out_net:
+                self.flush(out_net)
+            for pkt in out_tun:
+                try:
+                    write(tun_fd, pkt)
+                except OSError:
+                    self.tun_write_errors += 1
+            if now >= next_check:
+                next_check = now + 1.0
+                if not _link_exists(self.name):
+                    log.info("interface %s was removed; stopping", self.name)
+                    self.running = False
+
+    def stop(self, *_args) -> None:
+        self.running = False
+
+
+def _link_exists(name: str) -> bool:
+    import socket
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
+
+
+def install_signal_handlers(iface: Interface) -> None:
+    signal.signal(signal.SIGTERM, iface.stop)
+    signal.signal(signal.SIGINT, iface.stop)

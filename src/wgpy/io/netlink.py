@@ -1,0 +1,138 @@
+"""Interface addresses, MTU, routes and policy rules through netlink (pyroute2), the way wg-quick sets them.
+
+Every change made is recorded in a NetlinkSetup so that a failure half way, or `down`, undoes exactly what was
+done. Addresses and routes bound to the TUN device vanish with the device; policy rules do not, so they are
+removed explicitly.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+DEFAULT_TABLE = 51820
+FR_ACT_TO_TBL = 1
+
+
+class NetlinkSetup:
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self.ipr = IPRoute()
+        self.rules: list[dict] = []
+        self.sysctls: list[tuple[str, str]] = []
+
+    def close(self) -> None:
+        self.ipr.close()
+
+    def index(self) -> int:
+        found = self.ipr.link_lookup(ifname=self.ifname)
+        if not found:
+            raise OSError(errno.ENODEV, f"interface {self.ifname} not found")
+        return found[0]
+
+    def set_mtu_up(self, mtu: int) -> None:
+        self.ipr.link("set", index=self.index(), mtu=mtu, state="up")
+
+    def set_mtu(self, mtu: int) -> None:
+        self.ipr.link("set", index=self.index(), mtu=mtu)
+
+    def add_address(self, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
+        kw = {}
+        if iface.version == 6:
+            kw["flags"] = 0x02  # IFA_F_NODAD: a point-to-point tunnel has nobody to collide with
+        try:
+            self.ipr.addr("add", index=self.index(), address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                          **kw)
+        except NetlinkError as e:
+            raise OSError(e.code, f"cannot add address {iface}: {errno.errorcode.get(e.code, e.code)}") from None
+
+    def add_route(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network, table: int | None = None) -> None:
+        kw = {"dst": str(net), "oif": self.index()}
+        if table is not None:
+            kw["table"] = table
+        if net.version == 6:
+            kw["family"] = socket.AF_INET6
+        try:
+            self.ipr.route("add", **kw)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise OSError(e.code, f"cannot add route {net}: {errno.errorcode.get(e.code, e.code)}") from None
+
+    def add_default_route_policy(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network, table: int) -> None:
+        """wg-quick's full-tunnel setup for a /0: the default route in its own table, used by every packet
+        that does not carry the tunnel's own fwmark, while the main table still wins for anything more
+        specific than a default route (suppress_prefixlength 0)."""
+        family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+        self.add_route(net, table=table)
+        rule1 = dict(family=family, table=table, fwmark=table, fwmask=0xFFFFFFFF, flags=0x2,  # FIB_RULE_INVERT
+                     action=FR_ACT_TO_TBL)
+        rule2 = dict(family=family, table=254, suppress_prefixlength=0, action=FR_ACT_TO_TBL)
+        for rule in (rule1, rule2):
+            try:
+                self.ipr.rule("add", **rule)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise OSError(e.code, f"cannot add routing rule: {errno.errorcode.get(e.code, e.code)}") \
+                        from None
+                continue
+            self.rules.append(rule)
+        if net.version == 4:
+            self._sysctl("/proc/sys/net/ipv4/conf/all/src_valid_mark", "1")
+
+    def _sysctl(self, path: str, value: str) -> None:
+        try:
+            with open(path) as f:
+                old = f.read().strip()
+            if old != value:
+                with open(path, "w") as f:
+                    f.write(value)
+                self.sysctls.append((path, old))
+        except OSError:
+            pass
+
+    def undo(self) -> None:
+        for rule in reversed(self.rules):
+            try:
+                self.ipr.rule("del", **rule)
+            except NetlinkError:
+                pass
+        self.rules.clear()
+        for path, old in reversed(self.sysctls):
+            try:
+                with open(path, "w") as f:
+                    f.write(old)
+            except OSError:
+                pass
+        self.sysctls.clear()
+
+    def route_mtu(self, host: str) -> int | None:
+        """MTU of the device the kernel would use to reach `host`, or None."""
+        try:
+            routes = self.ipr.route("get", dst=host)
+            oif = routes[0].get("RTA_OIF")
+            link = self.ipr.get_links(oif)[0]
+            return link.get("IFLA_MTU")
+        except (NetlinkError, IndexError, OSError, TypeError):
+            return None
+
+    def default_route_mtu(self) -> int | None:
+        try:
+            for r in self.ipr.get_default_routes(family=socket.AF_INET):
+                oif = r.get("RTA_OIF")
+                if oif:
+                    return self.ipr.get_links(oif)[0].get("IFLA_MTU")
+        except (NetlinkError, IndexError, OSError):
+            pass
+        return None
+
+
+def link_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False

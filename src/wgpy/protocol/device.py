@@ -1,0 +1,471 @@
+"""The WireGuard device core: identity, peers, cryptokey routing, index table, cookies and the data path.
+
+It is driven by three sources and performs no I/O; every call appends what to do to lists the caller owns:
+    packets read from the TUN device      -> send_packets(packets, now, out_net)
+    datagrams read from the network       -> receive_datagrams(datagrams, now, out_net, out_tun)
+    a deadline passing                    -> tick(now, out_net); next_deadline() says when
+`out_net` receives (datagram, endpoint) tuples; `out_tun` receives decrypted IP packets. Endpoints are opaque
+values chosen by the I/O layer (for UDP: the address tuple of recvfrom/sendto).
+
+Outbound flow (send_packets), batch at a time:
+    1. route: the allowed-IPs table maps each packet's destination to a peer (no peer: dropped, counted)
+    2. group by peer, so the per-peer work (keypair choice, timers, counters) is done once per batch
+    3. no usable keypair: stage the packets (bounded) and start a handshake
+    4. encrypt each packet with the current keypair, counter = nonce, padded to 16 bytes
+Inbound flow (receive_datagrams):
+    1. validate (type, length) before any crypto; garbage is dropped and counted, never answered
+    2. transport: index -> keypair, decrypt, then replay check, then the inner source address must be allowed
+       for the peer that owns the key ("dishonest peer" otherwise)
+    3. handshake messages: mac1 first; under load mac2 (else a cookie reply) and a per-source rate limit
+Randomness and wall-clock time come from the callables given to the constructor.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections import Counter
+from typing import Callable, Iterable
+
+from .. import crypto
+from ..constants import (
+    KEEPALIVE_TIMEOUT, MAX_PEERS, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT_MIN_SIZE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME, REKEY_TIMEOUT, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_HANDSHAKES_PER_SECOND,
+)
+from ..routing.allowedips import AllowedIPs
+from . import noise
+from .cookie import CookieChecker
+from .keypair import Keypair
+from .messages import (
+    INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET, RESPONSE_MAC1_OFFSET, RESPONSE_MAC2_OFFSET, CookieReply,
+    Initiation, Response, message_type,
+)
+from .peer import INF, Peer
+from .ratelimiter import RateLimiter
+from .timers import TimersMixin
+
+_IQ = struct.Struct("<IQ")
+_Q = struct.Struct("<Q")
+_ZERO4 = b"\x00" * 4
+_ZEROS16 = b"\x00" * 16
+_TRANSPORT_WORD = b"\x04\x00\x00\x00"
+_REKEY_RECV_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+InvalidTag = crypto.InvalidTag
+
+
+class ConfigurationError(ValueError):
+    """Local misuse of the device API (bad key, too many peers); carries no secret."""
+
+
+class Device(TimersMixin):
+    def __init__(self, private_key: bytes | None = None, *, rand: Callable[[int], bytes],
+                 wall: Callable[[], float], mtu: int = 1420) -> None:
+        self._rand = rand
+        self._wall = wall
+        self.mtu = mtu
+        self.identity: noise.StaticIdentity | None = None
+        self.cookie_checker: CookieChecker | None = None
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips = AllowedIPs()
+        self.keypairs_by_index: dict[int, Keypair] = {}
+        self.handshakes_by_index: dict[int, Peer] = {}
+        self.ratelimiter = RateLimiter()
+        self.drops: Counter[str] = Counter()
+        self._heap: list[tuple[float, int, Peer]] = []
+        self._heap_seq = 0
+        self._hs_window_start = -INF
+        self._hs_count = 0
+        self._under_load_until = -INF
+        self.under_load_threshold = UNDER_LOAD_HANDSHAKES_PER_SECOND
+        self.is_up = True
+        if private_key is not None:
+            self.set_private_key(private_key)
+
+    # ------------------------------------------------------------------------------------------------------
+    # configuration
+    # ------------------------------------------------------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes | None:
+        return self.identity.public if self.identity else None
+
+    def set_private_key(self, private_key: bytes | None) -> None:
+        """Install (or with None remove) the static private key. As wireguard-go does: a peer whose public key
+        equals our own is removed, every handshake is reset and every session expired."""
+        if private_key is not None and len(private_key) != 32:
+            raise ConfigurationError("private key must be 32 bytes")
+        if private_key is not None and self.identity and private_key == self.identity.private_raw:
+            return
+        self.identity = noise.StaticIdentity(private_key) if private_key is not None else None
+        self.cookie_checker = (CookieChecker(self.identity.mac1_key, self.identity.cookie_key)
+                               if self.identity else None)
+        if self.identity and self.identity.public in self.peers:
+            self.remove_peer(self.identity.public)
+        for peer in self.peers.values():
+            psk = peer.handshake.preshared_key
+            self._drop_handshake_index(peer)
+            peer.handshake = self._new_handshake(peer.public_key, psk)
+            self._clear_keypairs(peer)
+
+    def _new_handshake(self, public_key: bytes, psk: bytes | None) -> noise.Handshake:
+        if self.identity is None:
+            hs = noise.Handshake(remote_static=public_key, precomputed_static_static=None,
+                                 preshared_key=psk or noise.ZERO_KEY)
+            return hs
+        return noise.new_handshake(self.identity, public_key, psk)
+
+    def add_peer(self, public_key: bytes) -> Peer:
+        if len(public_key) != 32:
+            raise ConfigurationError("public key must be 32 bytes")
+        peer = self.peers.get(public_key)
+        if peer is not None:
+            return peer
+        if len(self.peers) >= MAX_PEERS:
+            raise ConfigurationError("too many peers")
+        peer = Peer(public_key, self._new_handshake(public_key, None))
+        self.peers[public_key] = peer
+        return peer
+
+    def set_preshared_key(self, peer: Peer, psk: bytes | None) -> None:
+        peer.handshake.preshared_key = psk or noise.ZERO_KEY
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        peer.removed = True
+        self.allowed_ips.remove_by_peer(peer)
+        self._drop_handshake_index(peer)
+        self._clear_keypairs(peer)
+        peer.staged.clear()
+
+    def remove_all_peers(self) -> None:
+        for key in list(self.peers):
+            self.remove_peer(key)
+
+    # ------------------------------------------------------------------------------------------------------
+    # index table
+    # ------------------------------------------------------------------------------------------------------
+
+    def _new_index(self) -> int:
+        while True:
+            idx = int.from_bytes(self._rand(4), "little")
+            if idx not in self.keypairs_by_index and idx not in self.handshakes_by_index:
+                return idx
+
+    def _drop_handshake_index(self, peer: Peer) -> None:
+        idx = peer.handshake.local_index
+        if idx and self.handshakes_by_index.get(idx) is peer:
+            del self.handshakes_by_index[idx]
+
+    def _drop_keypair(self, kp: Keypair | None) -> None:
+        if kp is not None and self.keypairs_by_index.get(kp.local_index) is kp:
+            del self.keypairs_by_index[kp.local_index]
+
+    def _clear_keypairs(self, peer: Peer) -> None:
+        for kp in (peer.previous, peer.current, peer.next):
+            self._drop_keypair(kp)
+        peer.previous = peer.current = peer.next = None
+
+    def _install_keypair(self, peer: Peer, keys: noise.SessionKeys, now: float) -> Keypair:
+        """Add a new session's keypair with the rotation rules of the kernel's noise.c."""
+        kp = Keypair(keys.send_key, keys.recv_key, keys.is_initiator, keys.local_index, keys.remote_index,
+                     now, peer)
+        self.handshakes_by_index.pop(keys.local_index, None)
+        self.keypairs_by_index[keys.local_index] = kp
+        if keys.is_initiator:
+            # the initiator can use it at once; a pending `next` becomes `previous`
+            if peer.next is not None:
+                self._drop_keypair(peer.previous)
+                self._drop_keypair(peer.current)
+                peer.previous = peer.next
+                peer.next = None
+            else:
+                self._drop_keypair(peer.previous)
+                peer.previous = peer.current
+            peer.current = kp
+        else:
+            # the responder waits for the initiator's first transport message before using it
+            self._drop_keypair(peer.next)
+            peer.next = kp
+            self._drop_keypair(peer.previous)
+            peer.previous = None
+        return kp
+
+    # ------------------------------------------------------------------------------------------------------
+    # outbound data path
+    # ------------------------------------------------------------------------------------------------------
+
+    def send_packets(self, packets: Iterable[bytes], now: float, out: list) -> None:
+        """Route, then encrypt or stage, a batch of IP packets read from the TUN device."""
+        lookup = self.allowed_ips.lookup_dst
+        groups: dict[Peer, list[bytes]] = {}
+        for pkt in packets:
+            peer = lookup(pkt)
+            if peer is None:
+                self.drops["no_route"] += 1
+                continue
+            g = groups.get(peer)
+            if g is None:
+                groups[peer] = [pkt]
+            else:
+                g.append(pkt)
+        for peer, pkts in groups.items():
+            self._send_to_peer(peer, pkts, now, out)
+
+    def _send_to_peer(self, peer: Peer, pkts: list[bytes], now: float, out: list) -> None:
+        kp = peer.current
+        if (kp is None or now - kp.created >= REJECT_AFTER_TIME
+                or kp.send_counter + len(pkts) >= REJECT_AFTER_MESSAGES):
+            peer.staged.extend(pkts)
+            self.initiate_handshake(peer, now, out, retry=False)
+            return
+        ep = peer.endpoint
+        if ep is None:
+            self.drops["no_endpoint"] += len(pkts)
+            return
+        mtu = self.mtu
+        encrypt = kp.send.encrypt
+        prefix = kp.header_prefix
+        pack = _Q.pack
+        ctr = kp.send_counter
+        nbytes = 0
+        append = out.append
+        for pkt in pkts:
+            n = len(pkt)
+            pad = -n & 15
+            if pad:
+                if n + pad > mtu:
+                    pad = mtu - n if n < mtu else 0
+                if pad:
+                    pkt = pkt + _ZEROS16[:pad]
+            cb = pack(ctr)
+            ct = encrypt(_ZERO4 + cb, pkt, None)
+            append((prefix + cb + ct, ep))
+            ctr += 1
+            nbytes += len(ct) + 16
+        kp.send_counter = ctr
+        peer.tx_bytes += nbytes
+        # timers: data sent, any authenticated packet sent / traversal
+        if peer.t_new_handshake is None:
+            self._set_timer_new_handshake(peer, now)
+        peer.t_send_keepalive = None
+        if peer.persistent_keepalive:
+            self._set_timer_persistent(peer, now)
+        # keep the key fresh
+        if ctr > REKEY_AFTER_MESSAGES or (kp.is_initiator and now - kp.created >= REKEY_AFTER_TIME):
+            self.initiate_handshake(peer, now, out, retry=False)
+
+    def send_staged(self, peer: Peer, now: float, out: list) -> None:
+        if not peer.staged:
+            return
+        pkts = list(peer.staged)
+        peer.staged.clear()
+        self._send_to_peer(peer, pkts, now, out)
+
+    def send_keepalive(self, peer: Peer, now: float, out: list) -> None:
+        """Send staged packets, or an empty transport message if none are staged."""
+        if not peer.staged:
+            peer.staged.append(b"")
+        self.send_staged(peer, now, out)
+
+    # ------------------------------------------------------------------------------------------------------
+    # inbound
+    # ------------------------------------------------------------------------------------------------------
+
+    def receive_datagrams(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
+                          out_tun: list) -> None:
+        kps = self.keypairs_by_index
+        unpack = _IQ.unpack_from
+        src_lookup = self.allowed_ips.lookup_src
+        drops = self.drops
+        for data, src in datagrams:
+            if data[:4] != _TRANSPORT_WORD or len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
+                self.receive_handshake(data, src, now, out_net)
+                continue
+            idx, ctr = unpack(data, 4)
+            kp = kps.get(idx)
+            if kp is None:
+                drops["unknown_index"] += 1
+                continue
+            if ctr >= REJECT_AFTER_MESSAGES or now - kp.created >= REJECT_AFTER_TIME:
+                drops["expired_keypair"] += 1
+                continue
+            try:
+                pt = kp.recv.decrypt(_ZERO4 + data[8:16], data[16:], None)
+            except InvalidTag:
+                drops["invalid_tag"] += 1
+                continue
+            if not kp.replay.check_and_update(ctr):
+                drops["replay"] += 1
+                continue
+            peer = kp.peer
+            if kp is not peer.current:
+                self._received_with_keypair(peer, kp, now, out_net)
+            peer.endpoint = src
+            peer.rx_bytes += len(data)
+            # timers: any authenticated packet received / traversal
+            peer.t_new_handshake = None
+            if peer.persistent_keepalive:
+                self._set_timer_persistent(peer, now)
+            if (kp.is_initiator and not peer.sent_lastminute_handshake
+                    and now - kp.created >= _REKEY_RECV_AGE):
+                peer.sent_lastminute_handshake = True
+                self.initiate_handshake(peer, now, out_net, retry=False)
+            if not pt:
+                continue   # keepalive
+            # timers: data received
+            if peer.t_send_keepalive is None:
+                self._set_timer_send_keepalive(peer, now)
+            else:
+                peer.need_another_keepalive = True
+            if src_lookup(pt) is not peer:
+                drops["dishonest_peer"] += 1
+                continue
+            v = pt[0] >> 4
+            if v == 4:
+                length = (pt[2] << 8) | pt[3]
+            elif v == 6:
+                length = ((pt[4] << 8) | pt[5]) + 40
+            else:
+                drops["bad_inner_packet"] += 1
+                continue
+            n = len(pt)
+            if length > n or length < 20:
+                drops["bad_inner_packet"] += 1
+                continue
+            out_tun.append(pt if length == n else pt[:length])
+
+    def _received_with_keypair(self, peer: Peer, kp: Keypair, now: float, out: list) -> None:
+        """A transport message authenticated with `next` confirms the responder's new session."""
+        if kp is not peer.next:
+            return
+        self._drop_keypair(peer.previous)
+        peer.previous = peer.current
+        peer.current = kp
+        peer.next = None
+        self.timers_handshake_complete(peer)
+        self.send_staged(peer, now, out)
+
+    def _under_load(self, now: float) -> bool:
+        if now - self._hs_window_start >= 1.0:
+            self._hs_window_start = now
+            self._hs_count = 0
+        self._hs_count += 1
+        if self._hs_count > self.under_load_threshold:
+            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
+        return now < self._under_load_until
+
+    def receive_handshake(self, data: bytes, src: object, now: float, out: list) -> None:
+        t = message_type(data)
+        checker = self.cookie_checker
+        if t == 0 or checker is None:
+            self.drops["invalid_message"] += 1
+            return
+        if t == MESSAGE_COOKIE_REPLY:
+            reply = CookieReply.unpack(data)
+            peer = self.handshakes_by_index.get(reply.receiver)
+            if peer is None or not peer.cookie.consume_reply(reply, now):
+                self.drops["invalid_cookie_reply"] += 1
+            return
+        if t == MESSAGE_INITIATION:
+            mac1_off, mac2_off = INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET
+        elif t == MESSAGE_RESPONSE:
+            mac1_off, mac2_off = RESPONSE_MAC1_OFFSET, RESPONSE_MAC2_OFFSET
+        else:
+            self.drops["invalid_message"] += 1   # a transport message too short to hold a tag
+            return
+        if not checker.check_mac1(data, mac1_off):
+            self.drops["invalid_mac1"] += 1
+            return
+        if self._under_load(now):
+            source = repr(src).encode()
+            if not checker.check_mac2(data, mac2_off, source, now):
+                sender = struct.unpack_from("<I", data, 4)[0]
+                out.append((checker.create_reply(data, sender, mac1_off, source, now,
+                                                 lambda: self._rand(32), self._rand(24)), src))
+                self.drops["cookie_sent"] += 1
+                return
+            key = src[0] if isinstance(src, tuple) else src
+            if not self.ratelimiter.allow(key, now):
+                self.drops["ratelimited"] += 1
+                return
+        if t == MESSAGE_INITIATION:
+            self._consume_initiation(Initiation.unpack(data), src, now, out)
+        else:
+            self._consume_response(Response.unpack(data), src, now, out)
+
+    def _consume_initiation(self, msg: Initiation, src: object, now: float, out: list) -> None:
+        peer = noise.consume_initiation(self.identity, msg, self.peers.get, now)
+        if peer is None:
+            self.drops["invalid_initiation"] += 1
+            return
+        peer.endpoint = src
+        # timers: any authenticated packet received / traversal
+        peer.t_new_handshake = None
+        if peer.persistent_keepalive:
+            self._set_timer_persistent(peer, now)
+        self._drop_handshake_index(peer)
+        idx = self._new_index()
+        resp = noise.create_response(peer.handshake, idx, self._rand(32))
+        if resp is None:
+            self.drops["invalid_initiation"] += 1
+            return
+        keys = noise.begin_session(peer.handshake)
+        self._install_keypair(peer, keys, now)
+        self.timers_session_derived(peer, now)
+        peer.t_send_keepalive = None   # any authenticated packet sent
+        out.append((peer.cookie.add_macs(resp.pack(), RESPONSE_MAC1_OFFSET, now), src))
+
+    def _consume_response(self, msg: Response, src: object, now: float, out: list) -> None:
+        peer = self.handshakes_by_index.get(msg.receiver)
+        if peer is None or not noise.consume_response(self.identity, peer.handshake, msg):
+            self.drops["invalid_response"] += 1
+            return
+        peer.endpoint = src
+        peer.t_new_handshake = None
+        if peer.persistent_keepalive:
+            self._set_timer_persistent(peer, now)
+        keys = noise.begin_session(peer.handshake)
+        self._install_keypair(peer, keys, now)
+        self.timers_session_derived(peer, now)
+        self.timers_handshake_complete(peer)
+        self.send_keepalive(peer, now, out)
+
+    # ------------------------------------------------------------------------------------------------------
+    # handshake initiation
+    # ------------------------------------------------------------------------------------------------------
+
+    def initiate_handshake(self, peer: Peer, now: float, out: list, retry: bool) -> None:
+        """Send a handshake initiation unless one went out less than REKEY_TIMEOUT ago."""
+        if not retry:
+            peer.handshake_attempts = 0
+        if now - peer.last_sent_handshake < REKEY_TIMEOUT or self.identity is None or peer.removed:
+            return
+        peer.last_sent_handshake = now
+        self._drop_handshake_index(peer)
+        idx = self._new_index()
+        msg = noise.create_initiation(self.identity, peer.handshake, idx, self._wall(), self._rand(32))
+        if msg is None:
+            return
+        self.handshakes_by_index[idx] = peer
+        # timers: any authenticated packet traversal / sent
+        if peer.persistent_keepalive:
+            self._set_timer_persistent(peer, now)
+        peer.t_send_keepalive = None
+        if peer.endpoint is not None:
+            out.append((peer.cookie.add_macs(msg.pack(), INITIATION_MAC1_OFFSET, now), peer.endpoint))
+        else:
+            self.drops["no_endpoint"] += 1
+        self.timers_handshake_initiated(peer, now)
+
+    # ------------------------------------------------------------------------------------------------------
+    # introspection
+    # ------------------------------------------------------------------------------------------------------
+
+    def zero_all(self) -> None:
+        for peer in self.peers.values():
+            self._drop_handshake_index(peer)
+            peer.handshake.clear()
+            self._clear_keypairs(peer)

@@ -1,0 +1,78 @@
+"""Per-peer state: configuration, handshake, keypairs, timers, staged packets and counters.
+
+Rules of this file: plain state plus the keypair rotation rules of the whitepaper (5.4.5 / 6.1 and the
+kernel's noise.c); everything that needs the device (index table, allowed IPs, sending) lives in device.py.
+
+Keypair slots:
+    previous  the keypair before `current`; still accepted on receive while packets in flight drain
+    current   used for sending
+    next      a responder's new keypair, not used for sending until the initiator proves it has it by sending
+              the first transport message with it ("responder waits for the first data packet")
+
+Timers (whitepaper 6.2 - 6.5; each is an absolute monotonic deadline or None; see timers.py):
+    t_retransmit      resend an initiation after REKEY_TIMEOUT + jitter without a response
+    t_send_keepalive  passive keepalive KEEPALIVE_TIMEOUT after receiving data without sending any
+    t_new_handshake   new handshake when data was sent but nothing came back for KEEPALIVE + REKEY_TIMEOUT
+    t_zero_keys       erase all key material REJECT_AFTER_TIME * 3 after the last session was derived
+    t_persistent      persistent keepalive, `persistent_keepalive` seconds after the last packet either way
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..constants import MAX_STAGED_PACKETS
+from .cookie import CookieGenerator
+from .keypair import Keypair
+from .noise import Handshake
+
+INF = float("inf")
+
+
+class Peer:
+    __slots__ = (
+        "public_key", "handshake", "cookie", "endpoint", "persistent_keepalive",
+        "previous", "current", "next", "staged",
+        "rx_bytes", "tx_bytes", "last_handshake_wall",
+        "t_retransmit", "t_send_keepalive", "t_new_handshake", "t_zero_keys", "t_persistent",
+        "handshake_attempts", "last_sent_handshake", "sent_lastminute_handshake", "need_another_keepalive",
+        "scheduled", "removed", "path_mtu",
+    )
+
+    def __init__(self, public_key: bytes, handshake: Handshake) -> None:
+        self.public_key = public_key
+        self.handshake = handshake
+        self.cookie = CookieGenerator(handshake.mac1_key, handshake.cookie_key)
+        self.endpoint: object | None = None
+        self.persistent_keepalive = 0
+        self.previous: Keypair | None = None
+        self.current: Keypair | None = None
+        self.next: Keypair | None = None
+        self.staged: deque[bytes] = deque(maxlen=MAX_STAGED_PACKETS)
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.last_handshake_wall = 0.0
+        self.t_retransmit: float | None = None
+        self.t_send_keepalive: float | None = None
+        self.t_new_handshake: float | None = None
+        self.t_zero_keys: float | None = None
+        self.t_persistent: float | None = None
+        self.handshake_attempts = 0
+        self.last_sent_handshake = -INF
+        self.sent_lastminute_handshake = False
+        self.need_another_keepalive = False
+        self.scheduled = INF          # earliest deadline this peer has in the device's timer heap
+        self.removed = False
+        self.path_mtu: int | None = None
+
+    def keypairs(self) -> list[Keypair]:
+        return [k for k in (self.previous, self.current, self.next) if k is not None]
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.t_retransmit, self.t_send_keepalive, self.t_new_handshake, self.t_zero_keys,
+                          self.t_persistent) if d is not None]
+        return min(ds) if ds else None
+
+    def __repr__(self) -> str:
+        from ..crypto import encode_key
+        return f"Peer({encode_key(self.public_key)})"

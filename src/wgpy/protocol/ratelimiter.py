@@ -1,0 +1,43 @@
+"""Per-source token bucket for handshake messages while the device is under load.
+
+Pure: the caller passes `now`. The table is bounded (RATELIMIT_MAX_ENTRIES); when full, entries idle for more
+than a second are swept, and if it is still full the packet is refused (a flood of distinct sources cannot grow
+memory without bound).
+"""
+
+from __future__ import annotations
+
+from ..constants import RATELIMIT_BURST, RATELIMIT_MAX_ENTRIES, RATELIMIT_PACKETS_PER_SECOND
+
+
+class RateLimiter:
+    __slots__ = ("rate", "burst", "max_entries", "table")
+
+    def __init__(self, rate: float = RATELIMIT_PACKETS_PER_SECOND, burst: int = RATELIMIT_BURST,
+                 max_entries: int = RATELIMIT_MAX_ENTRIES) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_entries = max_entries
+        self.table: dict[object, list[float]] = {}   # key -> [tokens, last update]
+
+    def allow(self, key: object, now: float) -> bool:
+        e = self.table.get(key)
+        if e is None:
+            if len(self.table) >= self.max_entries:
+                self.sweep(now)
+                if len(self.table) >= self.max_entries:
+                    return False
+            self.table[key] = [self.burst - 1.0, now]
+            return True
+        tokens = min(self.burst, e[0] + (now - e[1]) * self.rate)
+        e[1] = now
+        if tokens < 1.0:
+            e[0] = tokens
+            return False
+        e[0] = tokens - 1.0
+        return True
+
+    def sweep(self, now: float) -> None:
+        stale = [k for k, e in self.table.items() if now - e[1] > 1.0]
+        for k in stale:
+            del self.table[k]

@@ -1,0 +1,242 @@
+"""WireGuard's cross-platform userspace API: the `get=1` / `set=1` key=value protocol (wireguard.com/xplatform).
+
+Rules of this file:
+- No sockets: requests come in as text, responses go out as text. uapi/server.py owns the unix socket.
+- A set request is parsed and validated completely into a SetPlan before anything is applied, so a bad request
+  changes nothing; errors carry wireguard-go's negative errno values (errno=-22 for an invalid request).
+- The only thing that can fail while applying is binding a new listen port; it is applied first.
+
+Keys of a set (device section, then one section per public_key):
+    private_key, listen_port, fwmark, replace_peers
+    public_key, remove, update_only, preshared_key, endpoint, persistent_keepalive_interval,
+    replace_allowed_ips, allowed_ip (a leading '-' removes the prefix), protocol_version
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from ..protocol.device import Device
+
+EINVAL = -errno.EINVAL
+EPROTO = -errno.EPROTO
+EIO = -errno.EIO
+EADDRINUSE = -errno.EADDRINUSE
+UNSET = object()
+ZERO_KEY = b"\x00" * 32
+
+
+class UapiError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Host(Protocol):
+    """What a UAPI request acts on besides the core: the I/O-side settings of one interface."""
+    device: Device
+    listen_port: int
+    fwmark: int
+
+    def set_listen_port(self, port: int) -> None: ...      # raises OSError (EADDRINUSE) on failure
+    def set_fwmark(self, mark: int) -> None: ...
+    def parse_endpoint(self, text: str) -> object: ...     # raises ValueError
+    def format_endpoint(self, endpoint: object) -> str: ...
+    def now(self) -> float: ...
+    def flush(self, out: list) -> None: ...                 # send datagrams produced while applying
+
+
+@dataclass
+class PeerOp:
+    public_key: bytes
+    line: int
+    remove: bool = False
+    update_only: bool = False
+    preshared_key: object = UNSET
+    endpoint: object = UNSET
+    persistent_keepalive: object = UNSET
+    replace_allowed_ips: bool = False
+    allowed_ips: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network]] = field(default_factory=list)
+
+
+@dataclass
+class SetPlan:
+    private_key: object = UNSET
+    listen_port: object = UNSET
+    fwmark: object = UNSET
+    replace_peers: bool = False
+    peers: list[PeerOp] = field(default_factory=list)
+
+
+def _hex_key(value: str, key: str) -> bytes:
+    if len(value) != 64:
+        raise UapiError(EINVAL, f"{key}: expected 64 hex characters")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise UapiError(EINVAL, f"{key}: invalid hex") from None
+
+
+def _uint(value: str, key: str, limit: int) -> int:
+    if not value.isdigit():
+        raise UapiError(EINVAL, f"{key}: not a number")
+    n = int(value)
+    if n > limit:
+        raise UapiError(EINVAL, f"{key}: out of range")
+    return n
+
+
+def _true(value: str, key: str) -> bool:
+    if value != "true":
+        raise UapiError(EINVAL, f"{key}: only 'true' is accepted")
+    return True
+
+
+def parse_set(lines: list[str], parse_endpoint: Callable[[str], object]) -> SetPlan:
+    plan = SetPlan()
+    peer: PeerOp | None = None
+    for n, line in enumerate(lines, 1):
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise UapiError(EPROTO, f"line {n}: expected key=value")
+        if key == "public_key":
+            peer = PeerOp(_hex_key(value, key), n)
+            plan.peers.append(peer)
+            continue
+        if peer is None:
+            if key == "private_key":
+                plan.private_key = _hex_key(value, key)
+            elif key == "listen_port":
+                plan.listen_port = _uint(value, key, 65535)
+            elif key == "fwmark":
+                plan.fwmark = _uint(value, key, 0xFFFFFFFF) if value else 0
+            elif key == "replace_peers":
+                plan.replace_peers = _true(value, key)
+            else:
+                raise UapiError(EINVAL, f"line {n}: invalid device key {key!r}")
+            continue
+        if key == "remove":
+            peer.remove = _true(value, key)
+        elif key == "update_only":
+            peer.update_only = _true(value, key)
+        elif key == "preshared_key":
+            peer.preshared_key = _hex_key(value, key)
+        elif key == "endpoint":
+            try:
+                peer.endpoint = parse_endpoint(value)
+            except ValueError:
+                raise UapiError(EINVAL, f"line {n}: invalid endpoint") from None
+        elif key == "persistent_keepalive_interval":
+            peer.persistent_keepalive = _uint(value, key, 65535)
+        elif key == "replace_allowed_ips":
+            peer.replace_allowed_ips = _true(value, key)
+        elif key == "allowed_ip":
+            remove = value.startswith("-")
+            try:
+                net = ipaddress.ip_network(value[1:] if remove else value, strict=False)
+            except ValueError:
+                raise UapiError(EINVAL, f"line {n}: invalid allowed_ip") from None
+            peer.allowed_ips.append((remove, net))
+        elif key == "protocol_version":
+            if value != "1":
+                raise UapiError(EINVAL, f"line {n}: unsupported protocol_version")
+        else:
+            raise UapiError(EINVAL, f"line {n}: invalid peer key {key!r}")
+    return plan
+
+
+def apply_set(plan: SetPlan, host: Host) -> None:
+    dev = host.device
+    now = host.now()
+    out: list = []
+    if plan.listen_port is not UNSET and plan.listen_port != host.listen_port:
+        try:
+            host.set_listen_port(plan.listen_port)
+        except OSError as e:
+            raise UapiError(EADDRINUSE if e.errno == errno.EADDRINUSE else EIO,
+                            f"cannot listen on port {plan.listen_port}: {e.strerror}") from None
+    if plan.fwmark is not UNSET:
+        host.set_fwmark(plan.fwmark)
+    if plan.private_key is not UNSET:
+        dev.set_private_key(None if plan.private_key == ZERO_KEY else plan.private_key)
+    if plan.replace_peers:
+        dev.remove_all_peers()
+    own = dev.public_key
+    for op in plan.peers:
+        if op.remove:
+            dev.remove_peer(op.public_key)
+            continue
+        if op.public_key == own:
+            continue   # as wireguard-go: a peer with our own public key is ignored
+        peer = dev.peers.get(op.public_key)
+        if peer is None:
+            if op.update_only:
+                continue
+            peer = dev.add_peer(op.public_key)
+        if op.preshared_key is not UNSET:
+            dev.set_preshared_key(peer, None if op.preshared_key == ZERO_KEY else op.preshared_key)
+        if op.endpoint is not UNSET:
+            peer.endpoint = op.endpoint
+        if op.replace_allowed_ips:
+            dev.allowed_ips.remove_by_peer(peer)
+        for remove, net in op.allowed_ips:
+            if remove:
+                dev.allowed_ips.remove(net, peer)
+            else:
+                dev.allowed_ips.insert(net, peer)
+        if op.persistent_keepalive is not UNSET:
+            dev.set_persistent_keepalive(peer, op.persistent_keepalive, now, out)
+    if out:
+        host.flush(out)
+
+
+def handle_get(host: Host) -> str:
+    dev = host.device
+    lines = []
+    if dev.identity is not None:
+        lines.append(f"private_key={dev.identity.private_raw.hex()}")
+    if host.listen_port:
+        lines.append(f"listen_port={host.listen_port}")
+    if host.fwmark:
+        lines.append(f"fwmark={host.fwmark}")
+    for peer in dev.peers.values():
+        lines.append(f"public_key={peer.public_key.hex()}")
+        lines.append(f"preshared_key={peer.handshake.preshared_key.hex()}")
+        lines.append("protocol_version=1")
+        if peer.endpoint is not None:
+            lines.append(f"endpoint={host.format_endpoint(peer.endpoint)}")
+        wall = peer.last_handshake_wall
+        sec = int(wall)
+        lines.append(f"last_handshake_time_sec={sec}")
+        lines.append(f"last_handshake_time_nsec={int((wall - sec) * 1e9) if wall else 0}")
+        lines.append(f"tx_bytes={peer.tx_bytes}")
+        lines.append(f"rx_bytes={peer.rx_bytes}")
+        lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
+        for net in dev.allowed_ips.entries(peer):
+            lines.append(f"allowed_ip={net}")
+        if peer.path_mtu:
+            lines.append(f"wgpy_path_mtu={peer.path_mtu}")
+    return "".join(line + "\n" for line in lines)
+
+
+def handle_request(request: str, host: Host, log: Callable[[str], None] | None = None) -> str:
+    """One complete request (without its terminating blank line) -> the full response text."""
+    lines = request.split("\n")
+    op = lines[0]
+    try:
+        if op == "get=1":
+            if len(lines) > 1 and any(lines[1:]):
+                raise UapiError(EINVAL, "get takes no arguments")
+            return handle_get(host) + "errno=0\n\n"
+        if op == "set=1":
+            plan = parse_set([ln for ln in lines[1:] if ln], host.parse_endpoint)
+            apply_set(plan, host)
+            return "errno=0\n\n"
+        raise UapiError(EINVAL, f"unknown operation {op!r}")
+    except UapiError as e:
+        if log is not None:
+            log(f"UAPI request refused: {e}")
+        return f"errno={e.code}\n\n"
