@@ -61,6 +61,9 @@ class Interface:
             raise
         self.epoll.register(self.tun.fd, select.EPOLLIN)
         self.epoll.register(self.uapi.fileno(), select.EPOLLIN)
+        # signals wake the loop at once: the handler's byte lands in this pipe
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.epoll.register(self._wake_r, select.EPOLLIN)
         self._register_sockets()
 
     def _register_sockets(self) -> None:
@@ -72,6 +75,14 @@ class Interface:
         if self.uapi is not None:
             self.uapi.close()
             self.uapi = None
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass   # not the main thread
+        for fd in (getattr(self, "_wake_r", -1), getattr(self, "_wake_w", -1)):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
         self.bind.close()
         if self.tun is not None:
             self.tun.close()
@@ -153,6 +164,11 @@ class Interface:
                         dev.send_packets(packets, now, out_net)
                 elif fd == uapi_fd:
                     self.uapi.accept()
+                elif fd == self._wake_r:
+                    try:
+                        os.read(fd, 512)
+                    except OSError:
+                        pass
                 else:
                     sock = self._sock_by_fd.get(fd)
                     if sock is None:
@@ -201,3 +217,4 @@ def _link_exists(name: str) -> bool:
 def install_signal_handlers(iface: Interface) -> None:
     signal.signal(signal.SIGTERM, iface.stop)
     signal.signal(signal.SIGINT, iface.stop)
+    signal.set_wakeup_fd(iface._wake_w, warn_on_full_buffer=False)

@@ -53,6 +53,8 @@ def has_net_admin() -> bool:
 def preflight(cfg: cfgmod.InterfaceConfig) -> list[str]:
     """Checks that need no changes to the system. Returns warnings; raises UpError/ConfigError."""
     warnings = []
+    if cfg.mode != "tun":
+        raise cfgmod.ConfigError(cfg.path, None, "Mode", f"mode {cfg.mode!r} is not supported yet (only 'tun')")
     w = cfgmod.check_permissions(cfg.path)
     if w:
         warnings.append(w)
