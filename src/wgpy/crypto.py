@@ -151,8 +151,8 @@ def decode_key(text: str, what: str = "key") -> bytes:
         raw = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
         raise KeyError_(f"{what}: not a valid base64 key") from None
-    if len(raw) != 32:
-        raise KeyError_(f"{what}: key must decode to 32 bytes")
+    if len(raw) != 32 or base64.b64encode(raw).decode("ascii") != s:
+        raise KeyError_(f"{what}: not a valid base64 key (non-canonical encoding)")
     return raw
 
 

@@ -151,7 +151,7 @@ class Device(TimersMixin):
     def _new_index(self) -> int:
         while True:
             idx = int.from_bytes(self._rand(4), "little")
-            if idx not in self.keypairs_by_index and idx not in self.handshakes_by_index:
+            if idx and idx not in self.keypairs_by_index and idx not in self.handshakes_by_index:
                 return idx
 
     def _drop_handshake_index(self, peer: Peer) -> None:
@@ -217,7 +217,7 @@ class Device(TimersMixin):
     def _send_to_peer(self, peer: Peer, pkts: list[bytes], now: float, out: list) -> None:
         kp = peer.current
         if (kp is None or now - kp.created >= REJECT_AFTER_TIME
-                or kp.send_counter + len(pkts) >= REJECT_AFTER_MESSAGES):
+                or kp.send_counter + len(pkts) > REJECT_AFTER_MESSAGES):
             peer.staged.extend(pkts)
             self.initiate_handshake(peer, now, out, retry=False)
             return
@@ -248,8 +248,8 @@ class Device(TimersMixin):
         kp.send_counter = ctr
         peer.tx_bytes += nbytes
         # timers: data sent, any authenticated packet sent / traversal
-        if peer.t_new_handshake is None:
-            self._set_timer_new_handshake(peer, now)
+        if peer.t_new_handshake is None and any(pkts):
+            self._set_timer_new_handshake(peer, now)   # data sent (a keepalive is not data)
         peer.t_send_keepalive = None
         if peer.persistent_keepalive:
             self._set_timer_persistent(peer, now)
@@ -301,16 +301,17 @@ class Device(TimersMixin):
                 drops["replay"] += 1
                 continue
             peer = kp.peer
+            peer.endpoint = src
             if kp is not peer.current:
                 self._received_with_keypair(peer, kp, now, out_net)
-            peer.endpoint = src
             peer.rx_bytes += len(data)
             # timers: any authenticated packet received / traversal
             peer.t_new_handshake = None
             if peer.persistent_keepalive:
                 self._set_timer_persistent(peer, now)
-            if (kp.is_initiator and not peer.sent_lastminute_handshake
-                    and now - kp.created >= _REKEY_RECV_AGE):
+            cur = peer.current
+            if (cur is not None and cur.is_initiator and not peer.sent_lastminute_handshake
+                    and now - cur.created >= _REKEY_RECV_AGE):
                 peer.sent_lastminute_handshake = True
                 self.initiate_handshake(peer, now, out_net, retry=False)
             if not pt:
@@ -366,6 +367,9 @@ class Device(TimersMixin):
         if t == MESSAGE_COOKIE_REPLY:
             reply = CookieReply.unpack(data)
             peer = self.handshakes_by_index.get(reply.receiver)
+            if peer is None:
+                kp = self.keypairs_by_index.get(reply.receiver)   # a reply to our response
+                peer = kp.peer if kp is not None else None
             if peer is None or not peer.cookie.consume_reply(reply, now):
                 self.drops["invalid_cookie_reply"] += 1
             return

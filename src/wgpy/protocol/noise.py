@@ -255,13 +255,16 @@ def consume_response(identity: StaticIdentity, hs: Handshake, msg: Response) -> 
     return True
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class SessionKeys:
     send_key: bytes
     recv_key: bytes
     is_initiator: bool
     local_index: int
     remote_index: int
+
+    def __repr__(self) -> str:
+        return f"SessionKeys(initiator={self.is_initiator}, local_index={self.local_index:#x}, keys=<redacted>)"
 
 
 def begin_session(hs: Handshake) -> SessionKeys | None:
