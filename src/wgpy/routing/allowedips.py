@@ -9,7 +9,8 @@ Layout, per address family:
   as a whole, so a lookup running concurrently with a change always sees a consistent tuple.
 
 A lookup converts the address to an int once and probes one dict per distinct prefix length present, returning at
-the first hit, which is the longest matching prefix.  ``_by_peer`` maps each peer to the set of its networks, which
+the first hit, which is the longest matching prefix.  ``_by_peer`` maps each peer to its networks in insertion order (a dict used as an ordered set; `wg showconf` lists
+allowed IPs in the order they were added, as wireguard-go does), which
 makes ``entries`` and ``remove_by_peer`` proportional to that peer's prefixes.
 
 Peers are arbitrary hashable objects compared by identity (``is``); ``None`` is not allowed as a peer since it means
@@ -36,10 +37,6 @@ def _normalise(network):
     if isinstance(network, _NETWORK_TYPES):
         return network  # network objects always carry a masked network_address
     return ip_network(network, strict=False)
-
-
-def _sort_key(net):
-    return (net.version, int(net.network_address), net.prefixlen)
 
 
 class AllowedIPs:
@@ -88,14 +85,14 @@ class AllowedIPs:
             table[key] = peer
             if old is not None:
                 nets = self._by_peer[old]
-                nets.discard(net)
+                nets.pop(net, None)
                 if not nets:
                     del self._by_peer[old]
         nets = self._by_peer.get(peer)
         if nets is None:
-            self._by_peer[peer] = {net}
+            self._by_peer[peer] = {net: None}
         else:
-            nets.add(net)
+            nets[net] = None
 
     def remove(self, network, peer) -> bool:
         """Remove ``network`` if (and only if) it is currently routed to ``peer``; return whether it was."""
@@ -110,7 +107,7 @@ class AllowedIPs:
             del tables[plen]
             self._rebuild(net.version)
         nets = self._by_peer[peer]
-        nets.discard(net)
+        nets.pop(net, None)
         if not nets:
             del self._by_peer[peer]
         return True
@@ -137,7 +134,7 @@ class AllowedIPs:
 
     def entries(self, peer) -> list:
         """The networks routed to ``peer``: IPv4 first, then by address, then by prefix length."""
-        return sorted(self._by_peer.get(peer, ()), key=_sort_key)
+        return list(self._by_peer.get(peer, ()))
 
     def __len__(self) -> int:
         return sum(map(len, self._tables4.values())) + sum(map(len, self._tables6.values()))

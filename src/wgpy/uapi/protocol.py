@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -71,17 +72,19 @@ class SetPlan:
     peers: list[PeerOp] = field(default_factory=list)
 
 
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_DIGITS = re.compile(r"[0-9]{1,20}")
+_PREFIX = re.compile(r"[^/]+/[0-9]{1,3}")
+
+
 def _hex_key(value: str, key: str) -> bytes:
-    if len(value) != 64:
+    if not _HEX_KEY.fullmatch(value):
         raise UapiError(EINVAL, f"{key}: expected 64 hex characters")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise UapiError(EINVAL, f"{key}: invalid hex") from None
+    return bytes.fromhex(value)
 
 
 def _uint(value: str, key: str, limit: int) -> int:
-    if not value.isdigit():
+    if not _DIGITS.fullmatch(value):
         raise UapiError(EINVAL, f"{key}: not a number")
     n = int(value)
     if n > limit:
@@ -135,8 +138,11 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object]) -> SetP
             peer.replace_allowed_ips = _true(value, key)
         elif key == "allowed_ip":
             remove = value.startswith("-")
+            text = value[1:] if remove else value
             try:
-                net = ipaddress.ip_network(value[1:] if remove else value, strict=False)
+                if not _PREFIX.fullmatch(text):
+                    raise ValueError
+                net = ipaddress.ip_network(text, strict=False)
             except ValueError:
                 raise UapiError(EINVAL, f"line {n}: invalid allowed_ip") from None
             peer.allowed_ips.append((remove, net))
@@ -240,3 +246,7 @@ def handle_request(request: str, host: Host, log: Callable[[str], None] | None =
         if log is not None:
             log(f"UAPI request refused: {e}")
         return f"errno={e.code}\n\n"
+    except Exception as e:   # a bug must not take the interface down; say so and refuse the request
+        if log is not None:
+            log(f"UAPI request failed: {type(e).__name__}")
+        return f"errno={EIO}\n\n"

@@ -68,7 +68,7 @@ class UapiServer:
             with conn:
                 try:
                     self._serve(conn)
-                except OSError:
+                except Exception:   # one bad client never stops the daemon
                     pass
 
     def _serve(self, conn: socket.socket) -> None:
