@@ -1,0 +1,692 @@
+"""wgpy's one-command benchmark: wgpy<->wgpy next to wireguard-go<->wireguard-go, measured in the same run.
+
+    sudo .venv/bin/python bench/run.py [--repeats 3] [--duration 10] [--only wgpy|wireguard-go|veth] [--json out.json]
+
+For every repeat and every system, two fresh network namespaces joined by a veth (underlay 192.168.N.1-2/24, MTU
+1500) get a tunnel (inner 10.N.0.1-2/24, MTU 1420) and then, through the tunnel:
+
+  * ping RTT           ping -c 50 -i 0.01 (avg and median)
+  * TCP, 1 stream      iperf3 -t DURATION            + CPU of both tunnel daemons during the run
+  * TCP, 4 streams     iperf3 -t DURATION -P 4       + CPU of both tunnel daemons during the run
+  * UDP, fixed rate    iperf3 -u -b 300M -l 1392     (achieved Mbit/s at the receiver, loss %, jitter)
+
+"veth" is the same namespace pair without a tunnel (TCP single stream and ping over the underlay), as context.
+Systems alternate order from one repeat to the next, so slow drift of the machine hits all of them alike.
+
+CPU is the sum of utime+stime deltas (/proc/PID/stat, all threads) of the two tunnel daemons over the iperf3
+client's wall time, as % of one core, and as CPU microseconds per MSS-sized segment (received bytes / 1368).
+
+Everything the script makes (namespaces, daemons, interfaces, config files) is removed at the end, also on
+Ctrl-C, SIGTERM or an error; every command runs with a timeout.  Namespaces are named `wgpyb-<pid>-<n>`, tunnel
+interfaces `wgb<6 hex>`; leftovers of a benchmark run that died (its pid is gone) are removed at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+UAPI_DIR = Path("/var/run/wireguard")
+WGPY_RUN_DIR = Path("/run/wgpy")
+NETNS_DIR = Path("/var/run/netns")
+NS_PREFIX = f"wgpyb-{os.getpid()}-"
+NS_RE = re.compile(r"^wgpyb-(\d+)-\d+$")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SEGMENT = 1368          # TCP payload per packet at tunnel MTU 1420: 1420 - 20 (IPv4) - 20 (TCP) - 12 (timestamps)
+TUNNEL_MTU = 1420
+UNDERLAY_MTU = 1500
+IPERF_PORT = 5201
+
+SYSTEMS = ("wgpy", "wireguard-go", "veth")
+TUNNELS = ("wgpy", "wireguard-go")
+
+
+def find_wgpy() -> Path:
+    for cand in (Path(sys.executable).parent / "wgpy", ROOT / ".venv" / "bin" / "wgpy"):
+        if cand.exists():
+            return cand
+    raise SystemExit("bench: cannot find the wgpy command (run with .venv/bin/python)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Commands (always bounded)
+# ----------------------------------------------------------------------------------------------------------------
+
+class BenchError(RuntimeError):
+    pass
+
+
+def in_ns(ns: str | None, argv: Sequence[Any]) -> list[str]:
+    argv = [str(a) for a in argv]
+    return ["ip", "netns", "exec", ns, *argv] if ns else argv
+
+
+def _killpg(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(ns: str | None, *argv: Any, timeout: float = 20.0, check: bool = True,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command (in namespace `ns`) with a hard timeout.  Output goes through files, not pipes, so a daemon
+    that inherits our descriptors cannot make us wait for an EOF."""
+    full = in_ns(ns, argv)
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f,
+                                env={**os.environ, **env} if env else None, start_new_session=True)
+        try:
+            rc: Any = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _killpg(proc)
+            proc.wait()
+            rc = f"timed out after {timeout:.0f}s"
+        except BaseException:
+            _killpg(proc)
+            proc.wait()
+            raise
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read().decode(errors="replace"), err_f.read().decode(errors="replace")
+    if check and rc != 0:
+        raise BenchError(f"{' '.join(full)} -> {rc}\n{out[-2000:]}{err[-2000:]}")
+    return subprocess.CompletedProcess(full, rc if isinstance(rc, int) else -1, out, err)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = pred()
+        except Exception:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def ns_pids(ns: str) -> set[int]:
+    res = run(None, "ip", "netns", "pids", ns, timeout=10, check=False)
+    return {int(tok) for tok in res.stdout.split() if tok.isdigit()}
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime, stime) of a whole process (all its threads), in clock ticks."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rfind(")") + 2:].split()
+    return int(fields[11]), int(fields[12])     # fields 14 and 15 of proc(5), counted after "pid (comm)"
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    vals = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)      # idle + iowait
+    total = sum(vals[:8])                                   # guest time is already inside user
+    return total - idle, total
+
+
+def background_busy(seconds: float = 1.0) -> float:
+    """% of the whole machine (all cores) busy over `seconds`, while this script is idle."""
+    b0, t0 = machine_jiffies()
+    time.sleep(seconds)
+    b1, t1 = machine_jiffies()
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Lab: everything one system-under-test creates, and its teardown
+# ----------------------------------------------------------------------------------------------------------------
+
+_ns_counter = 0
+_open_labs: list["Lab"] = []
+
+
+def destroy_netns(ns: str) -> None:
+    if not (NETNS_DIR / ns).exists():
+        return
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+        pids = ns_pids(ns)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+            time.sleep(0.05)
+    run(None, "ip", "netns", "del", ns, timeout=15, check=False)
+
+
+def remove_stale_namespaces() -> None:
+    """Namespaces of an earlier benchmark run whose process is gone (only `wgpyb-*`: nobody else uses it)."""
+    res = run(None, "ip", "netns", "list", timeout=10, check=False)
+    for line in res.stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        m = NS_RE.match(name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            print(f"bench: removing stale namespace {name}", file=sys.stderr)
+            destroy_netns(name)
+
+
+def unique_iface() -> str:
+    while True:
+        name = f"wgb{secrets.token_hex(3)}"
+        if not (UAPI_DIR / f"{name}.sock").exists() and not (WGPY_RUN_DIR / f"{name}.pid").exists():
+            return name
+
+
+class Lab:
+    def __init__(self, wgpy: Path) -> None:
+        self.wgpy = wgpy
+        self.tmp = Path(tempfile.mkdtemp(prefix="wgpy-bench-"))
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self.wgpy_ifaces: list[tuple[str, str]] = []    # (ns, iface) to `wgpy down`
+        self.ifaces: list[str] = []
+        self.closed = False
+        _open_labs.append(self)
+
+    def netns(self) -> str:
+        global _ns_counter
+        _ns_counter += 1
+        name = f"{NS_PREFIX}{_ns_counter}"
+        self.namespaces.append(name)            # registered first: a half-made namespace is still removed
+        run(None, "ip", "netns", "add", name, timeout=10)
+        run(name, "ip", "link", "set", "lo", "up", timeout=10)
+        return name
+
+    def veth(self, ns_a: str, ns_b: str, cidr_a: str, cidr_b: str) -> tuple[str, str]:
+        tag = secrets.token_hex(4)
+        a, b = f"vb{tag}a", f"vb{tag}b"
+        run(None, "ip", "link", "add", a, "mtu", UNDERLAY_MTU, "netns", ns_a, "type", "veth",
+            "peer", "name", b, "mtu", UNDERLAY_MTU, "netns", ns_b, timeout=10)
+        for ns, dev, cidr in ((ns_a, a, cidr_a), (ns_b, b, cidr_b)):
+            run(ns, "ip", "addr", "add", cidr, "dev", dev, timeout=10)
+            run(ns, "ip", "link", "set", dev, "up", timeout=10)
+        return a, b
+
+    def popen(self, ns: str, *argv: Any, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        out = open(self.tmp / f"{name}.out", "wb")
+        err = open(self.tmp / f"{name}.err", "wb")
+        try:
+            proc = subprocess.Popen(in_ns(ns, argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    env={**os.environ, **env} if env else None, start_new_session=True)
+        finally:
+            out.close()
+            err.close()
+        self.procs.append(proc)
+        return proc
+
+    def output(self, name: str) -> str:
+        parts = []
+        for ext in ("out", "err"):
+            p = self.tmp / f"{name}.{ext}"
+            if p.exists():
+                parts.append(p.read_text(errors="replace"))
+        return "".join(parts)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for ns, iface in reversed(self.wgpy_ifaces):
+            if (NETNS_DIR / ns).exists() and (WGPY_RUN_DIR / f"{iface}.pid").exists():
+                run(ns, self.wgpy, "down", iface, timeout=20, check=False)
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                _killpg(proc, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    _killpg(proc)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        for ns in reversed(self.namespaces):
+            destroy_netns(ns)
+        for iface in self.ifaces:            # unique names of ours; left behind only by a killed daemon
+            for p in (UAPI_DIR / f"{iface}.sock", WGPY_RUN_DIR / f"{iface}.pid", WGPY_RUN_DIR / f"{iface}.log"):
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError:
+                    pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self in _open_labs:
+            _open_labs.remove(self)
+
+
+def close_all_labs() -> None:
+    for lab in list(reversed(_open_labs)):
+        try:
+            lab.close()
+        except Exception as exc:          # keep going: the other labs must go too
+            print(f"bench: cleanup problem: {exc!r}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A pair of namespaces with (or without) a tunnel between them
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Pair:
+    system: str
+    lab: Lab
+    ns: tuple[str, str]
+    target: str                      # the address ns[0] sends to in ns[1] (inner, or underlay for veth)
+    ifaces: tuple[str, str] = ("", "")
+    daemon_pids: list[int] = field(default_factory=list)
+
+
+def genkey() -> tuple[str, str]:
+    private = run(None, "wg", "genkey", timeout=10).stdout.strip()
+    proc = subprocess.run(["wg", "pubkey"], input=private + "\n", capture_output=True, text=True, timeout=10,
+                          check=True)
+    return private, proc.stdout.strip()
+
+
+def write_private(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    return path
+
+
+def wg_config(private: str, port: int, peer_public: str, endpoint: str, allowed: str,
+              address: str | None = None) -> str:
+    lines = ["[Interface]", f"PrivateKey = {private}", f"ListenPort = {port}"]
+    if address:                           # wg-quick keys: only in the wgpy config, not for `wg setconf`
+        lines += [f"Address = {address}", f"MTU = {TUNNEL_MTU}"]
+    lines += ["", "[Peer]", f"PublicKey = {peer_public}", f"Endpoint = {endpoint}", f"AllowedIPs = {allowed}"]
+    return "\n".join(lines) + "\n"
+
+
+def setup_pair(lab: Lab, system: str, net: int) -> Pair:
+    ns_a, ns_b = lab.netns(), lab.netns()
+    under = (f"192.168.{net}.1", f"192.168.{net}.2")
+    inner = (f"10.{net}.0.1", f"10.{net}.0.2")
+    lab.veth(ns_a, ns_b, f"{under[0]}/24", f"{under[1]}/24")
+    if system == "veth":
+        return Pair(system, lab, (ns_a, ns_b), under[1])
+    keys = (genkey(), genkey())
+    ports = (51820, 51821)
+    ifaces = (unique_iface(), unique_iface())
+    lab.ifaces.extend(ifaces)
+    pair = Pair(system, lab, (ns_a, ns_b), inner[1], ifaces)
+    for i, (ns, iface) in enumerate(zip(pair.ns, ifaces)):
+        j = 1 - i
+        args = (keys[i][0], ports[i], keys[j][1], f"{under[j]}:{ports[j]}", f"{inner[j]}/32")
+        if system == "wgpy":
+            conf = write_private(lab.tmp / f"{iface}.conf", wg_config(*args, address=f"{inner[i]}/24"))
+            lab.wgpy_ifaces.append((ns, iface))          # before `up`: a half-done up is undone too
+            res = run(ns, lab.wgpy, "up", conf, timeout=60, check=False)
+            if res.returncode != 0:
+                log = WGPY_RUN_DIR / f"{iface}.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise BenchError(f"wgpy up {conf} failed ({res.returncode}):\n{res.stdout}{res.stderr}{tail}")
+            pidfile = WGPY_RUN_DIR / f"{iface}.pid"
+            pid = int(wait_for(lambda: pidfile.read_text().strip(), 10, f"{pidfile}"))
+        else:
+            proc = lab.popen(ns, "wireguard-go", "-f", iface, name=f"wireguard-go-{iface}",
+                             env={"LOG_LEVEL": "error"})
+            sock = UAPI_DIR / f"{iface}.sock"
+            wait_for(lambda: sock.exists() or proc.poll() is not None, 15, f"{sock}")
+            if proc.poll() is not None:
+                raise BenchError(f"wireguard-go {iface} exited: {lab.output(f'wireguard-go-{iface}')}")
+            conf = write_private(lab.tmp / f"{iface}-setconf.conf", wg_config(*args))
+            run(ns, "wg", "setconf", iface, conf, timeout=10)
+            run(ns, "ip", "addr", "add", f"{inner[i]}/24", "dev", iface, timeout=10)
+            run(ns, "ip", "link", "set", "dev", iface, "mtu", TUNNEL_MTU, "up", timeout=10)
+            pids = [p for p in ns_pids(ns) if comm(p) == "wireguard-go"]
+            if len(pids) != 1:
+                raise BenchError(f"expected one wireguard-go process in {ns}, found {pids}")
+            pid = pids[0]
+        pair.daemon_pids.append(pid)
+    # first packet: handshake; wait until the tunnel carries traffic both ways
+    wait_for(lambda: run(ns_a, "ping", "-c", "1", "-W", "1", inner[1], timeout=5, check=False).returncode == 0,
+             20, f"{system} tunnel to answer ping", interval=0.2)
+    return pair
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurements
+# ----------------------------------------------------------------------------------------------------------------
+
+def measure_ping(pair: Pair, count: int) -> dict[str, Any]:
+    ns = pair.ns[0]
+    res = None
+    for interval in ("0.01", "0.05"):        # 0.01 needs root (or a low net.ipv4.ping_group/interval limit)
+        res = run(ns, "ping", "-n", "-c", count, "-i", interval, "-W", "2", "-w", int(count * 0.3) + 10, pair.target,
+                  timeout=count * 0.3 + 20, check=False)
+        if "interval" not in res.stderr:
+            break
+    assert res is not None
+    rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", res.stdout)]
+    if not rtts:
+        return {"error": f"ping failed: {res.stdout[-500:]}{res.stderr[-500:]}"}
+    return {"ping_avg_ms": statistics.fmean(rtts), "ping_p50_ms": statistics.median(rtts),
+            "ping_max_ms": max(rtts), "ping_loss_pct": 100.0 * (count - len(rtts)) / count}
+
+
+def link_tx_bytes(ns: str, dev: str) -> int:
+    info = json.loads(run(ns, "ip", "-s", "-j", "link", "show", "dev", dev, timeout=10).stdout)[0]
+    return int((info.get("stats64") or info["stats"])["tx"]["bytes"])
+
+
+def daemon_ticks(pids: Sequence[int]) -> list[tuple[int, int]]:
+    return [cpu_ticks(p) for p in pids]
+
+
+def iperf(pair: Pair, kind: str, duration: int, udp_rate: str, udp_len: int) -> dict[str, Any]:
+    """One iperf3 run from ns[0] to ns[1]; returns the metrics of `kind` (tcp1, tcp4 or udp), prefixed."""
+    lab = pair.lab
+    ns_client, ns_server = pair.ns
+    name = f"iperf3-server-{kind}-{secrets.token_hex(2)}"
+    limit = duration + 40
+    server = lab.popen(ns_server, "timeout", "-k", "5", limit, "iperf3", "-s", "-1", "-B", pair.target,
+                       "-p", IPERF_PORT, name=name)
+    wait_for(lambda: server.poll() is not None or
+             f"{pair.target}:{IPERF_PORT}" in run(ns_server, "ss", "-Hltn", timeout=5).stdout,
+             10, "iperf3 server to listen")
+    if server.poll() is not None:
+        raise BenchError(f"iperf3 server exited: {lab.output(name)}")
+    argv = ["iperf3", "-c", pair.target, "-p", IPERF_PORT, "-t", duration, "-J"]
+    if kind == "tcp4":
+        argv += ["-P", "4"]
+    elif kind == "udp":
+        argv += ["-u", "-b", udp_rate, "-l", udp_len]
+    tun = pair.ifaces[0]
+    tx0 = link_tx_bytes(ns_client, tun) if tun else 0
+    c0, (b0, t0) = daemon_ticks(pair.daemon_pids), machine_jiffies()
+    w0 = time.monotonic()
+    res = run(ns_client, *argv, timeout=duration + 30, check=False)
+    wall = time.monotonic() - w0
+    c1, (b1, t1) = daemon_ticks(pair.daemon_pids), machine_jiffies()
+    tx1 = link_tx_bytes(ns_client, tun) if tun else 0
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        _killpg(server)
+    try:
+        data = json.loads(res.stdout)
+    except ValueError:
+        return {"error": f"{kind}: iperf3 gave no JSON (rc {res.returncode}): {res.stderr[-500:]}"}
+    if data.get("error"):
+        return {"error": f"{kind}: iperf3: {data['error']}"}
+    end = data["end"]
+    out: dict[str, Any] = {f"{kind}_machine_busy_pct": 100.0 * (b1 - b0) / max(1, t1 - t0)}
+    if kind == "udp":
+        recv = end["sum_received"]
+        out.update({"udp_mbps": recv["bits_per_second"] / 1e6,
+                    "udp_sent_mbps": end["sum_sent"]["bits_per_second"] / 1e6,
+                    "udp_loss_pct": recv["lost_percent"], "udp_jitter_ms": recv["jitter_ms"]})
+        received_bytes = recv["bytes"]
+    else:
+        recv = end["sum_received"]
+        out.update({f"{kind}_mbps": recv["bits_per_second"] / 1e6,
+                    f"{kind}_retransmits": end["sum_sent"].get("retransmits", 0)})
+        received_bytes = recv["bytes"]
+    if tun:
+        # sanity check: what arrived went into the tunnel device (IP+TCP/UDP headers make tx a bit larger)
+        out[f"{kind}_tun_tx_bytes"] = tx1 - tx0
+        if tx1 - tx0 < received_bytes:
+            return {"error": f"{kind}: {tun} sent {tx1 - tx0} bytes but iperf3 received {received_bytes}"}
+    if pair.daemon_pids:
+        cpu_s = [(sum(after) - sum(before)) / CLK_TCK for before, after in zip(c0, c1)]
+        sys_s = sum(after[1] - before[1] for before, after in zip(c0, c1)) / CLK_TCK
+        out[f"{kind}_sys_share_pct"] = 100.0 * sys_s / sum(cpu_s) if sum(cpu_s) else None
+        out[f"{kind}_cpu_pct"] = 100.0 * sum(cpu_s) / wall
+        out[f"{kind}_cpu_pct_each"] = [100.0 * c / wall for c in cpu_s]
+        if kind == "udp":                # per datagram that arrived
+            packets = recv["packets"] - recv["lost_packets"]
+            out["udp_us_per_pkt"] = sum(cpu_s) * 1e6 / packets if packets > 0 else None
+        else:
+            segments = received_bytes / SEGMENT
+            out[f"{kind}_us_per_seg"] = sum(cpu_s) * 1e6 / segments if segments else None
+    return out
+
+
+def measure(pair: Pair, args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    errors: list[str] = []
+
+    def add(part: dict[str, Any]) -> None:
+        if "error" in part:
+            errors.append(part.pop("error"))
+            print(f"  ! {errors[-1]}", file=sys.stderr)
+        result.update(part)
+
+    add(measure_ping(pair, args.ping_count))
+    kinds = ("tcp1",) if pair.system == "veth" else ("tcp1", "tcp4", "udp")
+    for kind in kinds:
+        add(iperf(pair, kind, args.duration, args.udp_rate, args.udp_len))
+    if errors:
+        result["errors"] = errors
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------------
+
+METRICS = [  # key, label, format
+    ("tcp1_mbps", "TCP 1 stream, Mbit/s", "{:.0f}"),
+    ("tcp1_cpu_pct", "  daemons' CPU, % of one core", "{:.0f}"),
+    ("tcp1_us_per_seg", "  daemons' CPU, us per 1368 B segment", "{:.2f}"),
+    ("tcp1_retransmits", "  retransmits", "{:.0f}"),
+    ("tcp1_machine_busy_pct", "  whole machine busy (all cores), %", "{:.0f}"),
+    ("tcp4_mbps", "TCP 4 streams, Mbit/s", "{:.0f}"),
+    ("tcp4_cpu_pct", "  daemons' CPU, % of one core", "{:.0f}"),
+    ("tcp4_us_per_seg", "  daemons' CPU, us per 1368 B segment", "{:.2f}"),
+    ("udp_mbps", "UDP at {rate}, received Mbit/s", "{:.0f}"),
+    ("udp_loss_pct", "  loss %", "{:.1f}"),
+    ("udp_jitter_ms", "  jitter, ms", "{:.3f}"),
+    ("ping_avg_ms", "ping RTT avg, ms", "{:.3f}"),
+    ("ping_p50_ms", "ping RTT p50, ms", "{:.3f}"),
+    ("bg_busy_pct", "machine busy before the run, %", "{:.0f}"),
+]
+
+
+def cell(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def table(runs: list[dict[str, Any]], systems: Sequence[str], args: argparse.Namespace) -> str:
+    def values(system: str, key: str) -> list[float]:
+        return [r[key] for r in runs if r["system"] == system and isinstance(r.get(key), (int, float))]
+
+    cols = [s for s in ("wgpy", "wireguard-go") if s in systems]
+    ratio = len(cols) == 2
+    extra = ["raw veth"] if "veth" in systems else []
+    head = ["metric (median (min–max))"] + cols + (["wgpy / wireguard-go"] if ratio else []) + extra
+    rows = [head, ["---"] * len(head)]
+    for key, label, fmt in METRICS:
+        row = [label.format(rate=args.udp_rate)]
+        row += [cell(values(s, key), fmt) for s in cols]
+        if ratio and key.endswith("busy_pct"):
+            row.append("-")
+        elif ratio:
+            a, b = values("wgpy", key), values("wireguard-go", key)
+            row.append(f"{statistics.median(a) / statistics.median(b):.2f}"
+                       if a and b and statistics.median(b) else "-")
+        if extra:
+            row.append(cell(values("veth", key), fmt))
+        if any(c != "-" for c in row[1:]):
+            rows.append(row)
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def machine_info() -> dict[str, str]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+
+    def version(*argv: str) -> str:
+        try:
+            res = run(None, *argv, timeout=10, check=False)
+            return (res.stdout or res.stderr).strip().splitlines()[0]
+        except Exception:
+            return "?"
+    return {"nproc": str(os.cpu_count()), "cpu": model, "kernel": platform.release(),
+            "python": platform.python_version(), "iperf3": version("iperf3", "--version"),
+            "wireguard-go": version("wireguard-go", "--version")}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------
+
+def wait_quiet(args: argparse.Namespace) -> float:
+    """Busy % of the machine before a run; waits (bounded) while other jobs keep it busier than --max-busy."""
+    deadline = time.monotonic() + args.wait_quiet
+    while True:
+        busy = background_busy(1.0)
+        if busy <= args.max_busy or time.monotonic() >= deadline:
+            return busy
+        print(f"  machine {busy:.0f}% busy (load {loadavg()}); waiting for it to calm down", file=sys.stderr)
+        time.sleep(4)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per system (default 3)")
+    ap.add_argument("--duration", type=int, default=10, help="seconds per iperf3 run (default 10)")
+    ap.add_argument("--only", choices=SYSTEMS, help="measure just this system (default: all three)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the raw veth baseline")
+    ap.add_argument("--json", type=Path, help="write every run's numbers and the machine info here")
+    ap.add_argument("--udp-rate", default="300M", help="iperf3 -b for the UDP test (default 300M)")
+    ap.add_argument("--udp-len", type=int, default=TUNNEL_MTU - 28,
+                    help="UDP payload bytes (default 1392: the largest that fits MTU 1420 unfragmented)")
+    ap.add_argument("--ping-count", type=int, default=50)
+    ap.add_argument("--max-busy", type=float, default=25.0,
+                    help="wait before a run while the machine is busier than this %% (default 25)")
+    ap.add_argument("--wait-quiet", type=float, default=90.0,
+                    help="but at most this many seconds per run (default 90)")
+    args = ap.parse_args()
+    if args.repeats < 1 or args.duration < 1 or args.ping_count < 1:
+        ap.error("--repeats, --duration and --ping-count must be at least 1")
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespaces): sudo .venv/bin/python bench/run.py", file=sys.stderr)
+        return 2
+    for tool in ("ip", "iperf3", "ping", "wg", "wireguard-go", "ss", "timeout"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} not found (sudo ./scripts/setup.sh installs everything)", file=sys.stderr)
+            return 2
+    if args.only:
+        systems = [args.only]
+    else:
+        systems = (["veth"] if not args.no_baseline else []) + list(TUNNELS)
+    wgpy = find_wgpy()
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    info = machine_info()
+    runs: list[dict[str, Any]] = []
+    print(f"bench: {info['nproc']} x {info['cpu']}, kernel {info['kernel']}, Python {info['python']}; "
+          f"load {loadavg()}", file=sys.stderr)
+    print(f"bench: systems {', '.join(systems)}; {args.repeats} repeats of {args.duration} s iperf3 runs",
+          file=sys.stderr)
+    interrupted = False
+    net = 0
+    try:
+        remove_stale_namespaces()
+        for rep in range(args.repeats):
+            order = systems if rep % 2 == 0 else list(reversed(systems))
+            for system in order:
+                net += 1
+                busy = wait_quiet(args)
+                print(f"[{rep + 1}/{args.repeats}] {system}: machine {busy:.0f}% busy before, load {loadavg()}",
+                      file=sys.stderr)
+                record: dict[str, Any] = {"system": system, "repeat": rep + 1, "bg_busy_pct": busy,
+                                          "loadavg_before": loadavg()}
+                lab = Lab(wgpy)
+                try:
+                    pair = setup_pair(lab, system, 100 + net % 150)
+                    record.update(measure(pair, args))
+                except Exception as exc:      # e.g. a daemon died: record it, go on with the next run
+                    record.setdefault("errors", []).append(f"{type(exc).__name__}: {exc}")
+                    print(f"  ! {system} failed: {exc}", file=sys.stderr)
+                finally:
+                    lab.close()
+                runs.append(record)
+                brief = ", ".join(f"{k}={record[k]:.1f}" for k in ("tcp1_mbps", "tcp4_mbps", "udp_mbps",
+                                                                    "tcp1_cpu_pct", "ping_p50_ms")
+                                  if isinstance(record.get(k), (int, float)))
+                print(f"  {brief}", file=sys.stderr)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nbench: interrupted; cleaning up", file=sys.stderr)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)     # let the cleanup finish; every step in it is bounded
+        close_all_labs()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    if runs:
+        print()
+        print(f"{args.repeats} repeats x {args.duration} s, {info['nproc']} CPUs ({info['cpu']}), load at end "
+              f"{loadavg()}")
+        print(table(runs, systems, args))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
+                                         "runs": runs}, indent=2) + "\n")
+    failed = any(r.get("errors") for r in runs)
+    return 130 if interrupted else (1 if failed else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
