@@ -4,7 +4,8 @@ Event loop (one thread, epoll):
     1. wait for the TUN, a UDP socket or the UAPI socket to be readable, or for the core's next deadline
     2. TUN readable: read up to BATCH packets, hand them to Device.send_packets as one batch
     3. UDP readable: read up to BATCH datagrams, hand them to Device.receive_datagrams as one batch
-    4. carry out what the core returned: sendto() each datagram, write() each packet to the TUN
+    4. carry out what the core returned: datagrams in as few sendmsg() calls as UDP GSO allows, each packet
+       write() to the TUN (UDP GRO lets one read return several datagrams)
     5. run expired timers (Device.tick); once a second check that the interface still exists
 Nothing on the per-packet path logs or allocates beyond the packet buffers themselves.
 """
@@ -18,6 +19,8 @@ import select
 import signal
 import time
 
+from .io.batch import BatchSender, enable_gro, receive_batch
+from .io.netlink import link_exists
 from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
 from .protocol.device import Device
@@ -43,7 +46,7 @@ class Interface:
         self.fwmark = 0
         self.epoll = select.epoll()
         self.running = False
-        self.send_errors = 0
+        self.sender = BatchSender()
         self.tun_write_errors = 0
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
@@ -68,7 +71,8 @@ class Interface:
 
     def _register_sockets(self) -> None:
         self._sock_by_fd = {s.fileno(): s for s in self.bind.sockets()}
-        for fd in self._sock_by_fd:
+        for fd, sock in self._sock_by_fd.items():
+            enable_gro(sock)
             self.epoll.register(fd, select.EPOLLIN)
 
     def close(self) -> None:
@@ -119,12 +123,7 @@ class Interface:
         return time.monotonic()
 
     def flush(self, out: list) -> None:
-        s4, s6 = self.bind.s4, self.bind.s6
-        for data, ep in out:
-            try:
-                (s6 if len(ep) == 4 else s4).sendto(data, ep)
-            except (OSError, AttributeError):
-                self.send_errors += 1
+        self.sender.send(out, self.bind.s4, self.bind.s6)
 
     # ---- event loop ---------------------------------------------------------------------------------------
 
@@ -173,15 +172,8 @@ class Interface:
                     sock = self._sock_by_fd.get(fd)
                     if sock is None:
                         continue
-                    datagrams = []
-                    recvfrom = sock.recvfrom
-                    for _ in range(BATCH):
-                        try:
-                            datagrams.append(recvfrom(65536))
-                        except _EAGAIN:
-                            break
-                        except OSError:
-                            break   # ICMP errors surface here (ECONNREFUSED...); nothing to do
+                    datagrams: list = []
+                    receive_batch(sock, BATCH, datagrams)
                     if datagrams:
                         dev.receive_datagrams(datagrams, now, out_net, out_tun)
                     tun_fd = self.tun.fd
@@ -197,21 +189,12 @@ class Interface:
                     self.tun_write_errors += 1
             if now >= next_check:
                 next_check = now + 1.0
-                if not _link_exists(self.name):
+                if not link_exists(self.name):
                     log.info("interface %s was removed; stopping", self.name)
                     self.running = False
 
     def stop(self, *_args) -> None:
         self.running = False
-
-
-def _link_exists(name: str) -> bool:
-    import socket
-    try:
-        socket.if_nametoindex(name)
-        return True
-    except OSError:
-        return False
 
 
 def install_signal_handlers(iface: Interface) -> None:
