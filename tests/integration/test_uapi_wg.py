@@ -606,3 +606,31 @@ def test_wgpy_show_on_wg_quick_interface(lab, two_ns):
     run(p.ns_a, "wg", "set", p.iface_a, "peer", p.b.public, "persistent-keepalive", "15", timeout=10)
     assert parse_wg_show(lab.wgpy(p.ns_a, "show", p.iface_a, check=True).stdout)["peers"][p.b.public][
         "persistent keepalive"] == "every 15 seconds"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 9. a stale socket from a crashed daemon is replaced; a live one is not stolen
+# --------------------------------------------------------------------------------------------------------------
+
+def test_stale_socket_replaced_live_socket_refused(lab):
+    lab.require_real_wgpy("wgpyd's socket handling")
+    ns = lab.netns()
+    iface = unique_iface()
+    path = sock_path(iface)
+    lab.defer(f"remove {path}", lambda: path.unlink(missing_ok=True))
+    UAPI_DIR.mkdir(parents=True, exist_ok=True)
+    # a crashed daemon leaves its socket file behind: nobody listens on it any more
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()
+    assert path.exists()
+    run(ns, VENV_BIN / "wgpyd", iface, timeout=20, env=QUICK_ENV)
+    lab.defer(f"delete {iface}", lambda: run(ns, "ip", "link", "del", iface, check=False, timeout=10))
+    wait_for(lambda: link_exists(ns, iface), 5, what=f"{iface} to appear")
+    assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+    assert wg(ns, "show", iface, "listen-port").strip().isdigit()      # the new daemon answers on it
+    # a second daemon for a name whose socket is live (here: from another namespace) must not take it over
+    ns2 = lab.netns()
+    r = run(ns2, VENV_BIN / "wgpyd", "-f", iface, timeout=20, check=False, env=QUICK_ENV)
+    assert r.returncode != 0 and "in use" in r.stderr, r
+    assert wg(ns, "show", iface, "listen-port").strip().isdigit()      # the first one is untouched
