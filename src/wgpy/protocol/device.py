@@ -400,16 +400,20 @@ class Device(TimersMixin):
         else:
             self._consume_response(Response.unpack(data), src, now, out)
 
+    def _handshake_authenticated(self, peer: Peer, src: object, now: float) -> None:
+        """A handshake message from `peer` authenticated: roam to its source; timers for any authenticated
+        packet received (cancel the new-handshake timer) and traversal (re-arm persistent keepalive)."""
+        peer.endpoint = src
+        peer.t_new_handshake = None
+        if peer.persistent_keepalive:
+            self._set_timer_persistent(peer, now)
+
     def _consume_initiation(self, msg: Initiation, src: object, now: float, out: list) -> None:
         peer = noise.consume_initiation(self.identity, msg, self.peers.get, now)
         if peer is None:
             self.drops["invalid_initiation"] += 1
             return
-        peer.endpoint = src
-        # timers: any authenticated packet received / traversal
-        peer.t_new_handshake = None
-        if peer.persistent_keepalive:
-            self._set_timer_persistent(peer, now)
+        self._handshake_authenticated(peer, src, now)
         self._drop_handshake_index(peer)
         idx = self._new_index()
         resp = noise.create_response(peer.handshake, idx, self._rand(32))
@@ -427,10 +431,7 @@ class Device(TimersMixin):
         if peer is None or not noise.consume_response(self.identity, peer.handshake, msg):
             self.drops["invalid_response"] += 1
             return
-        peer.endpoint = src
-        peer.t_new_handshake = None
-        if peer.persistent_keepalive:
-            self._set_timer_persistent(peer, now)
+        self._handshake_authenticated(peer, src, now)
         keys = noise.begin_session(peer.handshake)
         self._install_keypair(peer, keys, now)
         self.timers_session_derived(peer, now)
