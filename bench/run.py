@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from netlab import destroy_netns, ns_pids, pid_alive  # noqa: E402  (the test harness's namespace helpers)
 UAPI_DIR = Path("/var/run/wireguard")
 WGPY_RUN_DIR = Path("/run/wgpy")
 NETNS_DIR = Path("/var/run/netns")
@@ -123,19 +125,6 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
         time.sleep(interval)
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] not in (b"Z", b"X")
-
-
-def ns_pids(ns: str) -> set[int]:
-    res = run(None, "ip", "netns", "pids", ns, timeout=10, check=False)
-    return {int(tok) for tok in res.stdout.split() if tok.isdigit()}
-
-
 def comm(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
@@ -176,24 +165,6 @@ def loadavg() -> str:
 
 _ns_counter = 0
 _open_labs: list["Lab"] = []
-
-
-def destroy_netns(ns: str) -> None:
-    if not (NETNS_DIR / ns).exists():
-        return
-    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
-        pids = ns_pids(ns)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-            time.sleep(0.05)
-    run(None, "ip", "netns", "del", ns, timeout=15, check=False)
 
 
 def remove_stale_namespaces() -> None:

@@ -160,8 +160,6 @@ def _show_one(name: str, field: str | None) -> int:
         rx, tx = int(p.get("rx_bytes", "0")), int(p.get("tx_bytes", "0"))
         if rx or tx:
             print(f"  transfer: {_bytes(rx)} received, {_bytes(tx)} sent")
-        if p.get("wgpy_path_mtu"):
-            print(f"  path mtu: {p['wgpy_path_mtu']}")
         ka = int(p.get("persistent_keepalive_interval", "0"))
         if ka:
             print(f"  persistent keepalive: every {ka} second{'s' if ka != 1 else ''}")

@@ -132,6 +132,7 @@ class Interface:
         dev = self.device
         tun_fd = self.tun.fd
         uapi_fd = self.uapi.fileno()
+        wake_fd = self._wake_r
         read = os.read
         write = os.write
         monotonic = time.monotonic
@@ -163,7 +164,7 @@ class Interface:
                         dev.send_packets(packets, now, out_net)
                 elif fd == uapi_fd:
                     self.uapi.accept()
-                elif fd == self._wake_r:
+                elif fd == wake_fd:
                     try:
                         os.read(fd, 512)
                     except OSError:
@@ -176,7 +177,6 @@ class Interface:
                     receive_batch(sock, BATCH, datagrams)
                     if datagrams:
                         dev.receive_datagrams(datagrams, now, out_net, out_tun)
-                    tun_fd = self.tun.fd
             deadline = dev.next_deadline()
             if deadline is not None and deadline <= now:
                 dev.tick(now, out_net)

@@ -11,7 +11,6 @@ In the background, `wgpy up` starts the same foreground process detached and wai
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shutil
@@ -78,7 +77,7 @@ def resolve_endpoints(cfg: cfgmod.InterfaceConfig) -> dict[int, str]:
             try:
                 infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
             except socket.gaierror as e:
-                raise cfgmod.ConfigError(cfg.path, peer.line, "Endpoint", f"cannot resolve {host!r}: {e.strerror}")
+                raise cfgmod.ConfigError(cfg.path, peer.line, "Endpoint", f"cannot resolve {host!r}: {e.strerror}") from None
             infos.sort(key=lambda x: x[0] != socket.AF_INET)   # prefer IPv4, as wg does
             ep = make_endpoint(infos[0][4][0], port)
         resolved[i] = format_endpoint(ep)
@@ -138,10 +137,8 @@ class Session:
                 m = nl.route_mtu(host)
                 if m:
                     mtus.append(m)
-            base = max(mtus) if mtus else (nl.default_route_mtu() or 1500)
-            mtu = max(base - 80, 1280) if mtus or base != 1500 else DEFAULT_MTU
-            if cfg.mode == "tap":
-                mtu -= 14
+            base = max(mtus) if mtus else nl.default_route_mtu()
+            mtu = max(base - 80, 1280) if base else DEFAULT_MTU   # as wg-quick: route MTU - 80
         self.iface.device.mtu = mtu
         for addr in cfg.addresses:
             nl.add_address(addr)

@@ -37,9 +37,6 @@ class NetlinkSetup:
     def set_mtu_up(self, mtu: int) -> None:
         self.ipr.link("set", index=self.index(), mtu=mtu, state="up")
 
-    def set_mtu(self, mtu: int) -> None:
-        self.ipr.link("set", index=self.index(), mtu=mtu)
-
     def add_address(self, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
         kw = {}
         if iface.version == 6:

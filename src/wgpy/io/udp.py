@@ -21,7 +21,7 @@ class UdpBind:
 
     def open(self, port: int, fwmark: int = 0) -> None:
         """Bind both families to `port` (0: a random free port shared by both). Raises OSError."""
-        for attempt in range(10):
+        for _attempt in range(10):
             s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
                 s4.bind(("0.0.0.0", port))

@@ -22,7 +22,6 @@ Randomness and wall-clock time come from the callables given to the constructor.
 
 from __future__ import annotations
 
-import heapq
 import struct
 from collections import Counter
 from typing import Callable, Iterable

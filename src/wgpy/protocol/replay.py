@@ -12,13 +12,14 @@ big-integer shifts.
 
 from __future__ import annotations
 
-from ..constants import REJECT_AFTER_MESSAGES
+from ..constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW
 
 BLOCK_BITS_LOG = 6
 BLOCK_BITS = 1 << BLOCK_BITS_LOG
-RING_BLOCKS = 128
+RING_BLOCKS = REPLAY_WINDOW // BLOCK_BITS + 1     # one block more than the window: the one being recycled
 RING_MASK = RING_BLOCKS - 1
 WINDOW = (RING_BLOCKS - 1) * BLOCK_BITS
+assert WINDOW == REPLAY_WINDOW and RING_BLOCKS & RING_MASK == 0
 
 
 class ReplayWindow:

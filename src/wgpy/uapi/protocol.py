@@ -223,8 +223,6 @@ def handle_get(host: Host) -> str:
         lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
         for net in dev.allowed_ips.entries(peer):
             lines.append(f"allowed_ip={net}")
-        if peer.path_mtu:
-            lines.append(f"wgpy_path_mtu={peer.path_mtu}")
     return "".join(line + "\n" for line in lines)
 
 
