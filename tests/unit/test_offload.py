@@ -212,7 +212,7 @@ def test_split_then_coalesce_round_trip() -> None:
     segs: list = []
     split(tso_read(False, payload, 1368, options=TS_OPTIONS, flags=0x18), segs)
     out: list = []
-    coalesce([bytes(s) for s in segs], out)
+    coalesce(segs, out)             # bytearrays, as split makes them
     assert len(out) == 1
     _, pkt = parse_write(out[0])
     assert pkt[52:] == payload

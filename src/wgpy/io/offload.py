@@ -176,39 +176,55 @@ def _split_tcp(buf: bytes, v6: bool, mss: int, l4: int, out: list) -> int:
     first_flags = tflags & ~(_TCP_FIN | _TCP_PSH)
     mid_flags = first_flags & ~_TCP_CWR
     last_flags = tflags & ~_TCP_CWR
-    pack_hh = _HH.pack_into
-    pack_h = _H.pack_into
-    pack_i = _I.pack_into
+    # one struct per header layout packs every field that changes from segment to segment
+    layout = _layouts.get((v6, l4, hl))
+    if layout is None:
+        layout = _layouts[(v6, l4, hl)] = _header_struct(v6, l4, hl)
+    pack = layout.pack
+    c_ack = bytes(hdr[l4 + 8:l4 + 13])
+    c_win = bytes(hdr[l4 + 14:l4 + 16])
+    c_tail = bytes(hdr[l4 + 18:hl])
+    join = b"".join
+    append = out.append
     off = 0
     last = nseg - 1
+    if v6:
+        c0, c1 = bytes(hdr[0:4]), bytes(hdr[6:l4 + 4])
+    else:
+        c0, c1, c2 = bytes(hdr[0:2]), bytes(hdr[6:10]), bytes(hdr[12:l4 + 4])
     for i in range(nseg):
         seglen = mss if i < last else plen - off
         seq = (seq0 + off) & 0xFFFFFFFF
-        f = first_flags if i == 0 else (last_flags if i == last else mid_flags)
-        if i == 0 and i == last:
-            f = tflags
-        seg = bytearray(hdr)
+        f = (first_flags if i < last else tflags) if i == 0 else (mid_flags if i < last else last_flags)
+        tc = 0xFFFF - (tcp_base + seglen + (seq >> 16) + (seq & 0xFFFF) + doff_byte + f + sums[i]) % 0xFFFF
         if v6:
-            pack_h(seg, 4, hl - 40 + seglen)
+            h = pack(c0, hl - 40 + seglen, c1, seq, c_ack, f, c_win, tc, c_tail)
         else:
             ident = (ip_id + i) & 0xFFFF
             tot = hl + seglen
-            pack_hh(seg, 2, tot, ident)
-            pack_h(seg, 10, 0xFFFF - (ip_base + tot + ident) % 0xFFFF)
-        pack_i(seg, l4 + 4, seq)
-        seg[l4 + 13] = f
-        s = tcp_base + seglen + (seq >> 16) + (seq & 0xFFFF) + doff_byte + f + sums[i]
-        pack_h(seg, l4 + 16, 0xFFFF - s % 0xFFFF)
-        seg += payload[off:off + seglen]
-        out.append(seg)
+            h = pack(c0, tot, ident, c1, 0xFFFF - (ip_base + tot + ident) % 0xFFFF, c2, seq, c_ack, f, c_win, tc,
+                     c_tail)
+        append(join((h, payload[off:off + seglen])))
         off += seglen
     return nseg
+
+
+_layouts: dict = {}
+
+
+def _header_struct(v6: bool, l4: int, hl: int) -> struct.Struct:
+    """IP + TCP header with the per-segment fields separate: lengths, IPv4 id and checksum, seq, flags, TCP sum."""
+    tcp = f"I5sB2sH{hl - l4 - 18}s"
+    if v6:
+        return struct.Struct(f">4sH{l4 + 4 - 6}s" + tcp)
+    return struct.Struct(f">2sHH4sH{l4 + 4 - 12}s" + tcp)
 
 
 def coalesce(packets: list, out: list) -> None:
     """Append TUN write buffers (virtio_net_hdr + packet) for `packets` to `out`, merging TCP runs."""
     flows: dict = {}
     items: list = []
+    unpack_seq = _I.unpack_from
     for pkt in packets:
         n = len(pkt)
         b0 = pkt[0]
@@ -217,72 +233,64 @@ def coalesce(packets: list, out: list) -> None:
                 items.append(pkt)            # not TCP, or a fragment
                 continue
             l4 = 20
-            key = pkt[12:24]
-            v6 = False
+            key = bytes(pkt[12:24])
         elif b0 >> 4 == 6:
             if n < 60 or pkt[6] != _PROTO_TCP:
                 items.append(pkt)
                 continue
             l4 = 40
-            key = pkt[8:44]
-            v6 = True
+            key = bytes(pkt[8:44])
         else:
             items.append(pkt)
             continue
-        thl = (pkt[l4 + 12] >> 4) << 2
-        hl = l4 + thl
+        hl = l4 + ((pkt[l4 + 12] >> 4) << 2)
         plen = n - hl
         tflags = pkt[l4 + 13]
-        if plen <= 0 or thl < 20 or tflags & ~_COALESCE_OK_FLAGS:
+        if plen <= 0 or hl < l4 + 20 or tflags & ~_COALESCE_OK_FLAGS:
             items.append(pkt)
             flows.pop(key, None)             # keep the flow's order: nothing may join a run across this one
             continue
-        seq = _I.unpack_from(pkt, l4 + 4)[0]
+        seq = unpack_seq(pkt, l4 + 4)[0]
         run = flows.get(key)
         if run is not None:
-            # run: [index in items, first header, payload pieces, next seq, mss, total payload, last len, hl, v6]
-            first = run[1]
-            if (seq == run[3] and plen <= run[4] and run[6] == run[4] and hl == run[7]
-                    and run[5] + plen + hl <= _MAX_GSO_BYTES
-                    and pkt[l4 + 8:l4 + 12] == first[l4 + 8:l4 + 12]          # same ACK number
-                    and pkt[l4 + 14:l4 + 16] == first[l4 + 14:l4 + 16]        # same window
-                    and pkt[l4 + 20:hl] == first[l4 + 20:hl]                  # same options
-                    and not first[l4 + 13] & _TCP_PSH
-                    and (pkt[1] == first[1] and pkt[8] == first[8] and pkt[6] == first[6] if not v6
-                         else pkt[0:4] == first[0:4] and pkt[7] == first[7])):
-                run[2].append(memoryview(pkt)[hl:])
-                run[3] = (seq + plen) & 0xFFFFFFFF
-                run[5] += plen
-                run[6] = plen
+            # run: [first packet, payload pieces, next seq, mss, total payload, last len, hl, v6, psh]
+            # equal along a run: IP TOS/flow label, DF, TTL/hop limit, and in TCP the ACK number, data offset,
+            # window and options (everything but lengths, ids, seq, flags and checksums)
+            first = run[0]
+            if (seq == run[2] and plen <= run[3] and run[5] == run[3] and not run[8] and hl == run[6]
+                    and run[4] + plen + hl <= _MAX_GSO_BYTES
+                    and (pkt[1] == first[1] and pkt[6] == first[6] and pkt[8] == first[8] if l4 == 20
+                         else pkt[1] == first[1] and pkt[2:4] == first[2:4] and pkt[7] == first[7])
+                    and pkt[l4 + 8:l4 + 13] == first[l4 + 8:l4 + 13]
+                    and pkt[l4 + 14:l4 + 16] == first[l4 + 14:l4 + 16]
+                    and pkt[l4 + 18:hl] == first[l4 + 18:hl]):
+                run[1].append(memoryview(pkt)[hl:])
+                run[2] = (seq + plen) & 0xFFFFFFFF
+                run[4] += plen
+                run[5] = plen
                 if tflags & _TCP_PSH:
-                    run[1] = _with_psh(first, l4)
+                    run[8] = True
                 continue
-        run = [len(items), pkt, [memoryview(pkt)[hl:]], (seq + plen) & 0xFFFFFFFF, plen, plen, plen, hl, v6]
+        run = [pkt, [memoryview(pkt)[hl:]], (seq + plen) & 0xFFFFFFFF, plen, plen, plen, hl, l4 == 40,
+               bool(tflags & _TCP_PSH)]
         flows[key] = run
         items.append(run)
     append = out.append
     for it in items:
         if type(it) is not list:
             append(VNET_NONE + it)
-            continue
-        pieces = it[2]
-        first = it[1]
-        if len(pieces) == 1:
-            append(VNET_NONE + first)
-            continue
-        append(_build_super(it, first, pieces))
+        elif len(it[1]) == 1:
+            append(VNET_NONE + it[0])
+        else:
+            append(_build_super(it))
 
 
-def _with_psh(first: bytes, l4: int) -> bytearray:
-    h = bytearray(first)
-    h[l4 + 13] |= _TCP_PSH
-    return h
-
-
-def _build_super(run: list, first, pieces: list) -> bytes:
-    hl, v6, mss, total = run[7], run[8], run[4], run[5]
+def _build_super(run: list) -> bytes:
+    first, pieces, mss, total, hl, v6, psh = run[0], run[1], run[3], run[4], run[6], run[7], run[8]
     l4 = 40 if v6 else 20
     hdr = bytearray(first[:hl])
+    if psh:
+        hdr[l4 + 13] |= _TCP_PSH         # the PSH of the run's last segment
     tcp_len = hl - l4 + total
     if v6:
         _H.pack_into(hdr, 4, tcp_len)
