@@ -466,6 +466,16 @@ def _daemon_pid(name: str) -> int | None:
     return None
 
 
+def _running(pid: int) -> bool:
+    """True while `pid` exists and has not exited (a zombie waiting for its parent has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
 def _remove_leftovers(name: str) -> None:
     """A daemon that dropped root cannot unlink its socket and pid file in root's directories; once it has
     exited, whoever runs `down` removes them (a socket nobody listens on any more is stale)."""
@@ -479,7 +489,7 @@ def _remove_leftovers(name: str) -> None:
         except OSError:
             pass
     except OSError:
-        pass
+        privileges.drop_to_user(self.cfg.user)
     finally:
         s.close()
     for d in privileges.search_dirs(RUN_DIR):
@@ -504,9 +514,7 @@ def down(name_or_path: str, timeout: float = 15.0) -> int:
     if pid is not None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _running(pid):
                 break
             time.sleep(0.05)
         else:

@@ -215,8 +215,6 @@ def test_exit_gateway_full_tunnel(lab, run_as):
     # the server forwards and NATs: forwarding on, and one table of its own
     assert read_sysctl(server, "net.ipv4.ip_forward") == "1"
     assert read_sysctl(server, "net.ipv6.conf.all.forwarding") == "1"
-    ruleset = run(server, "nft", "list", "ruleset").stdout
-    assert f'iifname "{iface_s}" oifname "{uplink}" masquerade' in ruleset, ruleset
     # the full tunnel: everything goes into it, except the tunnel's own packets (fwmark 51820)
     assert f"dev {iface_c}" in run(client, "ip", "route", "get", "198.51.100.50").stdout
     assert f"dev {iface_c}" in run(client, "ip", "route", "get", "203.0.113.1").stdout
@@ -235,6 +233,8 @@ def test_exit_gateway_full_tunnel(lab, run_as):
     srv, cli = lab.transfer(host, client, "198.51.100.50", nbytes, timeout=120)
     assert srv["sha256"] == cli["sha256"] and srv["bytes"] == nbytes
     packets = capture.stop()
+    ruleset = run(server, "nft", "list", "ruleset").stdout
+    assert f'iifname "{iface_s}" oifname "{uplink}" masquerade' in ruleset, ruleset
     # on the client's wire there is nothing but WireGuard between it and the server
     assert packets, "no UDP captured on the client's uplink"
     assert all({p.src, p.dst} == {"192.0.2.2", "203.0.113.1"} and 51820 in (p.sport, p.dport) for p in packets), \
