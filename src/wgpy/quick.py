@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -105,8 +106,6 @@ def _check_attach(cfg: cfgmod.InterfaceConfig) -> None:
         needs_root.append("Masquerade (nftables and forwarding need CAP_NET_ADMIN)")
     if cfg.dns_servers or cfg.dns_search:
         needs_root.append("DNS (changing the resolver configuration needs root)")
-    if cfg.pre_up or cfg.post_up or cfg.pre_down or cfg.post_down:
-        pass   # hooks run as this user; they are the user's business
     if needs_root:
         raise UpError(f"without CAP_NET_ADMIN these settings cannot be applied: {'; '.join(needs_root)}")
     missing = _missing_setup(cfg)
@@ -117,7 +116,7 @@ def _check_attach(cfg: cfgmod.InterfaceConfig) -> None:
 
 def _me() -> str:
     try:
-        return privileges.pwd.getpwuid(os.geteuid()).pw_name
+        return pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         return str(os.geteuid())
 

@@ -19,7 +19,7 @@ import pytest
 
 import netlab
 from netlab import (PeerSpec, add_bridge, assert_ping, default_route, gen_keypair, lan_host, link_exists,
-                    nat_router, nft_load, ns_pids, ping, proc_status, read_sysctl, render_config, run, sysctl,
+                    nat_router, nft_load, ns_pids, proc_status, read_sysctl, render_config, run, sysctl,
                     unique_iface, wait_for, write_config)
 
 pytestmark = pytest.mark.netns
@@ -240,7 +240,10 @@ def test_exit_gateway_full_tunnel(lab, run_as):
     assert packets, "no UDP captured on the client's uplink"
     assert all({p.src, p.dst} == {"192.0.2.2", "203.0.113.1"} and 51820 in (p.sport, p.dport) for p in packets), \
         {(p.src, p.sport, p.dst, p.dport) for p in packets}
-    assert sum(len(p.payload) for p in packets if p.wg_type == 4) > nbytes
+    assert any(p.wg_type == 4 for p in packets)
+    # (tcpdump may miss some packets under load: the byte count comes from the tunnel's own counters)
+    _key, _rx, tx = run(client, "wg", "show", iface_c, "transfer").stdout.split()
+    assert int(tx) > nbytes
 
     for ns, iface in ((client, iface_c), (server, iface_s)):
         res = lab.wgpy(ns, "down", iface, timeout=30)
