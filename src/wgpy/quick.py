@@ -139,9 +139,10 @@ def _missing_setup(cfg: cfgmod.InterfaceConfig) -> list[str]:
     name = cfg.name
     nl = netlink.NetlinkSetup(name)
     try:
+        main_table = cfg.table in (None, "auto", "main")   # routes in another table are root's business
         return nl.missing(cfg.addresses, cfg.mtu,
-                          [] if cfg.table == "off" else sorted({n for p in cfg.peers for n in p.allowed_ips},
-                                                                key=lambda n: (n.version, n.prefixlen)))
+                          sorted({n for p in cfg.peers for n in p.allowed_ips}, key=lambda n: (n.version, n.prefixlen))
+                          if main_table else [])
     finally:
         nl.close()
 

@@ -71,10 +71,11 @@ def _assert_runs_as_nobody(pid: int, caps: int) -> None:
 
 def test_site_to_site_behind_nat(lab):
     """
-      a1 172.16.0.11 ─┐                                                                ┌─ b1 172.20.0.11
-      a2 172.16.0.12 ─┤ br0 172.16.0.1   gwA ── 192.168.1.0/24 ── natA ── 198.51.100.0/24 ── internet ──┐
-                      └──────────────── wgpy 10.88.0.1 ───────────────────────────────────────────────────┤
-      b2 172.20.0.12 ─┬ br0 172.20.0.1   gwB ── 192.168.2.0/24 ── natB (udp 51820 -> gwB) ── 203.0.113.0/24
+      a1 172.16.0.11 ┐                                                              ┌ b1 172.20.0.11
+                     ├ br0 gwA 192.168.1.2 ─ natA ─ internet ─ natB ─ 192.168.2.2 gwB br0 ┤
+      a2 172.16.0.12 ┘    172.16.0.1   (MASQUERADE) 198.51.100/24  (MASQUERADE,      172.20.0.1  └ b2 172.20.0.12
+                                                    203.0.113/24    udp 51820 -> gwB)
+      wgpy tunnel gwA 10.88.0.1 <-> gwB 10.88.0.2 carrying 172.16.0.0/16 <-> 172.20.0.0/16
     """
     inet, nat_a, nat_b, gw_a, gw_b = (lab.netns() for _ in range(5))
     # the "internet": two public subnets, routed
