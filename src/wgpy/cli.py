@@ -77,11 +77,31 @@ def _bytes(n: int) -> str:
 
 
 def interfaces() -> list[str]:
+    """Interfaces with a live UAPI socket in /var/run/wireguard or our own runtime directory (a socket nobody
+    listens on any more is skipped, and removed when we may, as `wg` does)."""
+    import socket
+    from .privileges import search_dirs
     from .uapi.server import SOCKET_DIR
-    try:
-        names = [f[:-5] for f in os.listdir(SOCKET_DIR) if f.endswith(".sock")]
-    except FileNotFoundError:
-        return []
+    names = set()
+    for d in search_dirs(SOCKET_DIR):
+        try:
+            files = [f for f in os.listdir(d) if f.endswith(".sock")]
+        except OSError:
+            continue
+        for f in files:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(os.path.join(d, f))
+                names.add(f[:-5])
+            except ConnectionRefusedError:
+                try:
+                    os.unlink(os.path.join(d, f))
+                except OSError:
+                    pass
+            except OSError:
+                names.add(f[:-5])   # e.g. another user's socket: it exists, show says why it cannot be read
+            finally:
+                s.close()
     return sorted(names)
 
 

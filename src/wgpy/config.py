@@ -12,7 +12,9 @@ in Endpoint are kept as written, never resolved. The format, as wg-quick(8)/wg(8
   and keep their order; every other key may be given once per interface or peer.
 
 [Interface]: PrivateKey (required), ListenPort, FwMark, Address, DNS, MTU, Table, PreUp, PostUp,
-PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto`` and ``Mode = tun|tap``.
+PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto``, ``Mode = tun|tap``, ``Masquerade = <uplink
+interface>[, ...]`` (forward and NAT the tunnel's traffic out of those interfaces) and ``User = <name or uid>``
+(drop to that user once the interface is set up).
 [Peer]: PublicKey (required), PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive.
 Errors are ``ConfigError``s naming file, line and key; they never contain key material.
 """
@@ -73,6 +75,8 @@ class InterfaceConfig:
     post_down: list[str] = field(default_factory=list)
     save_config: bool = False
     mode: str = "tun"
+    masquerade: list[str] = field(default_factory=list)  # uplink interface names
+    user: str | None = None  # user name or numeric uid to run as after setup
     peers: list[PeerConfig] = field(default_factory=list)
 
 
@@ -185,6 +189,25 @@ def _endpoint(s: str) -> tuple[str, int]:
     return host, _uint(port, 1, 65535, "port")
 
 
+def _ifnames(s: str) -> list[str]:
+    names = _items(s, whitespace=True)
+    if not names:
+        raise _Bad("expected one or more interface names")
+    for n in names:
+        if not _valid_name(n):
+            raise _Bad(f"invalid interface name {n!r}")
+    return names
+
+
+_USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
+
+
+def _user(s: str) -> str:
+    if not _USER_RE.fullmatch(s):
+        raise _Bad(f"invalid user name {s!r}")
+    return s
+
+
 def _command(s: str) -> list[str]:
     return [s] if s else []
 
@@ -205,6 +228,8 @@ _INTERFACE_KEYS: dict[str, _Spec] = {
     "postdown": ("post_down", "extend", _command),
     "saveconfig": ("save_config", "set", lambda s: _choice(s, ("true", "false"), "boolean") == "true"),
     "mode": ("mode", "set", lambda s: _choice(s, ("tun", "tap"), "mode")),
+    "masquerade": ("masquerade", "extend", _ifnames),
+    "user": ("user", "set", _user),
 }
 _PEER_KEYS: dict[str, _Spec] = {
     "publickey": ("public_key", "set", _key),

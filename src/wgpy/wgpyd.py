@@ -16,7 +16,7 @@ import sys
 
 from .daemon import Interface, install_signal_handlers
 from .io import netlink
-from .quick import has_net_admin
+from .privileges import has_net_admin
 
 log = logging.getLogger("wgpy")
 

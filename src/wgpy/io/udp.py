@@ -57,7 +57,9 @@ class UdpBind:
                     s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
                 except OSError:
                     pass
-        self.set_fwmark(fwmark)
+        self.fwmark = 0
+        if fwmark:   # new sockets carry no mark; SO_MARK needs CAP_NET_ADMIN, even to set 0
+            self.set_fwmark(fwmark)
 
     def set_fwmark(self, mark: int) -> None:
         self.fwmark = mark
