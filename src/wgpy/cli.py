@@ -121,7 +121,8 @@ def _show_one(name: str, field: str | None) -> int:
         if "private_key" in dev else "(none)"
     if field == "dump":
         priv = _b64(dev["private_key"]) if "private_key" in dev else "(none)"
-        print(f"{priv}\t{pub}\t{dev.get('listen_port', '0')}\t{dev.get('fwmark', 'off')}")
+        mark = int(dev.get("fwmark", "0"))
+        print(f"{priv}\t{pub}\t{dev.get('listen_port', '0')}\t{f'{mark:#x}' if mark else 'off'}")   # as wg: hex
         for p in peers:
             psk = p.get("preshared_key", "0" * 64)
             print("\t".join([
