@@ -60,6 +60,9 @@ RATELIMIT_BURST = 5
 RATELIMIT_MAX_ENTRIES = 8192
 # Packets queued for a peer while its handshake is under way (the oldest is dropped beyond this).
 MAX_STAGED_PACKETS = 128
+# Packets queued for all peers together while their handshakes are under way (new packets are dropped beyond
+# this): with MAX_PEERS peers the per-peer bound alone would allow 128 * 2**20 packets.
+MAX_STAGED_PACKETS_TOTAL = 8192
 # Size of the anti-replay window, in messages (RFC 6479 style bitmap).
 REPLAY_WINDOW = 8192 - 64
 MAX_PEERS = 1 << 20
