@@ -23,6 +23,7 @@ import time
 from . import config as cfgmod
 from .constants import DEFAULT_MTU
 from .daemon import Interface, install_signal_handlers
+from .harden import no_core_dumps
 from .io import netlink
 from .io.udp import make_endpoint, format_endpoint
 from .uapi import protocol as uapi
@@ -221,6 +222,7 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
             except OSError:
                 pass
 
+    no_core_dumps()   # before the private key is read
     try:
         cfg = cfgmod.load(path)
         for w in preflight(cfg):
@@ -246,13 +248,17 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
 
 
 def up_background(path: str) -> int:
+    no_core_dumps()   # this process reads the private key too
     cfg = cfgmod.load(path)
     for w in preflight(cfg):
         print(w, file=sys.stderr)
     os.makedirs(RUN_DIR, exist_ok=True)
     logpath = os.path.join(RUN_DIR, f"{cfg.name}.log")
     r, w = os.pipe()
-    with open(logpath, "ab") as logf:
+    # the log never holds key material, but it is the daemon's business only: owner-only, like the UAPI socket
+    logfd = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(logfd, 0o600)
+    with os.fdopen(logfd, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wgpy", "up", "--foreground", "--ready-fd", str(w), path],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,), start_new_session=True)
