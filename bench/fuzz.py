@@ -340,8 +340,10 @@ def run(target: str, inputs: int, seed: int, progress: float = 0.0) -> dict:
     else:
         tgt = ReceiveTarget(target, seed)
         mut = Mutator(tgt.world.corpus, seed, tgt.mac1_key, tgt.live_indices())
+        # claimed sources: the peer's own address, then 20,000 others (more than the cookie limiter's table)
+        sources = [tgt.src] + [(f"198.18.{j >> 8 & 255}.{j & 255}", 1024 + j) for j in range(20_000)]
         for i in range(inputs):
-            tgt.feed(mut.next())
+            tgt.feed(mut.next(), sources[i % len(sources)])
             if progress and time.perf_counter() - last > progress:
                 last = time.perf_counter()
                 print(f"  {target}: {i + 1} inputs", file=sys.stderr)

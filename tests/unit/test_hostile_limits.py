@@ -30,7 +30,7 @@ from test_fuzz import fuzz
 DROP_REASONS = {
     "no_route", "no_endpoint", "staged_peer_full", "staged_total_full", "unknown_index", "expired_keypair",
     "invalid_tag", "replay", "dishonest_peer", "bad_inner_packet", "invalid_message", "invalid_cookie_reply",
-    "invalid_mac1", "cookie_sent", "ratelimited", "invalid_initiation", "invalid_response",
+    "invalid_mac1", "cookie_sent", "cookie_ratelimited", "ratelimited", "invalid_initiation", "invalid_response",
 }
 
 

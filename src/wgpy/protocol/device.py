@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 from .. import crypto
 from ..constants import (
-    KEEPALIVE_TIMEOUT, MAX_PEERS, MAX_STAGED_PACKETS_TOTAL, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
+    COOKIE_REPLIES_PER_SECOND, COOKIE_REPLY_BURST, KEEPALIVE_TIMEOUT, MAX_PEERS, MAX_STAGED_PACKETS_TOTAL, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT_MIN_SIZE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME, REKEY_TIMEOUT, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
@@ -85,6 +85,7 @@ class Device(TimersMixin):
         self.keypairs_by_index: dict[int, Keypair] = {}
         self.handshakes_by_index: dict[int, Peer] = {}
         self.ratelimiter = RateLimiter()
+        self.cookie_limiter = RateLimiter(COOKIE_REPLIES_PER_SECOND, COOKIE_REPLY_BURST, allow_when_full=True)
         self.drops: Counter[str] = Counter()
         self.staged_total = 0          # packets staged over all peers (bounded by MAX_STAGED_PACKETS_TOTAL)
         self._heap: list[tuple[float, int, Peer]] = []
@@ -425,6 +426,9 @@ class Device(TimersMixin):
         if self._under_load(now):
             source = repr(src).encode()
             if not checker.check_mac2(data, mac2_off, source, now):
+                if not self.cookie_limiter.allow(ratelimit_key(src), now):
+                    self.drops["cookie_ratelimited"] += 1
+                    return
                 sender = struct.unpack_from("<I", data, 4)[0]
                 out.append((checker.create_reply(data, sender, mac1_off, source, now,
                                                  lambda: self._rand(32), self._rand(24)), src))

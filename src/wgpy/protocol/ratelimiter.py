@@ -15,13 +15,15 @@ from ..constants import RATELIMIT_BURST, RATELIMIT_MAX_ENTRIES, RATELIMIT_PACKET
 
 
 class RateLimiter:
-    __slots__ = ("rate", "burst", "max_entries", "table", "last_sweep")
+    __slots__ = ("rate", "burst", "max_entries", "table", "last_sweep", "allow_when_full")
 
     def __init__(self, rate: float = RATELIMIT_PACKETS_PER_SECOND, burst: int = RATELIMIT_BURST,
-                 max_entries: int = RATELIMIT_MAX_ENTRIES) -> None:
+                 max_entries: int = RATELIMIT_MAX_ENTRIES, allow_when_full: bool = False) -> None:
         self.rate = rate
         self.burst = burst
         self.max_entries = max_entries
+        # what a new key gets while the table is full of fresh entries: refused (default), or allowed untracked
+        self.allow_when_full = allow_when_full
         self.table: dict[object, list[float]] = {}   # key -> [tokens, last update]
         self.last_sweep = float("-inf")
 
@@ -30,10 +32,10 @@ class RateLimiter:
         if e is None:
             if len(self.table) >= self.max_entries:
                 if now - self.last_sweep < 1.0:
-                    return False
+                    return self.allow_when_full
                 self.sweep(now)
                 if len(self.table) >= self.max_entries:
-                    return False
+                    return self.allow_when_full
             self.table[key] = [self.burst - 1.0, now]
             return True
         tokens = min(self.burst, e[0] + (now - e[1]) * self.rate)

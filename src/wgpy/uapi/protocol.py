@@ -117,6 +117,7 @@ def handle_stats(host: Host) -> str:
     lines += [f"peers={len(dev.peers)}", f"keypairs={len(dev.keypairs_by_index)}",
               f"handshakes={len(dev.handshakes_by_index)}", f"staged_packets={dev.staged_total}",
               f"ratelimiter_entries={len(dev.ratelimiter.table)}",
+              f"cookie_limiter_entries={len(dev.cookie_limiter.table)}",
               f"under_load={int(dev.is_under_load(host.now()))}"]
     return "".join(line + "\n" for line in lines)
 
