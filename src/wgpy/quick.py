@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ import time
 from . import config as cfgmod
 from .constants import DEFAULT_MTU
 from .daemon import Interface, install_signal_handlers
-from .harden import no_core_dumps
+from .harden import is_dumpable, no_core_dumps
 from .io import netlink
 from .io.udp import make_endpoint, format_endpoint
 from .uapi import protocol as uapi
@@ -223,6 +224,8 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
                 pass
 
     no_core_dumps()   # before the private key is read
+    log.info("core dumps off (RLIMIT_CORE %d, dumpable %d)", resource.getrlimit(resource.RLIMIT_CORE)[1],
+             int(is_dumpable()))
     try:
         cfg = cfgmod.load(path)
         for w in preflight(cfg):
