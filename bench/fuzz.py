@@ -361,11 +361,7 @@ def run(target: str, inputs: int, seed: int, progress: float = 0.0) -> dict:
 def run_atheris(target: str, inputs: int, seed: int) -> None:
     import atheris  # optional: pip install atheris
 
-    with atheris.instrument_imports():
-        import wgpy.protocol.cookie  # noqa: F401
-        import wgpy.protocol.device  # noqa: F401
-        import wgpy.protocol.messages  # noqa: F401
-        import wgpy.protocol.noise  # noqa: F401
+    atheris.instrument_all()   # wgpy is already imported: instrument every loaded Python function for coverage
     tgt = None if target == "parse" else ReceiveTarget(target, seed)
     corpus = World(seed).corpus if tgt is None else tgt.world.corpus
 
