@@ -1,6 +1,6 @@
 """Secrets of a running `wgpy up` daemon: keys never in its log or in `wgpy show` (unless asked, as wg does with
 WG_HIDE_KEYS), the process cannot dump core or be read by a process without CAP_SYS_PTRACE, and its log file
-and control socket are owner-only. Reprs and tracebacks: tests/unit/test_hostile_secrets.py."""
+and control socket are owner-only. Reprs and tracebacks: tests/unit/test_hostile_secrets_core.py."""
 
 from __future__ import annotations
 
