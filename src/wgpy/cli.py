@@ -9,21 +9,35 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
 import time
 
 from . import crypto
 
-USAGE_SHOW_FIELDS = ("public-key", "private-key", "listen-port", "peers", "endpoints", "allowed-ips",
-                     "latest-handshakes", "transfer", "persistent-keepalive", "dump")
+USAGE_SHOW_FIELDS = ("public-key", "private-key", "listen-port", "fwmark", "peers", "preshared-keys", "endpoints",
+                     "allowed-ips", "latest-handshakes", "transfer", "persistent-keepalive", "dump", "stats")
+
+
+def _warn_if_world_accessible() -> None:
+    """As `wg genkey`: a key written to a file that others can read deserves a warning."""
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o007:
+        print("Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.",
+              file=sys.stderr)
 
 
 def _genkey() -> int:
+    _warn_if_world_accessible()
     print(crypto.encode_key(crypto.clamp(os.urandom(32))))
     return 0
 
 
 def _genpsk() -> int:
+    _warn_if_world_accessible()
     print(crypto.encode_key(os.urandom(32)))
     return 0
 
@@ -116,6 +130,8 @@ def _show_one(name: str, field: str | None) -> int:
     if dev.get("errno", "0") != "0":
         print(f"wgpy: interface {name}: errno {dev['errno']}", file=sys.stderr)
         return 1
+    # as wg: the human-readable listing hides private and preshared keys unless WG_HIDE_KEYS=never; the fields
+    # that exist to print a key (private-key, preshared-keys, dump) print it
     hide = os.environ.get("WG_HIDE_KEYS", "always") != "never"
     pub = crypto.encode_key(crypto.public_from_private(bytes.fromhex(dev["private_key"]))) \
         if "private_key" in dev else "(none)"
@@ -143,6 +159,24 @@ def _show_one(name: str, field: str | None) -> int:
     if field == "public-key":
         print(pub)
         return 0
+    if field == "private-key":
+        print(_b64(dev["private_key"]) if "private_key" in dev else "(none)")
+        return 0
+    if field == "preshared-keys":
+        for p in peers:
+            psk = p.get("preshared_key", "0" * 64)
+            print(f"{_b64(p['public_key'])}\t{'(none)' if psk == '0' * 64 else _b64(psk)}")
+        return 0
+    if field == "fwmark":
+        print(f"{int(dev['fwmark']):#x}" if dev.get("fwmark", "0") != "0" else "off")
+        return 0
+    if field == "persistent-keepalive":
+        for p in peers:
+            ka = p.get("persistent_keepalive_interval", "0")
+            print(f"{_b64(p['public_key'])}\t{'off' if ka == '0' else ka}")
+        return 0
+    if field == "stats":
+        return _show_stats(name)
     if field == "listen-port":
         print(dev.get("listen_port", "0"))
         return 0
@@ -171,7 +205,7 @@ def _show_one(name: str, field: str | None) -> int:
         print()
         print(f"peer: {_b64(p['public_key'])}")
         if p.get("preshared_key", "0" * 64) != "0" * 64:
-            print("  preshared key: (hidden)")
+            print(f"  preshared key: {'(hidden)' if hide else _b64(p['preshared_key'])}")
         if "endpoint" in p:
             print(f"  endpoint: {p['endpoint']}")
         print(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
@@ -184,6 +218,24 @@ def _show_one(name: str, field: str | None) -> int:
         ka = int(p.get("persistent_keepalive_interval", "0"))
         if ka:
             print(f"  persistent keepalive: every {ka} second{'s' if ka != 1 else ''}")
+    return 0
+
+
+def _show_stats(name: str) -> int:
+    """wgpy extension: drop counters and table sizes of the core (UAPI `wgpy_stats=1`)."""
+    from .uapi.server import request
+    try:
+        reply = request(name, "wgpy_stats=1\n")
+    except OSError as e:
+        print(f"wgpy: unable to access interface {name}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    lines = [ln for ln in reply.splitlines() if ln]
+    if not lines or lines[-1] != "errno=0":
+        print(f"wgpy: interface {name}: {lines[-1] if lines else 'no reply'}", file=sys.stderr)
+        return 1
+    for ln in lines[:-1]:
+        key, _, value = ln.partition("=")
+        print(f"{key}\t{value}")
     return 0
 
 

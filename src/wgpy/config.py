@@ -50,7 +50,7 @@ class ConfigError(Exception):
 @dataclass
 class PeerConfig:
     public_key: bytes
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)   # never in a repr (tracebacks, logs)
     endpoint: tuple[str, int] | None = None  # (host, port); host without brackets, IPs normalised
     allowed_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     persistent_keepalive: int = 0  # seconds; 0 = disabled
@@ -61,7 +61,7 @@ class PeerConfig:
 class InterfaceConfig:
     name: str
     path: str
-    private_key: bytes
+    private_key: bytes = field(repr=False)   # never in a repr (tracebacks, logs)
     listen_port: int | None = None
     fwmark: int = 0
     addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = field(default_factory=list)

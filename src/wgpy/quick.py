@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -31,6 +32,7 @@ from . import config as cfgmod
 from . import privileges
 from .constants import DEFAULT_MTU
 from .daemon import Interface, install_signal_handlers
+from .harden import is_dumpable, no_core_dumps
 from .io import netlink, nft
 from .io.udp import make_endpoint, format_endpoint
 from .privileges import has_net_admin
@@ -358,6 +360,9 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
             except OSError:
                 pass
 
+    no_core_dumps()   # before the private key is read
+    log.info("core dumps off (RLIMIT_CORE %d, dumpable %d)", resource.getrlimit(resource.RLIMIT_CORE)[1],
+             int(is_dumpable()))
     try:
         cfg = cfgmod.load(path)
         for w in preflight(cfg):
@@ -393,12 +398,16 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
 
 
 def up_background(path: str) -> int:
+    no_core_dumps()   # this process reads the private key too
     cfg = cfgmod.load(path)
     for w in preflight(cfg):
         print(w, file=sys.stderr)
     logpath = os.path.join(privileges.runtime_dir(RUN_DIR, create=True), f"{cfg.name}.log")
     r, w = os.pipe()
-    with open(logpath, "ab") as logf:
+    # the log never holds key material, but it is the daemon's business only: owner-only, like the UAPI socket
+    logfd = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(logfd, 0o600)
+    with os.fdopen(logfd, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wgpy", "up", "--foreground", "--ready-fd", str(w), path],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,), start_new_session=True)
