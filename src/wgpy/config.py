@@ -12,8 +12,11 @@ in Endpoint are kept as written, never resolved. The format, as wg-quick(8)/wg(8
   and keep their order; every other key may be given once per interface or peer.
 
 [Interface]: PrivateKey (required), ListenPort, FwMark, Address, DNS, MTU, Table, PreUp, PostUp,
-PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto`` and ``Mode = tun|tap``.
-[Peer]: PublicKey (required), PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive.
+PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto``, ``Mode = tun|tap`` and, with Mode = tap,
+``Relay = on|off``.
+[Peer]: PublicKey (required), PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive; wgpy extension, with
+Mode = tap: AllowedMACs. With Mode = tap a peer takes no AllowedIPs: frames are switched by MAC address, and
+silently ignoring a source restriction the file asks for would be worse than refusing it.
 Errors are ``ConfigError``s naming file, line and key; they never contain key material.
 """
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from wgpy.crypto import KeyError_, decode_key, encode_key
+from wgpy.routing.mactable import format_mac, parse_mac
 
 __all__ = [
     "ConfigError", "PeerConfig", "InterfaceConfig", "parse", "load", "interface_name_from_path",
@@ -52,6 +56,7 @@ class PeerConfig:
     endpoint: tuple[str, int] | None = None  # (host, port); host without brackets, IPs normalised
     allowed_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     persistent_keepalive: int = 0  # seconds; 0 = disabled
+    allowed_macs: list[bytes] = field(default_factory=list)  # Mode = tap: source MACs accepted (empty: any)
     line: int = 0  # line of the [Peer] header
 
 
@@ -73,6 +78,7 @@ class InterfaceConfig:
     post_down: list[str] = field(default_factory=list)
     save_config: bool = False
     mode: str = "tun"
+    relay: bool = False  # Mode = tap: forward frames between peers (the hub of a star)
     peers: list[PeerConfig] = field(default_factory=list)
 
 
@@ -185,6 +191,28 @@ def _endpoint(s: str) -> tuple[str, int]:
     return host, _uint(port, 1, 65535, "port")
 
 
+def _mac_list(s: str) -> list[bytes]:
+    out = []
+    for item in _items(s, whitespace=False):
+        try:
+            mac = parse_mac(item)
+        except ValueError:
+            raise _Bad(f"invalid MAC address {item!r}") from None
+        if mac[0] & 1:
+            raise _Bad(f"{item!r} is a multicast address, never a source")
+        out.append(mac)
+    return out
+
+
+def _on_off(s: str) -> bool:
+    v = s.lower()
+    if v in ("on", "true", "yes"):
+        return True
+    if v in ("off", "false", "no"):
+        return False
+    raise _Bad(f"invalid value {s!r} (expected on or off)")
+
+
 def _command(s: str) -> list[str]:
     return [s] if s else []
 
@@ -205,6 +233,7 @@ _INTERFACE_KEYS: dict[str, _Spec] = {
     "postdown": ("post_down", "extend", _command),
     "saveconfig": ("save_config", "set", lambda s: _choice(s, ("true", "false"), "boolean") == "true"),
     "mode": ("mode", "set", lambda s: _choice(s, ("tun", "tap"), "mode")),
+    "relay": ("relay", "set", _on_off),
 }
 _PEER_KEYS: dict[str, _Spec] = {
     "publickey": ("public_key", "set", _key),
@@ -214,6 +243,7 @@ _PEER_KEYS: dict[str, _Spec] = {
     "endpoint": ("endpoint", "set", _endpoint),
     "persistentkeepalive": ("persistent_keepalive", "set",
                             lambda s: 0 if s.lower() == "off" else _uint(s, 0, 65535, "persistent keepalive")),
+    "allowedmacs": ("allowed_macs", "extend", _mac_list),
 }
 
 
@@ -274,6 +304,7 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
             parsed = parser(value)
         except _Bad as e:
             raise ConfigError(path, lineno, key, str(e)) from None
+        current.setdefault("_where", {}).setdefault(attr, (lineno, key))
         if how == "set":
             seen.add(attr)
             current[attr] = parsed
@@ -290,7 +321,29 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
 
     if "private_key" not in iface:
         raise ConfigError(path, None, "PrivateKey", "missing")
+    _check_mode(path, iface, peers)
+    iface.pop("_where", None)
+    for p in peers:
+        p.pop("_where", None)
     return InterfaceConfig(name=name, path=path, **iface, peers=[PeerConfig(**p) for p in peers])
+
+
+def _check_mode(path: str, iface: dict[str, Any], peers: list[dict[str, Any]]) -> None:
+    """Keys that only make sense in one mode (see the module docstring)."""
+    if iface.get("mode") == "tap":
+        for p in peers:
+            if p.get("allowed_ips"):
+                line, key = p["_where"]["allowed_ips"]
+                raise ConfigError(path, line, key, "not used with Mode = tap (frames are switched by MAC "
+                                                   "address); restrict a peer's sources with AllowedMACs")
+        return
+    if "relay" in iface:
+        line, key = iface["_where"]["relay"]
+        raise ConfigError(path, line, key, "needs Mode = tap")
+    for p in peers:
+        if "allowed_macs" in p:
+            line, key = p["_where"]["allowed_macs"]
+            raise ConfigError(path, line, key, "needs Mode = tap")
 
 
 def _valid_name(name: str) -> bool:
@@ -362,6 +415,9 @@ def to_uapi(cfg: InterfaceConfig, resolved_endpoints: dict[int, str] | None = No
         out.append(f"listen_port={cfg.listen_port}")
     if cfg.fwmark:
         out.append(f"fwmark={cfg.fwmark}")
+    l2 = cfg.mode == "tap"
+    if l2:
+        out.append(f"wgpy_relay={'true' if cfg.relay else 'false'}")
     out.append("replace_peers=true")
     for i, peer in enumerate(cfg.peers):
         out.append(f"public_key={peer.public_key.hex()}")
@@ -374,4 +430,7 @@ def to_uapi(cfg: InterfaceConfig, resolved_endpoints: dict[int, str] | None = No
             out.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
         out.append("replace_allowed_ips=true")
         out.extend(f"allowed_ip={net}" for net in peer.allowed_ips)
+        if l2:
+            out.append("wgpy_replace_allowed_macs=true")
+            out.extend(f"wgpy_allowed_mac={format_mac(mac)}" for mac in peer.allowed_macs)
     return "".join(line + "\n" for line in out)

@@ -6,13 +6,18 @@ number of devices and any peering (star, mesh).
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 
 import pytest
 
+from wgpy import crypto
+from wgpy.config import ConfigError, parse, to_uapi
 from wgpy.constants import MAC_AGING_TIME
+from wgpy.io import udp
 from wgpy.protocol.device import Device
+from wgpy.uapi.protocol import handle_request
 from wgpy.routing.mactable import LOCAL, MacTable
 
 from helpers import Clock, make_key, mtype, seeded_rand
@@ -297,3 +302,129 @@ def test_many_frames_in_order(batch):
     n.send("A", frames)
     got = n.tap["B"]
     assert len(got) == batch and all(unpad(g, f) for g, f in zip(got, frames))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# configuration: config file keys and the UAPI extension keys of L2 devices
+# ---------------------------------------------------------------------------------------------------------------
+
+class L2Host:
+    def __init__(self, l2: bool = True) -> None:
+        self.device = Device(crypto.clamp(os.urandom(32)), rand=os.urandom, wall=lambda: 1e9, l2=l2)
+        self.listen_port, self.fwmark, self.clock = 51820, 0, 1000.0
+
+    def set_listen_port(self, port):
+        self.listen_port = port
+
+    def set_fwmark(self, mark):
+        self.fwmark = mark
+
+    parse_endpoint = staticmethod(udp.parse_endpoint)
+    format_endpoint = staticmethod(udp.format_endpoint)
+
+    def now(self):
+        return self.clock
+
+    def flush(self, out):
+        pass
+
+
+def uapi(host, *lines):
+    return handle_request("\n".join(lines), host)
+
+
+def get_lines(host):
+    reply = uapi(host, "get=1")
+    assert reply.endswith("errno=0\n\n")
+    return reply.splitlines()[:-1]
+
+
+def test_uapi_l2_keys_set_and_get():
+    h = L2Host()
+    k1, k2 = os.urandom(32).hex(), os.urandom(32).hex()
+    assert uapi(h, "set=1", "wgpy_relay=true", f"public_key={k1}", "replace_allowed_ips=true",
+                "wgpy_replace_allowed_macs=true", "wgpy_allowed_mac=02:00:00:00:00:0b",
+                "wgpy_allowed_mac=02:00:00:00:00:0a", f"public_key={k2}") == "errno=0\n\n"
+    dev = h.device
+    p1, p2 = dev.peers[bytes.fromhex(k1)], dev.peers[bytes.fromhex(k2)]
+    assert dev.relay and p1.allowed_macs == {m(10), m(11)} and p2.allowed_macs is None
+    dev.macs.learn(m(10), p1, 990.0)
+    dev.macs.learn(m(1), LOCAL, 999.5)
+    lines = get_lines(h)
+    assert "wgpy_mode=tap" in lines and "wgpy_relay=true" in lines
+    assert lines.index("wgpy_local_mac=02:00:00:00:00:01 0") < lines.index(f"public_key={k1}")
+    sect1 = lines[lines.index(f"public_key={k1}"):lines.index(f"public_key={k2}")]
+    assert [ln for ln in sect1 if ln.startswith("wgpy_")] == [
+        "wgpy_allowed_mac=02:00:00:00:00:0a", "wgpy_allowed_mac=02:00:00:00:00:0b", "wgpy_mac=02:00:00:00:00:0a 10"]
+    assert not any(ln.startswith("allowed_ip=") for ln in lines)
+    # remove one, then replace the list with nothing (= any source)
+    assert uapi(h, "set=1", f"public_key={k1}", "wgpy_allowed_mac=-02:00:00:00:00:0b") == "errno=0\n\n"
+    assert p1.allowed_macs == {m(10)}
+    assert uapi(h, "set=1", "wgpy_relay=false", f"public_key={k1}",
+                "wgpy_replace_allowed_macs=true") == "errno=0\n\n"
+    assert p1.allowed_macs is None and not dev.relay
+
+
+@pytest.mark.parametrize("lines", [
+    ("public_key={k}", "allowed_ip=10.0.0.1/32"),                   # L2: frames are not routed by IP
+    ("public_key={k}", "allowed_ip=-10.0.0.1/32"),
+    ("public_key={k}", "wgpy_allowed_mac=02:00:00:00:00"),
+    ("public_key={k}", "wgpy_allowed_mac=zz:00:00:00:00:00"),
+    ("public_key={k}", "wgpy_replace_allowed_macs=false"),
+    ("wgpy_relay=yes",),
+    ("wgpy_mac=02:00:00:00:00:01",),
+])
+def test_uapi_l2_bad_requests_change_nothing(lines):
+    h = L2Host()
+    before = get_lines(h)
+    k = os.urandom(32).hex()
+    assert uapi(h, "set=1", *[ln.format(k=k) for ln in lines]) == "errno=-22\n\n"
+    assert get_lines(h) == before
+
+
+@pytest.mark.parametrize("line", ["wgpy_relay=true", "public_key={k}\nwgpy_allowed_mac=02:00:00:00:00:01",
+                                  "public_key={k}\nwgpy_replace_allowed_macs=true"])
+def test_uapi_l3_device_refuses_l2_keys(line):
+    h = L2Host(l2=False)
+    assert uapi(h, "set=1", line.format(k=os.urandom(32).hex())) == "errno=-22\n\n"
+    assert not any(ln.startswith("wgpy_") for ln in get_lines(h))
+
+
+KEY = crypto.encode_key(crypto.clamp(bytes(range(32))))
+PEER = crypto.encode_key(crypto.public_from_private(crypto.clamp(bytes(range(1, 33)))))
+
+
+def test_config_tap_mode_keys_and_uapi_rendering():
+    cfg = parse(f"[Interface]\nPrivateKey = {KEY}\nMode = tap\nRelay = on\n"
+                f"[Peer]\nPublicKey = {PEER}\nAllowedMACs = 02:00:00:00:00:01, 02-00-00-00-00-02\n"
+                f"AllowedMACs = 02:00:00:00:00:03\nEndpoint = 192.0.2.7:51820\n")
+    assert cfg.mode == "tap" and cfg.relay is True and cfg.addresses == []
+    assert cfg.peers[0].allowed_macs == [m(1), m(2), m(3)]
+    text = to_uapi(cfg)
+    assert "wgpy_relay=true\n" in text and text.index("wgpy_relay") < text.index("public_key=")
+    assert text.endswith("wgpy_replace_allowed_macs=true\nwgpy_allowed_mac=02:00:00:00:00:01\n"
+                         "wgpy_allowed_mac=02:00:00:00:00:02\nwgpy_allowed_mac=02:00:00:00:00:03\n")
+    h = L2Host()
+    assert handle_request("set=1\n" + text, h) == "errno=0\n\n"
+    assert h.device.relay and h.device.peers[crypto.decode_key(PEER)].allowed_macs == {m(1), m(2), m(3)}
+    # an L3 config renders none of the extension keys
+    plain = parse(f"[Interface]\nPrivateKey = {KEY}\n[Peer]\nPublicKey = {PEER}\nAllowedIPs = 10.0.0.2/32\n")
+    assert "wgpy_" not in to_uapi(plain)
+
+
+@pytest.mark.parametrize("body,line,key,msg", [
+    ("Mode = tap\n[Peer]\nPublicKey = {p}\nAllowedIPs = 10.0.0.2/32\n", 6, "AllowedIPs", "not used with Mode = tap"),
+    ("[Peer]\nPublicKey = {p}\nAllowedIPs = 10.0.0.2/32\n[Interface]\nMode = tap\n", 5, "AllowedIPs",
+     "AllowedMACs"),
+    ("Relay = on\n", 3, "Relay", "needs Mode = tap"),
+    ("Mode = tun\n[Peer]\nPublicKey = {p}\nAllowedMACs = 02:00:00:00:00:01\n", 6, "AllowedMACs", "needs Mode = tap"),
+    ("Mode = tap\n[Peer]\nPublicKey = {p}\nAllowedMACs = 02:00:00:00:00\n", 6, "AllowedMACs", "invalid MAC address"),
+    ("Mode = tap\n[Peer]\nPublicKey = {p}\nAllowedMACs = 01:00:5e:00:00:01\n", 6, "AllowedMACs", "multicast"),
+    ("Mode = tap\nRelay = sometimes\n", 4, "Relay", "expected on or off"),
+])
+def test_config_tap_mode_errors(body, line, key, msg):
+    with pytest.raises(ConfigError) as info:
+        parse(f"[Interface]\nPrivateKey = {KEY}\n" + body.format(p=PEER), "/etc/wireguard/l2.conf")
+    e = info.value
+    assert (e.line, e.key) == (line, key) and msg in e.message, str(e)
+    assert KEY not in str(e)
