@@ -3,6 +3,10 @@
 up (foreground):  load config -> checks (privilege, name free) -> resolve endpoints -> PreUp -> create TUN,
                   UDP and UAPI sockets -> configure the core through a UAPI set (the same path `wg` uses)
                   -> addresses, MTU, routes (netlink) -> DNS -> PostUp -> ready -> event loop
+Mode = tap:       a TAP device instead (the core switches Ethernet frames); its MTU is the tunnel MTU minus the
+                  Ethernet header, addresses are optional (it may be enslaved to a bridge instead, e.g. in
+                  PostUp), IPv6 addresses go through duplicate address detection as on any Ethernet link, and
+                  there are no routes (peers have no AllowedIPs in L2).
 teardown:         PreDown -> DNS removed -> rules removed -> TUN closed (its addresses and routes go with it)
                   -> sockets closed -> PostDown
 A failure anywhere in `up` runs the teardown of exactly the steps already done, so nothing is left behind.
@@ -21,7 +25,7 @@ import sys
 import time
 
 from . import config as cfgmod
-from .constants import DEFAULT_MTU
+from .constants import DEFAULT_MTU, ETHERNET_HEADER_LEN
 from .daemon import Interface, install_signal_handlers
 from .io import netlink
 from .io.udp import make_endpoint, format_endpoint
@@ -52,8 +56,6 @@ def has_net_admin() -> bool:
 def preflight(cfg: cfgmod.InterfaceConfig) -> list[str]:
     """Checks that need no changes to the system. Returns warnings; raises UpError/ConfigError."""
     warnings = []
-    if cfg.mode != "tun":
-        raise cfgmod.ConfigError(cfg.path, None, "Mode", f"mode {cfg.mode!r} is not supported yet (only 'tun')")
     w = cfgmod.check_permissions(cfg.path)
     if w:
         warnings.append(w)
@@ -129,6 +131,7 @@ class Session:
 
     def _configure_netlink(self, resolved: dict[int, str]) -> None:
         cfg, nl = self.cfg, self.nl
+        l2 = cfg.mode == "tap"
         mtu = cfg.mtu
         if mtu is None:
             mtus = []
@@ -138,10 +141,17 @@ class Session:
                 if m:
                     mtus.append(m)
             base = max(mtus) if mtus else nl.default_route_mtu()
-            mtu = max(base - 80, 1280) if base else DEFAULT_MTU   # as wg-quick: route MTU - 80
+            # as wg-quick: route MTU - 80, at least 1280 (IPv6's minimum; in L2 that is the TAP's minimum)
+            floor = 1280 + (ETHERNET_HEADER_LEN if l2 else 0)
+            mtu = max(base - 80, floor) if base else DEFAULT_MTU
         self.iface.device.mtu = mtu
         for addr in cfg.addresses:
-            nl.add_address(addr)
+            nl.add_address(addr, nodad=not l2)
+        if l2:
+            # the plaintext is the whole frame: the TAP's MTU (which excludes the Ethernet header, as every
+            # Ethernet device's does) is the tunnel MTU minus 14 (see docs/architecture.md, "L2 mode")
+            nl.set_mtu_up(mtu - ETHERNET_HEADER_LEN)
+            return
         nl.set_mtu_up(mtu)
         if cfg.table == "off":
             return
