@@ -56,11 +56,11 @@ def link_mac(ns: str, dev: str) -> str:
     return json.loads(run(ns, "ip", "-j", "link", "show", "dev", dev, timeout=10).stdout)[0]["address"]
 
 
-def l2_up(lab, ns: str, keys: Keypair, peers: list[L2Peer], *, addresses=(), extra=()) -> L2Host:
+def l2_up(lab, ns: str, keys: Keypair, peers: list[L2Peer], *, addresses=(), extra=(),
+          mtu: int = TUNNEL_MTU) -> L2Host:
     """`wgpy up` of a Mode = tap config (peers take no AllowedIPs in L2)."""
     iface = unique_iface()
-    lines = ["[Interface]", f"PrivateKey = {keys.private}", f"ListenPort = {PORT}", "Mode = tap",
-             f"MTU = {TUNNEL_MTU}"]
+    lines = ["[Interface]", f"PrivateKey = {keys.private}", f"ListenPort = {PORT}", "Mode = tap", f"MTU = {mtu}"]
     if addresses:
         lines.append(f"Address = {', '.join(addresses)}")
     lines += list(extra)
@@ -75,13 +75,14 @@ def l2_up(lab, ns: str, keys: Keypair, peers: list[L2Peer], *, addresses=(), ext
     return L2Host(ns, iface, keys)
 
 
-def l2_pair(lab, topo, *, addresses=((), ()), extra=((), ()), allowed_macs=((), ())) -> tuple[L2Host, L2Host]:
+def l2_pair(lab, topo, *, addresses=((), ()), extra=((), ()), allowed_macs=((), ()),
+            mtu: int = TUNNEL_MTU) -> tuple[L2Host, L2Host]:
     keys = [gen_keypair(), gen_keypair()]
     hosts = []
     for i in range(2):
         j = 1 - i
         peer = L2Peer(keys[j].public, topo.endpoint(j, PORT), tuple(allowed_macs[i]))
-        hosts.append(l2_up(lab, topo.ns[i], keys[i], [peer], addresses=addresses[i], extra=extra[i]))
+        hosts.append(l2_up(lab, topo.ns[i], keys[i], [peer], addresses=addresses[i], extra=extra[i], mtu=mtu))
     return hosts[0], hosts[1]
 
 
@@ -182,7 +183,9 @@ def test_l2_pair_arp_nd_ping_transfer_show(lab, two_ns, transfer):
 
 def test_lan_stretching_over_bridges(lab, two_ns, transfer):
     """On each side the TAP and a veth to a LAN namespace are ports of a Linux bridge; the tunnel hosts have no
-    address on the TAP. Two LAN hosts in one subnet, with no route but their connected one, talk."""
+    address on the TAP. Two LAN hosts in one subnet, with no route but their connected one, talk. The LAN is a
+    standard 1500-byte one: MTU = 1514 lets the tunnel carry its full-size frames (the outer UDP packets are
+    then fragmented on the 1500-byte underlay)."""
     lab.require_real_wgpy("L2 mode")
     lans, lan_veths = [], []
     for i, ns in enumerate(two_ns.ns):
@@ -191,13 +194,12 @@ def test_lan_stretching_over_bridges(lab, two_ns, transfer):
         run(ns, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
         run(ns, "ip", "link", "set", v_host, "master", "br0", "up")
         run(ns, "ip", "link", "set", "br0", "up")
-        for dev_ns, dev in ((lan, v_lan), (ns, v_host)):     # the LAN's MTU must fit the TAP's
-            run(dev_ns, "ip", "link", "set", dev, "mtu", TAP_MTU)
         lans.append(lan)
         lan_veths.append(v_lan)
     enslave = ["PostUp = ip link set %i master br0"]
-    a, b = l2_pair(lab, two_ns, extra=(enslave, enslave))
+    a, b = l2_pair(lab, two_ns, extra=(enslave, enslave), mtu=1514)
     assert run(a.ns, "ip", "-4", "addr", "show", "dev", a.iface).stdout.strip() == ""
+    assert json.loads(run(a.ns, "ip", "-j", "link", "show", "dev", a.iface).stdout)[0]["mtu"] == 1500
     assert "master br0" in run(b.ns, "ip", "link", "show", "dev", b.iface).stdout
     for lan in lans:
         routes = run(lan, "ip", "-4", "route").stdout.strip().splitlines()
@@ -208,8 +210,11 @@ def test_lan_stretching_over_bridges(lab, two_ns, transfer):
     assert neigh_lladdr(lans[0], "10.60.0.2", lan_veths[0]) == link_mac(lans[1], lan_veths[1])
     broadcast_udp(lab, lans[0], [lans[1]], "10.60.0.255", "10.60.0.1")
     broadcast_udp(lab, lans[1], [lans[0]], "10.60.0.255", "10.60.0.2")
-    server, client = transfer(lans[1], lans[0], "10.60.0.2", 5 * 1000 * 1000, timeout=60)
-    assert client["sha256"] == server["sha256"] and server["bytes"] == 5 * 1000 * 1000
+    res = run(lans[0], "ping", "-M", "do", "-s", 1472, "-c", "2", "-i", "0.2", "-W", "2", "10.60.0.2", timeout=15,
+              check=False)                           # a full 1514-byte frame
+    assert res.returncode == 0 and " 0% packet loss" in res.stdout, res.stdout + res.stderr
+    server, client = transfer(lans[1], lans[0], "10.60.0.2", 10 * 1000 * 1000, timeout=60)
+    assert client["sha256"] == server["sha256"] and server["bytes"] == 10 * 1000 * 1000
 
     table = mac_table(lab, a)
     assert table[link_mac(lans[0], lan_veths[0])] == "local"
