@@ -2,11 +2,14 @@
 
 Event loop (one thread, epoll):
     1. wait for the TUN, a UDP socket or the UAPI socket to be readable, or for the core's next deadline
-    2. TUN readable: read up to BATCH packets, hand them to Device.send_packets as one batch
-    3. UDP readable: read up to BATCH datagrams, hand them to Device.receive_datagrams as one batch
-    4. carry out what the core returned: datagrams in as few sendmsg() calls as UDP GSO allows, each packet
-       write() to the TUN (UDP GRO lets one read return several datagrams)
-    5. run expired timers (Device.tick); once a second check that the interface still exists
+    2. TUN readable: read until about BATCH packets are in hand (with TSO one read returns a TCP super-packet,
+       cut into MTU-sized packets by offload.split), hand them to Device.send_packets as one batch
+    3. UDP readable: read up to BATCH datagrams (UDP GRO lets one read return several), hand them to
+       Device.receive_datagrams as one batch
+    4. carry out what the core returned: datagrams in as few sendmsg() calls as UDP GSO allows; packets for the
+       TUN merged per TCP flow by offload.coalesce into super-packets, one write() each
+    5. run expired timers (Device.tick); once a second check that the interface still exists (through the TUN
+       file descriptor, so it works wherever the interface was moved)
 Nothing on the per-packet path logs or allocates beyond the packet buffers themselves.
 """
 
@@ -20,7 +23,7 @@ import signal
 import time
 
 from .io.batch import BatchSender, enable_gro, receive_batch
-from .io.netlink import link_exists
+from .io.offload import coalesce, split
 from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
 from .protocol.device import Device
@@ -49,13 +52,15 @@ class Interface:
         self.running = False
         self.sender = BatchSender()
         self.tun_write_errors = 0
+        self.tun_read_drops = 0
+        self.offload = os.environ.get("WGPY_TUN_OFFLOAD", "1") != "0"
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
 
     def open(self) -> None:
         """Create the TUN device, bind a UDP port and open the UAPI socket (undone by close() on failure)."""
         try:
-            self.tun = Tun(self.name, self.mode)
+            self.tun = Tun(self.name, self.mode, offload=self.offload)
             self.name = self.tun.name
             self.bind.open(0)
             self.listen_port = self.bind.port
@@ -136,6 +141,8 @@ class Interface:
         wake_fd = self._wake_r
         read = os.read
         write = os.write
+        vnet = self.tun.vnet
+        read_size = 65536 + 64 if vnet else 65536
         monotonic = time.monotonic
         next_check = monotonic() + 1.0
         while self.running:
@@ -151,16 +158,25 @@ class Interface:
             out_tun: list = []
             for fd, _ev in events:
                 if fd == tun_fd:
-                    packets = []
-                    for _ in range(BATCH):
+                    packets: list = []
+                    count = 0
+                    while count < BATCH:
                         try:
-                            packets.append(read(tun_fd, 65536))
+                            buf = read(tun_fd, read_size)
                         except _EAGAIN:
                             break
                         except OSError as e:
                             if e.errno in (errno.EBADFD, errno.EIO, errno.ENODEV):
                                 self.running = False   # the interface was deleted under us
                             break
+                        if vnet:
+                            got = split(buf, packets)
+                            if not got:
+                                self.tun_read_drops += 1
+                            count += got
+                        else:
+                            packets.append(buf)
+                            count += 1
                     if packets:
                         dev.send_packets(packets, now, out_net)
                 elif fd == uapi_fd:
@@ -183,14 +199,19 @@ class Interface:
                 dev.tick(now, out_net)
             if out_net:
                 self.flush(out_net)
-            for pkt in out_tun:
-                try:
-                    write(tun_fd, pkt)
-                except OSError:
-                    self.tun_write_errors += 1
+            if out_tun:
+                if vnet:
+                    bufs: list = []
+                    coalesce(out_tun, bufs)
+                    out_tun = bufs
+                for pkt in out_tun:
+                    try:
+                        write(tun_fd, pkt)
+                    except OSError:
+                        self.tun_write_errors += 1
             if now >= next_check:
                 next_check = now + 1.0
-                if not link_exists(self.name):
+                if not self.tun.attached():
                     log.info("interface %s was removed; stopping", self.name)
                     self.running = False
 

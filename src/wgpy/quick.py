@@ -158,6 +158,7 @@ class Session:
         table = None if cfg.table in (None, "auto", "main") else int(cfg.table) if cfg.table.isdigit() else None
         nets = sorted({n for p in cfg.peers for n in p.allowed_ips}, key=lambda n: (n.version, n.prefixlen),
                       reverse=True)
+        plain = []
         for net in nets:
             if net.prefixlen == 0 and table is None:
                 t = self.iface.fwmark or netlink.DEFAULT_TABLE
@@ -165,7 +166,8 @@ class Session:
                     self.iface.set_fwmark(t)
                 nl.add_default_route_policy(net, t)
             else:
-                nl.add_route(net, table)
+                plain.append(net)
+        netlink.add_routes(plain, nl.index(), table)
 
     def _set_dns(self) -> None:
         cfg = self.cfg

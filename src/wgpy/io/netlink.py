@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -24,15 +25,18 @@ class NetlinkSetup:
         self.ipr = IPRoute()
         self.rules: list[dict] = []
         self.sysctls: list[tuple[str, str]] = []
+        self._index: int | None = None      # looked up once: a dump per route made 100k routes take minutes
 
     def close(self) -> None:
         self.ipr.close()
 
     def index(self) -> int:
-        found = self.ipr.link_lookup(ifname=self.ifname)
-        if not found:
-            raise OSError(errno.ENODEV, f"interface {self.ifname} not found")
-        return found[0]
+        if self._index is None:
+            found = self.ipr.link_lookup(ifname=self.ifname)
+            if not found:
+                raise OSError(errno.ENODEV, f"interface {self.ifname} not found")
+            self._index = found[0]
+        return self._index
 
     def set_mtu_up(self, mtu: int) -> None:
         self.ipr.link("set", index=self.index(), mtu=mtu, state="up")
@@ -133,3 +137,71 @@ def link_exists(name: str) -> bool:
         return True
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Many routes at once
+# ----------------------------------------------------------------------------------------------------------------
+# pyroute2 takes ~400 us per route (message objects, a round trip each): 100,000 allowed IPs would take 40 s.
+# The rtnetlink message for "route add PREFIX dev IFACE [table T]" is small and a stable kernel ABI
+# (include/uapi/linux/netlink.h, rtnetlink.h), so it is packed here and sent in pipelined bursts, with every
+# acknowledgement read back: ~10 us per route.
+
+RTM_NEWROUTE = 24
+NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 254, 3, 0, 253, 1
+_NLMSGHDR = struct.Struct("=IHHII")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_RTA_U32 = struct.Struct("=HHI")
+_RTA_HDR = struct.Struct("=HH")
+_ROUTE_BURST = 256
+
+
+def route_add_message(net: ipaddress.IPv4Network | ipaddress.IPv6Network, oif: int, table: int | None,
+                      seq: int) -> bytes:
+    """RTM_NEWROUTE as `ip route add NET dev OIF [table TABLE]` sends it (scope link for IPv4, as ip does)."""
+    v6 = net.version == 6
+    addr = net.network_address.packed
+    tab = RT_TABLE_MAIN if table is None else table
+    body = _RTMSG.pack(socket.AF_INET6 if v6 else socket.AF_INET, net.prefixlen, 0, 0, tab if tab < 256 else 0,
+                       RTPROT_BOOT, RT_SCOPE_UNIVERSE if v6 else RT_SCOPE_LINK, RTN_UNICAST, 0)
+    body += _RTA_HDR.pack(4 + len(addr), RTA_DST) + addr + _RTA_U32.pack(8, RTA_OIF, oif)
+    if tab >= 256:
+        body += _RTA_U32.pack(8, RTA_TABLE, tab)
+    return _NLMSGHDR.pack(16 + len(body), RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                          seq, 0) + body
+
+
+def add_routes(nets: list, oif: int, table: int | None) -> int:
+    """Add `nets` as routes via interface index `oif`; an existing identical route is fine.  Returns how many
+    were added; raises OSError naming the first route the kernel refused."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((0, 0))
+        added = 0
+        for start in range(0, len(nets), _ROUTE_BURST):
+            burst = nets[start:start + _ROUTE_BURST]
+            sock.sendall(b"".join(route_add_message(n, oif, table, start + i + 1) for i, n in enumerate(burst)))
+            pending = len(burst)
+            while pending:
+                data = sock.recv(1 << 16)
+                off = 0
+                while off + 16 <= len(data):
+                    length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
+                    if kind == NLMSG_ERROR:
+                        err = -struct.unpack_from("=i", data, off + 16)[0]
+                        pending -= 1
+                        if err == 0:
+                            added += 1
+                        elif err != errno.EEXIST:
+                            net = nets[seq - 1]
+                            raise OSError(err, f"cannot add route {net}: {errno.errorcode.get(err, err)}")
+                    off += (length + 3) & ~3
+                    if length < 16:
+                        break
+        return added
+    finally:
+        sock.close()

@@ -1,7 +1,8 @@
 """Linux TUN/TAP devices through /dev/net/tun (TUNSETIFF), as described in the kernel's tuntap.txt.
 
 Packets are read and written without the 4-byte packet-information header (IFF_NO_PI): one read() returns one
-IP packet (TUN) or Ethernet frame (TAP). The device disappears when its last file descriptor closes unless it
+IP packet (TUN) or Ethernet frame (TAP); a TUN opened with offloads puts a 10-byte virtio_net_hdr in front of
+each (io/offload.py). The device disappears when its last file descriptor closes unless it
 was made persistent beforehand (`ip tuntap add`), in which case we attach to it.
 """
 
@@ -12,7 +13,10 @@ import fcntl
 import os
 import struct
 
+from .offload import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD
+
 TUNSETIFF = 0x400454CA
+TUNGETIFF = 0x800454D2
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
@@ -25,8 +29,12 @@ class TunError(OSError):
 
 
 class Tun:
-    def __init__(self, name: str, mode: str = "tun") -> None:
+    """A TUN or TAP device.  With `offload` (TUN only) reads and writes carry a virtio_net_hdr (`vnet`) and,
+    when the kernel accepts TUNSETOFFLOAD, reads may return TCP super-packets (`tso`); see io/offload.py."""
+
+    def __init__(self, name: str, mode: str = "tun", offload: bool = True) -> None:
         flags = (IFF_TAP if mode == "tap" else IFF_TUN) | IFF_NO_PI
+        vnet = offload and mode == "tun"
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
         except PermissionError:
@@ -34,8 +42,14 @@ class Tun:
         except FileNotFoundError:
             raise TunError(errno.ENODEV, "/dev/net/tun is missing: load the tun module") from None
         try:
-            ifr = struct.pack("16sH", name.encode(), flags)
-            res = fcntl.ioctl(fd, TUNSETIFF, ifr)
+            try:
+                res = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags | (IFF_VNET_HDR if vnet
+                                                                                              else 0)))
+            except OSError as e:
+                if not vnet or e.errno != errno.EINVAL:
+                    raise
+                vnet = False                 # a kernel without IFF_VNET_HDR for TUN: plain packets
+                res = fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
         except OSError as e:
             os.close(fd)
             if e.errno == errno.EPERM:
@@ -48,7 +62,23 @@ class Tun:
         self.fd = fd
         self.name = res[:16].rstrip(b"\x00").decode()
         self.mode = mode
+        self.vnet = vnet
+        self.tso = False
+        if vnet:
+            try:
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                self.tso = True
+            except OSError:
+                pass                         # reads stay one packet each, still behind a virtio_net_hdr
         os.set_blocking(fd, False)
+
+    def attached(self) -> bool:
+        """False once the interface was deleted (in whatever namespace it lives now)."""
+        try:
+            fcntl.ioctl(self.fd, TUNGETIFF, bytes(18))
+            return True
+        except OSError as e:
+            return e.errno not in (errno.EBADFD, errno.ENODEV, errno.EBADF)
 
     def close(self) -> None:
         if self.fd >= 0:
