@@ -9,23 +9,37 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import stat
 import sys
 import time
 
 from . import crypto
 
-USAGE_SHOW_FIELDS = ("public-key", "private-key", "listen-port", "peers", "endpoints", "allowed-ips",
-                     "latest-handshakes", "transfer", "persistent-keepalive", "dump",
+USAGE_SHOW_FIELDS = ("public-key", "private-key", "listen-port", "fwmark", "peers", "preshared-keys", "endpoints",
+                     "allowed-ips", "latest-handshakes", "transfer", "persistent-keepalive", "dump", "stats",
                      "macs", "allowed-macs")   # the last two: L2 (Mode = tap) interfaces
 _LIST_KEYS = ("wgpy_local_mac", "wgpy_mac", "wgpy_allowed_mac")
 
 
+def _warn_if_world_accessible() -> None:
+    """As `wg genkey`: a key written to a file that others can read deserves a warning."""
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(st.st_mode) and st.st_mode & 0o007:
+        print("Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.",
+              file=sys.stderr)
+
+
 def _genkey() -> int:
+    _warn_if_world_accessible()
     print(crypto.encode_key(crypto.clamp(os.urandom(32))))
     return 0
 
 
 def _genpsk() -> int:
+    _warn_if_world_accessible()
     print(crypto.encode_key(os.urandom(32)))
     return 0
 
@@ -95,11 +109,31 @@ def _mac_table(dev: dict, peers: list[dict]) -> list[tuple[str, str, str]]:
 
 
 def interfaces() -> list[str]:
+    """Interfaces with a live UAPI socket in /var/run/wireguard or our own runtime directory (a socket nobody
+    listens on any more is skipped, and removed when we may, as `wg` does)."""
+    import socket
+    from .privileges import search_dirs
     from .uapi.server import SOCKET_DIR
-    try:
-        names = [f[:-5] for f in os.listdir(SOCKET_DIR) if f.endswith(".sock")]
-    except FileNotFoundError:
-        return []
+    names = set()
+    for d in search_dirs(SOCKET_DIR):
+        try:
+            files = [f for f in os.listdir(d) if f.endswith(".sock")]
+        except OSError:
+            continue
+        for f in files:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(os.path.join(d, f))
+                names.add(f[:-5])
+            except ConnectionRefusedError:
+                try:
+                    os.unlink(os.path.join(d, f))
+                except OSError:
+                    pass
+            except OSError:
+                names.add(f[:-5])   # e.g. another user's socket: it exists, show says why it cannot be read
+            finally:
+                s.close()
     return sorted(names)
 
 
@@ -114,12 +148,15 @@ def _show_one(name: str, field: str | None) -> int:
     if dev.get("errno", "0") != "0":
         print(f"wgpy: interface {name}: errno {dev['errno']}", file=sys.stderr)
         return 1
+    # as wg: the human-readable listing hides private and preshared keys unless WG_HIDE_KEYS=never; the fields
+    # that exist to print a key (private-key, preshared-keys, dump) print it
     hide = os.environ.get("WG_HIDE_KEYS", "always") != "never"
     pub = crypto.encode_key(crypto.public_from_private(bytes.fromhex(dev["private_key"]))) \
         if "private_key" in dev else "(none)"
     if field == "dump":
         priv = _b64(dev["private_key"]) if "private_key" in dev else "(none)"
-        print(f"{priv}\t{pub}\t{dev.get('listen_port', '0')}\t{dev.get('fwmark', 'off')}")
+        mark = int(dev.get("fwmark", "0"))
+        print(f"{priv}\t{pub}\t{dev.get('listen_port', '0')}\t{f'{mark:#x}' if mark else 'off'}")   # as wg: hex
         for p in peers:
             psk = p.get("preshared_key", "0" * 64)
             print("\t".join([
@@ -140,6 +177,24 @@ def _show_one(name: str, field: str | None) -> int:
     if field == "public-key":
         print(pub)
         return 0
+    if field == "private-key":
+        print(_b64(dev["private_key"]) if "private_key" in dev else "(none)")
+        return 0
+    if field == "preshared-keys":
+        for p in peers:
+            psk = p.get("preshared_key", "0" * 64)
+            print(f"{_b64(p['public_key'])}\t{'(none)' if psk == '0' * 64 else _b64(psk)}")
+        return 0
+    if field == "fwmark":
+        print(f"{int(dev['fwmark']):#x}" if dev.get("fwmark", "0") != "0" else "off")
+        return 0
+    if field == "persistent-keepalive":
+        for p in peers:
+            ka = p.get("persistent_keepalive_interval", "0")
+            print(f"{_b64(p['public_key'])}\t{'off' if ka == '0' else ka}")
+        return 0
+    if field == "stats":
+        return _show_stats(name)
     if field == "listen-port":
         print(dev.get("listen_port", "0"))
         return 0
@@ -179,7 +234,7 @@ def _show_one(name: str, field: str | None) -> int:
         print()
         print(f"peer: {_b64(p['public_key'])}")
         if p.get("preshared_key", "0" * 64) != "0" * 64:
-            print("  preshared key: (hidden)")
+            print(f"  preshared key: {'(hidden)' if hide else _b64(p['preshared_key'])}")
         if "endpoint" in p:
             print(f"  endpoint: {p['endpoint']}")
         if l2:
@@ -201,6 +256,24 @@ def _show_one(name: str, field: str | None) -> int:
         print(f"mac table: {len(rows)} address{'es' if len(rows) != 1 else ''}")
         for mac, port, age in rows:
             print(f"  {mac}  {'local' if port == 'local' else 'peer ' + port:<50}  {age} s")
+    return 0
+
+
+def _show_stats(name: str) -> int:
+    """wgpy extension: drop counters and table sizes of the core (UAPI `wgpy_stats=1`)."""
+    from .uapi.server import request
+    try:
+        reply = request(name, "wgpy_stats=1\n")
+    except OSError as e:
+        print(f"wgpy: unable to access interface {name}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    lines = [ln for ln in reply.splitlines() if ln]
+    if not lines or lines[-1] != "errno=0":
+        print(f"wgpy: interface {name}: {lines[-1] if lines else 'no reply'}", file=sys.stderr)
+        return 1
+    for ln in lines[:-1]:
+        key, _, value = ln.partition("=")
+        print(f"{key}\t{value}")
     return 0
 
 

@@ -12,8 +12,9 @@ in Endpoint are kept as written, never resolved. The format, as wg-quick(8)/wg(8
   and keep their order; every other key may be given once per interface or peer.
 
 [Interface]: PrivateKey (required), ListenPort, FwMark, Address, DNS, MTU, Table, PreUp, PostUp,
-PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto``, ``Mode = tun|tap`` and, with Mode = tap,
-``Relay = on|off``.
+PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto``, ``Mode = tun|tap``, ``Masquerade = <uplink
+interface>[, ...]`` (forward and NAT the tunnel's traffic out of those interfaces), ``User = <name or uid>``
+(drop to that user once the interface is set up) and, with Mode = tap, ``Relay = on|off``.
 [Peer]: PublicKey (required), PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive; wgpy extension, with
 Mode = tap: AllowedMACs. With Mode = tap a peer takes no AllowedIPs: frames are switched by MAC address, and
 silently ignoring a source restriction the file asks for would be worse than refusing it.
@@ -52,7 +53,7 @@ class ConfigError(Exception):
 @dataclass
 class PeerConfig:
     public_key: bytes
-    preshared_key: bytes | None = None
+    preshared_key: bytes | None = field(default=None, repr=False)   # never in a repr (tracebacks, logs)
     endpoint: tuple[str, int] | None = None  # (host, port); host without brackets, IPs normalised
     allowed_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     persistent_keepalive: int = 0  # seconds; 0 = disabled
@@ -64,7 +65,7 @@ class PeerConfig:
 class InterfaceConfig:
     name: str
     path: str
-    private_key: bytes
+    private_key: bytes = field(repr=False)   # never in a repr (tracebacks, logs)
     listen_port: int | None = None
     fwmark: int = 0
     addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = field(default_factory=list)
@@ -78,6 +79,8 @@ class InterfaceConfig:
     post_down: list[str] = field(default_factory=list)
     save_config: bool = False
     mode: str = "tun"
+    masquerade: list[str] = field(default_factory=list)  # uplink interface names
+    user: str | None = None  # user name or numeric uid to run as after setup
     relay: bool = False  # Mode = tap: forward frames between peers (the hub of a star)
     peers: list[PeerConfig] = field(default_factory=list)
 
@@ -213,6 +216,25 @@ def _on_off(s: str) -> bool:
     raise _Bad(f"invalid value {s!r} (expected on or off)")
 
 
+def _ifnames(s: str) -> list[str]:
+    names = _items(s, whitespace=True)
+    if not names:
+        raise _Bad("expected one or more interface names")
+    for n in names:
+        if not _valid_name(n):
+            raise _Bad(f"invalid interface name {n!r}")
+    return names
+
+
+_USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
+
+
+def _user(s: str) -> str:
+    if not _USER_RE.fullmatch(s):
+        raise _Bad(f"invalid user name {s!r}")
+    return s
+
+
 def _command(s: str) -> list[str]:
     return [s] if s else []
 
@@ -233,6 +255,8 @@ _INTERFACE_KEYS: dict[str, _Spec] = {
     "postdown": ("post_down", "extend", _command),
     "saveconfig": ("save_config", "set", lambda s: _choice(s, ("true", "false"), "boolean") == "true"),
     "mode": ("mode", "set", lambda s: _choice(s, ("tun", "tap"), "mode")),
+    "masquerade": ("masquerade", "extend", _ifnames),
+    "user": ("user", "set", _user),
     "relay": ("relay", "set", _on_off),
 }
 _PEER_KEYS: dict[str, _Spec] = {

@@ -58,8 +58,17 @@ UNDER_LOAD_AFTER_TIME = 1.0
 RATELIMIT_PACKETS_PER_SECOND = 20
 RATELIMIT_BURST = 5
 RATELIMIT_MAX_ENTRIES = 8192
+# Cookie replies per claimed source address (IPv4 address or IPv6 /64) while under load. A legitimate initiator
+# needs one per REKEY_TIMEOUT; a flood from many addresses then costs a mac1 check per message, not an XChaCha20
+# encryption and a send. The table has RATELIMIT_MAX_ENTRIES entries; when it is full of fresh sources (a flood
+# from more addresses than that) the device answers every one, as WireGuard does, rather than lock newcomers out.
+COOKIE_REPLIES_PER_SECOND = 5
+COOKIE_REPLY_BURST = 5
 # Packets queued for a peer while its handshake is under way (the oldest is dropped beyond this).
 MAX_STAGED_PACKETS = 128
+# Packets queued for all peers together while their handshakes are under way (new packets are dropped beyond
+# this): with MAX_PEERS peers the per-peer bound alone would allow 128 * 2**20 packets.
+MAX_STAGED_PACKETS_TOTAL = 8192
 # Size of the anti-replay window, in messages (RFC 6479 style bitmap).
 REPLAY_WINDOW = 8192 - 64
 MAX_PEERS = 1 << 20

@@ -2,55 +2,56 @@
 
 up (foreground):  load config -> checks (privilege, name free) -> resolve endpoints -> PreUp -> create TUN,
                   UDP and UAPI sockets -> configure the core through a UAPI set (the same path `wg` uses)
-                  -> addresses, MTU, routes (netlink) -> DNS -> PostUp -> ready -> event loop
+                  -> addresses, MTU, routes (netlink) -> Masquerade (nft, forwarding) -> DNS -> PostUp
+                  -> [User =: drop to that user, keeping CAP_NET_ADMIN] -> ready -> event loop
 Mode = tap:       a TAP device instead (the core switches Ethernet frames); its MTU is the tunnel MTU minus the
                   Ethernet header, addresses are optional (it may be enslaved to a bridge instead, e.g. in
                   PostUp), IPv6 addresses go through duplicate address detection as on any Ethernet link, and
                   there are no routes (peers have no AllowedIPs in L2).
-teardown:         PreDown -> DNS removed -> rules removed -> TUN closed (its addresses and routes go with it)
-                  -> sockets closed -> PostDown
+teardown:         PreDown -> DNS restored -> Masquerade table deleted, forwarding restored -> rules removed,
+                  sysctls restored -> TUN closed (its addresses and routes go with it) -> sockets closed -> PostDown
 A failure anywhere in `up` runs the teardown of exactly the steps already done, so nothing is left behind.
 In the background, `wgpy up` starts the same foreground process detached and waits for its readiness report.
+
+Without CAP_NET_ADMIN, `up` attaches to a persistent TUN that root created for this user beforehand and checks
+that root also configured what the file asks for (addresses, MTU, up, routes); it changes nothing outside its
+own process and says which commands are missing otherwise (privileges.py, README "Without root").
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pwd
+import resource
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 
 from . import config as cfgmod
+from . import privileges
 from .constants import DEFAULT_MTU, ETHERNET_HEADER_LEN
 from .daemon import Interface, install_signal_handlers
-from .io import netlink
+from .harden import is_dumpable, no_core_dumps
+from .io import netlink, nft
 from .io.udp import make_endpoint, format_endpoint
+from .privileges import has_net_admin
 from .uapi import protocol as uapi
+from .uapi.server import socket_path as uapi_socket_path
 
 log = logging.getLogger("wgpy")
 RUN_DIR = "/run/wgpy"
-CAP_NET_ADMIN = 12
+RESOLV_CONF = "/etc/resolv.conf"
+
+__all__ = ["UpError", "has_net_admin", "preflight", "Session", "up_foreground", "up_background", "down"]
 
 
 class UpError(Exception):
     pass
-
-
-def has_net_admin() -> bool:
-    if os.geteuid() == 0:
-        return True
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except OSError:
-        pass
-    return False
 
 
 def preflight(cfg: cfgmod.InterfaceConfig) -> list[str]:
@@ -60,11 +61,95 @@ def preflight(cfg: cfgmod.InterfaceConfig) -> list[str]:
     if w:
         warnings.append(w)
     if not has_net_admin():
-        raise UpError(f"creating interface {cfg.name} needs CAP_NET_ADMIN: run as root or grant the capability "
-                      f"(e.g. setcap cap_net_admin+ep)")
+        _check_attach(cfg)
+        return warnings
     if netlink.link_exists(cfg.name):
         raise UpError(f"interface {cfg.name} already exists (in use); choose another name or remove it first")
+    if cfg.masquerade and nft.nft_path() is None:
+        raise cfgmod.ConfigError(cfg.path, None, "Masquerade",
+                                 "needs the `nft` command (Debian package nftables), which is not installed")
+    if cfg.user is not None:
+        if os.geteuid() != 0:
+            raise cfgmod.ConfigError(cfg.path, None, "User", "dropping to another user needs `wgpy up` as root")
+        if cfg.dns_servers or cfg.dns_search:
+            raise cfgmod.ConfigError(cfg.path, None, "User", "cannot be combined with DNS: the daemon could not "
+                                     "restore the resolver configuration at `down` once it is no longer root")
+        try:
+            privileges.lookup_user(cfg.user)
+        except privileges.PrivilegeError as e:
+            raise cfgmod.ConfigError(cfg.path, None, "User", str(e)) from None
     return warnings
+
+
+def _full_tunnel(cfg: cfgmod.InterfaceConfig) -> bool:
+    return cfg.table in (None, "auto", "main") and any(n.prefixlen == 0 for p in cfg.peers for n in p.allowed_ips)
+
+
+def _check_attach(cfg: cfgmod.InterfaceConfig) -> None:
+    """Without CAP_NET_ADMIN: only a persistent TUN of ours, prepared by root, will do. Raises UpError naming
+    the capability and, when the link exists, exactly the commands root still has to run."""
+    name = cfg.name
+    owner = _tun_owner(name)
+    if owner is None:
+        raise UpError(
+            f"creating interface {name} needs CAP_NET_ADMIN: run as root, or have root create a persistent TUN "
+            f"for this user first (ip tuntap add dev {name} mode {cfg.mode} user {_me()}; see README, Without root)")
+    uid, gid = owner
+    if uid != os.geteuid() and not (uid == -1 and gid in os.getgroups() + [os.getegid()]):
+        raise UpError(f"interface {name} exists but is not a TUN device owned by this user (uid {os.geteuid()}); "
+                      f"without CAP_NET_ADMIN wgpy can only attach to one created with `user {_me()}`")
+    needs_root = []
+    if cfg.user is not None:
+        needs_root.append("User (dropping privileges needs `wgpy up` as root)")
+    if cfg.fwmark:
+        needs_root.append("FwMark (marking packets needs CAP_NET_ADMIN)")
+    if _full_tunnel(cfg):
+        needs_root.append("AllowedIPs with a /0 (the full-tunnel fwmark and policy rules need CAP_NET_ADMIN; "
+                          "with Table = off route it yourself)")
+    if cfg.masquerade:
+        needs_root.append("Masquerade (nftables and forwarding need CAP_NET_ADMIN)")
+    if cfg.dns_servers or cfg.dns_search:
+        needs_root.append("DNS (changing the resolver configuration needs root)")
+    if needs_root:
+        raise UpError(f"without CAP_NET_ADMIN these settings cannot be applied: {'; '.join(needs_root)}")
+    missing = _missing_setup(cfg)
+    if missing:
+        raise UpError(f"interface {name} is a TUN of this user, but without CAP_NET_ADMIN wgpy cannot configure "
+                      f"it; have root run:\n  " + "\n  ".join(missing))
+
+
+def _me() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _tun_owner(name: str) -> tuple[int, int] | None:
+    """(owner uid, group gid) of TUN device `name` (-1 = none), or None if it is no TUN device."""
+    base = f"/sys/class/net/{name}"
+    try:
+        with open(f"{base}/owner") as f:
+            uid = int(f.read())
+        with open(f"{base}/group") as f:
+            gid = int(f.read())
+    except (OSError, ValueError):
+        return None
+    return uid, gid
+
+
+def _missing_setup(cfg: cfgmod.InterfaceConfig) -> list[str]:
+    """The `ip` commands still needed for what cfg asks (addresses, MTU, up, routes); reading needs no privilege."""
+    name = cfg.name
+    nl = netlink.NetlinkSetup(name)
+    try:
+        main_table = cfg.table in (None, "auto", "main")   # routes in another table are root's business
+        mtu = cfg.mtu - ETHERNET_HEADER_LEN if cfg.mtu and cfg.mode == "tap" else cfg.mtu   # L2: the TAP's MTU
+        return nl.missing(cfg.addresses, mtu,
+                          sorted({n for p in cfg.peers for n in p.allowed_ips}, key=lambda n: (n.version, n.prefixlen))
+                          if main_table else [])
+    finally:
+        nl.close()
 
 
 def resolve_endpoints(cfg: cfgmod.InterfaceConfig) -> dict[int, str]:
@@ -100,9 +185,12 @@ class Session:
 
     def __init__(self, cfg: cfgmod.InterfaceConfig) -> None:
         self.cfg = cfg
+        self.attach = not has_net_admin()    # preflight checked that root prepared the TUN for us
         self.iface: Interface | None = None
         self.nl: netlink.NetlinkSetup | None = None
+        self.masq: nft.Masquerade | None = None
         self.dns_set = False
+        self.dns_written: tuple[bytes, bytes] | None = None   # (previous, ours) contents of /etc/resolv.conf
         self.pidfile: str | None = None
         self.done_pre_up = False
 
@@ -120,14 +208,33 @@ class Session:
                 if code == str(uapi.EADDRINUSE):
                     raise UpError(f"cannot listen on UDP port {cfg.listen_port}: address already in use")
                 raise UpError(f"configuring the interface failed ({reply.strip()})")
-            self.nl = netlink.NetlinkSetup(cfg.name)
-            self._configure_netlink(resolved)
-            self._set_dns()
+            if self.attach:
+                link_mtu = _link_mtu(cfg.name)
+                if link_mtu and cfg.mode == "tap":
+                    link_mtu += ETHERNET_HEADER_LEN      # L2: the plaintext is the frame, header included
+                self.iface.device.mtu = link_mtu or DEFAULT_MTU
+            else:
+                self.nl = netlink.NetlinkSetup(cfg.name)
+                self._configure_netlink(resolved)
+                if cfg.masquerade:
+                    self.masq = nft.Masquerade(cfg.name, cfg.masquerade,
+                                               ipv6=any(a.version == 6 for a in cfg.addresses))
+                    try:
+                        self.masq.apply()
+                    except nft.NftError as e:
+                        raise UpError(str(e)) from None
+                self._set_dns()
             run_hook(cfg.post_up, cfg.name, "PostUp")
             self._write_pidfile()
         except BaseException:
             self.teardown(run_down_hooks=False)
             raise
+
+    def drop_privileges(self) -> None:
+        """`User =`: hand the UAPI socket to the user, then become that user keeping CAP_NET_ADMIN only."""
+        uid, gid, _ = privileges.lookup_user(self.cfg.user)
+        os.chown(self.iface.uapi.path, uid, gid)      # so the user's own `wg`/`wgpy show` may use it too
+        privileges.drop_to_user(self.cfg.user)
 
     def _configure_netlink(self, resolved: dict[int, str]) -> None:
         cfg, nl = self.cfg, self.nl
@@ -170,24 +277,53 @@ class Session:
         netlink.add_routes(plain, nl.index(), table)
 
     def _set_dns(self) -> None:
+        """As wg-quick: `resolvconf -a tun.IFACE -m 0 -x` when resolvconf is installed. Without it, wgpy writes
+        /etc/resolv.conf itself (the tunnel's servers only, like -x) if that is a plain file, and puts the exact
+        previous contents back at down; a symlinked one (systemd-resolved and the like) is left alone."""
         cfg = self.cfg
         if not cfg.dns_servers and not cfg.dns_search:
-            return
-        if shutil.which("resolvconf") is None:
-            print(f"wgpy: warning: DNS is set in {cfg.path} but resolvconf is not installed; DNS not applied",
-                  file=sys.stderr)
             return
         text = "".join(f"nameserver {s}\n" for s in cfg.dns_servers)
         if cfg.dns_search:
             text += "search " + " ".join(cfg.dns_search) + "\n"
-        r = subprocess.run(["resolvconf", "-a", f"tun.{cfg.name}", "-m", "0", "-x"], input=text.encode())
-        if r.returncode != 0:
-            raise UpError("resolvconf failed to apply DNS")
-        self.dns_set = True
+        if shutil.which("resolvconf") is not None:
+            r = subprocess.run(["resolvconf", "-a", f"tun.{cfg.name}", "-m", "0", "-x"], input=text.encode())
+            if r.returncode != 0:
+                raise UpError("resolvconf failed to apply DNS")
+            self.dns_set = True
+            return
+        if os.path.islink(RESOLV_CONF) or not os.path.isfile(RESOLV_CONF):
+            print(f"wgpy: warning: DNS is set in {cfg.path} but resolvconf is not installed and {RESOLV_CONF} is "
+                  f"not a plain file; DNS not applied", file=sys.stderr)
+            return
+        with open(RESOLV_CONF, "rb") as f:
+            old = f.read()
+        ours = (f"# written by wgpy for {cfg.name}; `wgpy down {cfg.name}` restores the previous file\n"
+                + text).encode()
+        backup = os.path.join(privileges.runtime_dir(RUN_DIR, create=True), f"{cfg.name}.resolv.conf")
+        with open(backup, "wb") as f:     # for a manual restore should the daemon be killed with SIGKILL
+            f.write(old)
+        self.dns_written = (old, ours)
+        with open(RESOLV_CONF, "wb") as f:   # in place: the file may be a bind mount (ip netns exec)
+            f.write(ours)
+
+    def _restore_dns(self) -> None:
+        old, ours = self.dns_written
+        self.dns_written = None
+        try:
+            with open(RESOLV_CONF, "rb") as f:
+                now = f.read()
+            if now == ours:
+                with open(RESOLV_CONF, "wb") as f:
+                    f.write(old)
+            else:
+                print(f"wgpy: {RESOLV_CONF} was changed since up; left as it is", file=sys.stderr)
+            os.unlink(os.path.join(privileges.runtime_dir(RUN_DIR), f"{self.cfg.name}.resolv.conf"))
+        except OSError as e:
+            print(f"wgpy: cannot restore {RESOLV_CONF}: {e}", file=sys.stderr)
 
     def _write_pidfile(self) -> None:
-        os.makedirs(RUN_DIR, exist_ok=True)
-        self.pidfile = os.path.join(RUN_DIR, f"{self.cfg.name}.pid")
+        self.pidfile = os.path.join(privileges.runtime_dir(RUN_DIR, create=True), f"{self.cfg.name}.pid")
         with open(self.pidfile, "w") as f:
             f.write(f"{os.getpid()}\n")
 
@@ -202,6 +338,11 @@ class Session:
         if self.dns_set:
             subprocess.run(["resolvconf", "-d", f"tun.{cfg.name}", "-f"])
             self.dns_set = False
+        if self.dns_written is not None:
+            self._restore_dns()
+        if self.masq is not None:
+            errors.extend(self.masq.undo())
+            self.masq = None
         if self.nl is not None:
             self.nl.undo()
             self.nl.close()
@@ -212,8 +353,8 @@ class Session:
         if self.pidfile:
             try:
                 os.unlink(self.pidfile)
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, PermissionError):
+                pass   # after dropping root: `wgpy down` removes it
             self.pidfile = None
         if run_down_hooks or self.done_pre_up:
             try:
@@ -233,6 +374,9 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
             except OSError:
                 pass
 
+    no_core_dumps()   # before the private key is read
+    log.info("core dumps off (RLIMIT_CORE %d, dumpable %d)", resource.getrlimit(resource.RLIMIT_CORE)[1],
+             int(is_dumpable()))
     try:
         cfg = cfgmod.load(path)
         for w in preflight(cfg):
@@ -245,6 +389,16 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
         print(msg, file=sys.stderr)
         report("ERROR " + msg + "\n")
         return 1
+    if cfg.user is not None:
+        try:
+            session.drop_privileges()
+        except OSError as e:
+            session.teardown(run_down_hooks=True)
+            msg = f"wgpy: cannot run as user {cfg.user}: {e}"
+            print(msg, file=sys.stderr)
+            report("ERROR " + msg + "\n")
+            return 1
+        log.info("running as user %s (uid %d) with CAP_NET_ADMIN only", cfg.user, os.getuid())
     install_signal_handlers(session.iface)
     log.info("interface %s is up, listening on UDP port %d", cfg.name, session.iface.listen_port)
     report("READY\n")
@@ -258,13 +412,16 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
 
 
 def up_background(path: str) -> int:
+    no_core_dumps()   # this process reads the private key too
     cfg = cfgmod.load(path)
     for w in preflight(cfg):
         print(w, file=sys.stderr)
-    os.makedirs(RUN_DIR, exist_ok=True)
-    logpath = os.path.join(RUN_DIR, f"{cfg.name}.log")
+    logpath = os.path.join(privileges.runtime_dir(RUN_DIR, create=True), f"{cfg.name}.log")
     r, w = os.pipe()
-    with open(logpath, "ab") as logf:
+    # the log never holds key material, but it is the daemon's business only: owner-only, like the UAPI socket
+    logfd = os.open(logpath, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(logfd, 0o600)
+    with os.fdopen(logfd, "ab") as logf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wgpy", "up", "--foreground", "--ready-fd", str(w), path],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,), start_new_session=True)
@@ -294,30 +451,101 @@ def up_background(path: str) -> int:
     return 1
 
 
+def _link_mtu(name: str) -> int | None:
+    try:
+        with open(f"/sys/class/net/{name}/mtu") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _daemon_pid(name: str) -> int | None:
+    """The pid of the daemon serving interface `name`: the credentials of its listening UAPI socket
+    (SO_PEERCRED), else its pid file; either only if that process still runs wgpy."""
+    candidates = []
+    path = uapi_socket_path(name)
+    if os.path.exists(path):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(5)
+            s.connect(path)
+            candidates.append(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                               struct.calcsize("3i")))[0])
+        except OSError:
+            pass
+        finally:
+            s.close()
+    for d in privileges.search_dirs(RUN_DIR):
+        try:
+            with open(os.path.join(d, f"{name}.pid")) as f:
+                candidates.append(int(f.read().strip()))
+        except (OSError, ValueError):
+            pass
+    for pid in candidates:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if pid > 0 and b"wgpy" in f.read():
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def _running(pid: int) -> bool:
+    """True while `pid` exists and has not exited (a zombie waiting for its parent has)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] not in (b"Z", b"X")
+
+
+def _remove_leftovers(name: str) -> None:
+    """A daemon that dropped root cannot unlink its socket and pid file in root's directories; once it has
+    exited, whoever runs `down` removes them (a socket nobody listens on any more is stale)."""
+    path = uapi_socket_path(name)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    except OSError:
+        privileges.drop_to_user(self.cfg.user)
+    finally:
+        s.close()
+    for d in privileges.search_dirs(RUN_DIR):
+        try:
+            os.unlink(os.path.join(d, f"{name}.pid"))
+        except OSError:
+            pass
+
+
 def down(name_or_path: str, timeout: float = 15.0) -> int:
     name = cfgmod.interface_name_from_path(name_or_path) if name_or_path.endswith(".conf") else name_or_path
-    pidfile = os.path.join(RUN_DIR, f"{name}.pid")
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        pid = None
+    pid = _daemon_pid(name)
     if pid is not None:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pid = None
+        except PermissionError:
+            print(f"wgpy: not allowed to stop the daemon of {name} (pid {pid}); run `wgpy down` as its user or root",
+                  file=sys.stderr)
+            return 1
     if pid is not None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _running(pid):
                 break
             time.sleep(0.05)
         else:
             os.kill(pid, signal.SIGKILL)
             print(f"wgpy: daemon {pid} did not stop in {timeout:.0f}s; killed", file=sys.stderr)
+        _remove_leftovers(name)
         return 0
     if netlink.link_exists(name):
         # a daemon without a pidfile (e.g. wgpyd under wg-quick): deleting the link stops it

@@ -15,8 +15,9 @@ import os
 import sys
 
 from .daemon import Interface, install_signal_handlers
+from .harden import no_core_dumps
 from .io import netlink
-from .quick import has_net_admin
+from .privileges import has_net_admin
 
 log = logging.getLogger("wgpy")
 
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if netlink.link_exists(args.interface):
         print(f"wgpyd: interface {args.interface} already exists", file=sys.stderr)
         return 1
+    no_core_dumps()   # before any key arrives over the UAPI
     iface = Interface(args.interface)
     try:
         iface.open()

@@ -307,7 +307,7 @@ def format_endpoint(ip: str, port: int) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 def _opt_int(tok: str) -> int | None:
-    return None if tok in ("off", "(none)", "") else int(tok)
+    return None if tok in ("off", "(none)", "") else int(tok, 0)   # wg prints the fwmark in hex (0xca6c)
 
 
 def parse_wg_dump(text: str) -> dict[str, Any]:
@@ -938,3 +938,70 @@ def start_mesh(lab: Lab, topo: Topology, kinds: Sequence[str], *, inner_v6: bool
 def b64_of_length(n: int) -> str:
     return base64.b64encode(b"\x01" * n).decode()
 
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Routers, NAT and bridges (deployment tests)
+# --------------------------------------------------------------------------------------------------------------
+
+def sysctl(ns: str, key: str, value: str | int) -> None:
+    """Set a sysctl inside `ns` (net.* keys are per namespace), e.g. sysctl(ns, "net.ipv4.ip_forward", 1)."""
+    run(ns, "sysctl", "-q", "-w", f"{key}={value}", timeout=10)
+
+
+def read_sysctl(ns: str, key: str) -> str:
+    return run(ns, "sysctl", "-n", key, timeout=10).stdout.strip()
+
+
+def nft_load(ns: str, ruleset: str) -> None:
+    """Load an nftables ruleset (the text of `nft -f`) inside `ns`."""
+    run(ns, "nft", "-f", "-", input=ruleset, timeout=15)
+
+
+def nat_router(ns: str, wan: str, *, dnat_udp: Sequence[tuple[int, str]] = ()) -> None:
+    """Make `ns` a NAT router: forwarding on, MASQUERADE out of `wan`, and UDP ports forwarded to inside hosts
+    (`dnat_udp` = [(port, "192.168.2.2:51820")]), all in an nft table `natlab` of the router's own namespace."""
+    sysctl(ns, "net.ipv4.ip_forward", 1)
+    dnat = "".join(f"        iifname \"{wan}\" udp dport {port} dnat ip to {to}\n" for port, to in dnat_udp)
+    nft_load(ns, "table ip natlab {\n"
+                 "    chain prerouting {\n"
+                 "        type nat hook prerouting priority dstnat; policy accept;\n"
+                 f"{dnat}"
+                 "    }\n"
+                 "    chain postrouting {\n"
+                 "        type nat hook postrouting priority srcnat; policy accept;\n"
+                 f"        oifname \"{wan}\" masquerade\n"
+                 "    }\n"
+                 "}\n")
+
+
+def add_bridge(ns: str, name: str = "br0", cidr: str | None = None) -> str:
+    """A Linux bridge in `ns` (no STP, no forwarding delay), up, optionally with an address."""
+    run(ns, "ip", "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0", timeout=10)
+    if cidr:
+        Lab.add_address(ns, name, cidr)
+    run(ns, "ip", "link", "set", name, "up", timeout=10)
+    return name
+
+
+def default_route(ns: str, via: str) -> None:
+    run(ns, "ip", "-6" if ":" in via else "-4", "route", "add", "default", "via", via, timeout=10)
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict (Uid, Gid, CapEff, CapPrm, CapBnd, CapAmb, ...)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def lan_host(lab: "Lab", bridge_ns: str, bridge: str, cidr: str, gateway: str) -> str:
+    """A new namespace plugged into `bridge` (in `bridge_ns`) with address `cidr` and default route `gateway`."""
+    ns = lab.netns()
+    _, port = lab.veth(ns, bridge_ns, cidr, None)
+    run(bridge_ns, "ip", "link", "set", port, "master", bridge, "up", timeout=10)
+    default_route(ns, gateway)
+    return ns

@@ -585,3 +585,33 @@ def test_to_uapi_rejects_injection_in_resolved_endpoint():
     cfg = parse(MINIMAL + peer_text(extra="Endpoint = a:1\n"))
     with pytest.raises(ValueError):
         to_uapi(cfg, {0: "1.2.3.4:5\nprivate_key=00"})
+
+
+# ---- wgpy extensions for deployments: Masquerade, User ------------------------------------------------------
+
+def test_masquerade_and_user():
+    cfg = parse(MINIMAL + "Masquerade = eth0\nMasquerade = ens3, wlan0\nUser = alice\n", P)
+    assert cfg.masquerade == ["eth0", "ens3", "wlan0"]
+    assert cfg.user == "alice"
+    assert parse(MINIMAL + "User = 65534\n", P).user == "65534"
+    cfg = parse(MINIMAL, P)
+    assert cfg.masquerade == [] and cfg.user is None
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("Masquerade", "", "expected one or more interface names"),
+    ("Masquerade", "eth0, a-name-too-long-for-linux", "invalid interface name"),
+    ("Masquerade", "eth/0", "invalid interface name"),
+    ("User", "", "invalid user name"),
+    ("User", "al ice", "invalid user name"),
+    ("User", "-root", "invalid user name"),
+    ("User", "a" * 40, "invalid user name"),
+])
+def test_bad_deployment_values(key, value, msg):
+    e = parse_err(MINIMAL + "\n" + f"{key} = {value}\n", P)
+    assert_err(e, P, 4, key, msg)
+
+
+def test_user_given_twice():
+    e = parse_err(MINIMAL + "User = a\nUser = b\n", P)
+    assert_err(e, P, 4, "User", "duplicate key")

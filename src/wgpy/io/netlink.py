@@ -110,6 +110,32 @@ class NetlinkSetup:
                 pass
         self.sysctls.clear()
 
+    def missing(self, addresses: list, mtu: int | None, nets: list) -> list[str]:
+        """For a link prepared by someone else (no CAP_NET_ADMIN here): the `ip` commands that would still be
+        needed for these addresses, MTU and routes to be in place and the link to be up. Reads only."""
+        idx = self.index()
+        link = self.ipr.get_links(idx)[0]
+        cmds = []
+        have = {(a.get_attr("IFA_ADDRESS") if a["family"] == socket.AF_INET6 else a.get_attr("IFA_LOCAL"),
+                 a["prefixlen"]) for a in self.ipr.get_addr(index=idx)}
+        for iface in addresses:
+            if (str(iface.ip), iface.network.prefixlen) not in have:
+                cmds.append(f"ip address add {iface} dev {self.ifname}")
+        if mtu is not None and link.get_attr("IFLA_MTU") != mtu:
+            cmds.append(f"ip link set {self.ifname} mtu {mtu}")
+        if not link["flags"] & 1:   # IFF_UP
+            cmds.append(f"ip link set {self.ifname} up")
+        for net in nets:
+            try:
+                routes = self.ipr.route("get", dst=str(net.network_address),
+                                        family=socket.AF_INET6 if net.version == 6 else socket.AF_INET)
+                ok = bool(routes) and routes[0].get_attr("RTA_OIF") == idx
+            except NetlinkError:
+                ok = False
+            if not ok:
+                cmds.append(f"ip {'-6 ' if net.version == 6 else ''}route add {net} dev {self.ifname}")
+        return cmds
+
     def route_mtu(self, host: str) -> int | None:
         """MTU of the device the kernel would use to reach `host`, or None."""
         try:

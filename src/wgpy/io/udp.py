@@ -1,21 +1,68 @@
 """UDP sockets for one interface: an IPv4 and an IPv6 socket bound to the same port (IPV6_V6ONLY), as
 wireguard-go's StdNetBind. Endpoints are the address tuples of recvfrom/sendto: (ip, port) for IPv4 and
-(ip, port, flowinfo, scope_id) for IPv6, so the socket for an endpoint is chosen by the tuple's length."""
+(ip, port, flowinfo, scope_id) for IPv6, so the socket for an endpoint is chosen by the tuple's length.
+
+Per family there are two receiving sockets in one SO_REUSEPORT group, and a classic BPF program steers each
+datagram by its first byte: transport messages (type 4) to the first socket, everything else (handshake
+messages, garbage) to the second. A handshake flood then fills only the second socket's queue: the kernel drops
+the excess there, and the transport messages of existing sessions keep their own queue. (The port is first bound
+without SO_REUSEPORT to check it is free, so a port in use is still refused with EADDRINUSE and no other
+program can join the group without SO_REUSEPORT as the same user.) Where the kernel refuses any of it, one socket
+per family is used, as before. Datagrams are sent through the first socket of each family.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import socket
+import struct
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
+SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
+SO_ATTACH_REUSEPORT_CBPF = 51          # include/uapi/asm-generic/socket.h
 SOCKET_BUFFER = 4 << 20
+
+# cBPF run by the kernel on each datagram, with the packet data starting at the UDP payload; returns the index
+# of the socket in the reuseport group: 0 for a transport message, 1 for anything else.
+#   ldb [0]; jeq #4, 0, 1; ret #0; ret #1          (struct sock_filter: u16 code, u8 jt, u8 jf, u32 k)
+_STEER = struct.pack("=HBBI HBBI HBBI HBBI".replace(" ", ""),
+                     0x30, 0, 0, 0, 0x15, 0, 1, 4, 0x06, 0, 0, 0, 0x06, 0, 0, 1)
+
+
+def _attach_steering(sock: socket.socket) -> None:
+    buf = ctypes.create_string_buffer(_STEER, len(_STEER))
+    fprog = struct.pack("HxxxxxxQ", len(_STEER) // 8, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def _steered_pair(family: int, port: int) -> tuple[socket.socket, socket.socket]:
+    """Two sockets on `port` in one reuseport group, transport messages steered to the first. Raises OSError."""
+    host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    socks = []
+    try:
+        for _ in range(2):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            socks.append(s)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.SOL_SOCKET, SO_REUSEPORT, 1)
+            s.bind((host, port))
+        _attach_steering(socks[0])
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks[0], socks[1]
 
 
 class UdpBind:
     def __init__(self) -> None:
         self.s4: socket.socket | None = None
         self.s6: socket.socket | None = None
+        self.h4: socket.socket | None = None      # receives handshake messages (and garbage) when steering works
+        self.h6: socket.socket | None = None
         self.port = 0
         self.fwmark = 0
 
@@ -49,7 +96,27 @@ class UdpBind:
         else:
             raise OSError(errno.EADDRINUSE, "no free UDP port for both IPv4 and IPv6")
         self.close()
-        self.s4, self.s6, self.port = s4, s6, actual
+        h4 = h6 = None
+        try:
+            # the port is ours (bound above without SO_REUSEPORT); rebind it as two steered pairs
+            fams = [(socket.AF_INET, s4)] + ([(socket.AF_INET6, s6)] if s6 is not None else [])
+            for _, s in fams:
+                s.close()
+            pairs = []
+            try:
+                for fam, _ in fams:
+                    pairs.append(_steered_pair(fam, actual))
+            except OSError:
+                for pair in pairs:
+                    for s in pair:
+                        s.close()
+                raise
+            s4, h4 = pairs[0]
+            if len(pairs) > 1:
+                s6, h6 = pairs[1]
+        except OSError:
+            s4, s6, h4, h6 = self._plain(actual, s6 is not None)
+        self.s4, self.s6, self.h4, self.h6, self.port = s4, s6, h4, h6, actual
         for s in self.sockets():
             s.setblocking(False)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -57,20 +124,33 @@ class UdpBind:
                     s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
                 except OSError:
                     pass
-        self.set_fwmark(fwmark)
+        self.fwmark = 0
+        if fwmark:   # new sockets carry no mark; SO_MARK needs CAP_NET_ADMIN, even to set 0
+            self.set_fwmark(fwmark)
 
     def set_fwmark(self, mark: int) -> None:
         self.fwmark = mark
         for s in self.sockets():
             s.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
 
+    @staticmethod
+    def _plain(port: int, v6: bool) -> tuple:
+        s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s4.bind(("0.0.0.0", port))
+        s6 = None
+        if v6:
+            s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s6.bind(("::", port))
+        return s4, s6, None, None
+
     def sockets(self) -> list[socket.socket]:
-        return [s for s in (self.s4, self.s6) if s is not None]
+        return [s for s in (self.s4, self.h4, self.s6, self.h6) if s is not None]
 
     def close(self) -> None:
         for s in self.sockets():
             s.close()
-        self.s4 = self.s6 = None
+        self.s4 = self.s6 = self.h4 = self.h6 = None
 
 
 def make_endpoint(host: str, port: int) -> tuple:

@@ -35,13 +35,14 @@ Allowed IPs play no part in L2: neither for forwarding nor as a source check. Fr
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections import Counter
 from typing import Callable, Iterable
 
 from .. import crypto
 from ..constants import (
-    KEEPALIVE_TIMEOUT, MAX_PEERS, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
+    COOKIE_REPLIES_PER_SECOND, COOKIE_REPLY_BURST, KEEPALIVE_TIMEOUT, MAX_PEERS, MAX_STAGED_PACKETS_TOTAL, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT_MIN_SIZE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME, REKEY_TIMEOUT, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
@@ -69,6 +70,20 @@ _ETH_HLEN = 14
 InvalidTag = crypto.InvalidTag
 
 
+def ratelimit_key(src: object) -> object:
+    """The rate limiter's key for a source endpoint: the IPv4 address, or the /64 of an IPv6 address (an IPv6
+    host usually has a whole /64 to pick source addresses from). Other endpoint values are used as they are."""
+    if isinstance(src, tuple) and src:
+        host = src[0]
+        if len(src) == 4 or ":" in str(host):
+            try:
+                return ipaddress.IPv6Address(host.split("%")[0]).packed[:8]
+            except (ValueError, AttributeError):
+                return host
+        return host
+    return src
+
+
 class ConfigurationError(ValueError):
     """Local misuse of the device API (bad key, too many peers); carries no secret."""
 
@@ -86,7 +101,9 @@ class Device(TimersMixin):
         self.keypairs_by_index: dict[int, Keypair] = {}
         self.handshakes_by_index: dict[int, Peer] = {}
         self.ratelimiter = RateLimiter()
+        self.cookie_limiter = RateLimiter(COOKIE_REPLIES_PER_SECOND, COOKIE_REPLY_BURST, allow_when_full=True)
         self.drops: Counter[str] = Counter()
+        self.staged_total = 0          # packets staged over all peers (bounded by MAX_STAGED_PACKETS_TOTAL)
         self._heap: list[tuple[float, int, Peer]] = []
         self._heap_seq = 0
         self._hs_window_start = -INF
@@ -163,7 +180,7 @@ class Device(TimersMixin):
             self.macs.remove_port(peer)
         self._drop_handshake_index(peer)
         self._clear_keypairs(peer)
-        peer.staged.clear()
+        self.clear_staged(peer)
 
     def remove_all_peers(self) -> None:
         for key in list(self.peers):
@@ -243,7 +260,7 @@ class Device(TimersMixin):
         kp = peer.current
         if (kp is None or now - kp.created >= REJECT_AFTER_TIME
                 or kp.send_counter + len(pkts) > REJECT_AFTER_MESSAGES):
-            peer.staged.extend(pkts)
+            self._stage(peer, pkts)
             self.initiate_handshake(peer, now, out, retry=False)
             return
         ep = peer.endpoint
@@ -282,18 +299,38 @@ class Device(TimersMixin):
         if ctr > REKEY_AFTER_MESSAGES or (kp.is_initiator and now - kp.created >= REKEY_AFTER_TIME):
             self.initiate_handshake(peer, now, out, retry=False)
 
+    def _stage(self, peer: Peer, pkts: list[bytes]) -> None:
+        """Queue packets until the peer has a session: per peer the oldest go beyond MAX_STAGED_PACKETS, over
+        all peers new ones are refused beyond MAX_STAGED_PACKETS_TOTAL (both counted as drops)."""
+        room = MAX_STAGED_PACKETS_TOTAL - self.staged_total
+        if len(pkts) > room:
+            self.drops["staged_total_full"] += len(pkts) - max(room, 0)
+            pkts = pkts[:max(room, 0)]
+        staged = peer.staged
+        before = len(staged)
+        staged.extend(pkts)
+        after = len(staged)
+        if before + len(pkts) > after:
+            self.drops["staged_peer_full"] += before + len(pkts) - after
+        self.staged_total += after - before
+
+    def clear_staged(self, peer: Peer) -> None:
+        self.staged_total -= len(peer.staged)
+        peer.staged.clear()
+
     def send_staged(self, peer: Peer, now: float, out: list) -> None:
         if not peer.staged:
             return
         pkts = list(peer.staged)
-        peer.staged.clear()
+        self.clear_staged(peer)
         self._send_to_peer(peer, pkts, now, out)
 
     def send_keepalive(self, peer: Peer, now: float, out: list) -> None:
         """Send staged packets, or an empty transport message if none are staged."""
-        if not peer.staged:
-            peer.staged.append(b"")
-        self.send_staged(peer, now, out)
+        if peer.staged:
+            self.send_staged(peer, now, out)
+        else:
+            self._send_to_peer(peer, [b""], now, out)
 
     # ------------------------------------------------------------------------------------------------------
     # inbound
@@ -383,6 +420,10 @@ class Device(TimersMixin):
             self._under_load_until = now + UNDER_LOAD_AFTER_TIME
         return now < self._under_load_until
 
+    def is_under_load(self, now: float) -> bool:
+        """Whether handshake messages currently need a valid mac2 (introspection; counts nothing)."""
+        return now < self._under_load_until
+
     def receive_handshake(self, data: bytes, src: object, now: float, out: list) -> None:
         t = message_type(data)
         checker = self.cookie_checker
@@ -411,13 +452,15 @@ class Device(TimersMixin):
         if self._under_load(now):
             source = repr(src).encode()
             if not checker.check_mac2(data, mac2_off, source, now):
+                if not self.cookie_limiter.allow(ratelimit_key(src), now):
+                    self.drops["cookie_ratelimited"] += 1
+                    return
                 sender = struct.unpack_from("<I", data, 4)[0]
                 out.append((checker.create_reply(data, sender, mac1_off, source, now,
                                                  lambda: self._rand(32), self._rand(24)), src))
                 self.drops["cookie_sent"] += 1
                 return
-            key = src[0] if isinstance(src, tuple) else src
-            if not self.ratelimiter.allow(key, now):
+            if not self.ratelimiter.allow(ratelimit_key(src), now):
                 self.drops["ratelimited"] += 1
                 return
         if t == MESSAGE_INITIATION:

@@ -119,7 +119,7 @@ class TimersMixin:
         if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
             # give up: REKEY_ATTEMPT_TIME passed without an answer
             peer.t_send_keepalive = None
-            peer.staged.clear()
+            self.clear_staged(peer)
             if peer.t_zero_keys is None:
                 peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
                 self._schedule(peer, t)

@@ -74,6 +74,7 @@ class AllowedIPs:
         net = _normalise(network)
         plen = net.prefixlen
         tables, key = self._locate(net)
+        tag = (net.version, plen, key)      # compact: an ip_network object costs ~450 bytes, this ~100
         table = tables.get(plen)
         if table is None:
             tables[plen] = {key: peer}
@@ -85,14 +86,14 @@ class AllowedIPs:
             table[key] = peer
             if old is not None:
                 nets = self._by_peer[old]
-                nets.pop(net, None)
+                nets.pop(tag, None)
                 if not nets:
                     del self._by_peer[old]
         nets = self._by_peer.get(peer)
         if nets is None:
-            self._by_peer[peer] = {net: None}
+            self._by_peer[peer] = {tag: None}
         else:
-            nets[net] = None
+            nets[tag] = None
 
     def remove(self, network, peer) -> bool:
         """Remove ``network`` if (and only if) it is currently routed to ``peer``; return whether it was."""
@@ -107,7 +108,7 @@ class AllowedIPs:
             del tables[plen]
             self._rebuild(net.version)
         nets = self._by_peer[peer]
-        nets.pop(net, None)
+        nets.pop((net.version, plen, key), None)
         if not nets:
             del self._by_peer[peer]
         return True
@@ -118,15 +119,14 @@ class AllowedIPs:
         if not nets:
             return
         emptied = set()
-        for net in nets:
-            plen = net.prefixlen
-            tables, key = self._locate(net)
+        for version, plen, key in nets:
+            tables = self._tables4 if version == 4 else self._tables6
             table = tables[plen]
             if table.get(key) is peer:
                 del table[key]
                 if not table:
                     del tables[plen]
-                    emptied.add(net.version)
+                    emptied.add(version)
         for version in emptied:
             self._rebuild(version)
 
@@ -134,7 +134,8 @@ class AllowedIPs:
 
     def entries(self, peer) -> list:
         """The networks routed to ``peer``: IPv4 first, then by address, then by prefix length."""
-        return list(self._by_peer.get(peer, ()))
+        return [IPv4Network((key << (32 - plen), plen)) if version == 4 else IPv6Network((key << (128 - plen), plen))
+                for version, plen, key in self._by_peer.get(peer, ())]
 
     def __len__(self) -> int:
         return sum(map(len, self._tables4.values())) + sum(map(len, self._tables6.values()))

@@ -6,6 +6,10 @@ Rules of this file:
   changes nothing; errors carry wireguard-go's negative errno values (errno=-22 for an invalid request).
 - The only thing that can fail while applying is binding a new listen port; it is applied first.
 
+wgpy extension, `wgpy_stats=1`: what the core dropped and how full its bounded tables are, one `key=value` per
+line (`drop_<reason>=N`, `peers=`, `keypairs=`, `handshakes=`, `staged_packets=`, `ratelimiter_entries=`,
+`under_load=0|1`), then `errno=0`. `wg` never sends it; `wgpy show IFACE stats` does.
+
 Keys of a set (device section, then one section per public_key):
     private_key, listen_port, fwmark, replace_peers
     public_key, remove, update_only, preshared_key, endpoint, persistent_keepalive_interval,
@@ -66,7 +70,7 @@ class PeerOp:
     line: int
     remove: bool = False
     update_only: bool = False
-    preshared_key: object = UNSET
+    preshared_key: object = field(default=UNSET, repr=False)   # never in a repr (tracebacks, logs)
     endpoint: object = UNSET
     persistent_keepalive: object = UNSET
     replace_allowed_ips: bool = False
@@ -77,7 +81,7 @@ class PeerOp:
 
 @dataclass
 class SetPlan:
-    private_key: object = UNSET
+    private_key: object = field(default=UNSET, repr=False)
     listen_port: object = UNSET
     fwmark: object = UNSET
     replace_peers: bool = False
@@ -111,6 +115,26 @@ def _true(value: str, key: str) -> bool:
     return True
 
 
+_KEY_NAME = re.compile(r"[a-z_]{1,40}")
+
+
+def _name(key: str) -> str:
+    """A key name for an error message: only if it looks like one, so a line holding key material (a value typed
+    where the name should be) never reaches the log."""
+    return f" {key!r}" if _KEY_NAME.fullmatch(key) else ""
+
+
+def handle_stats(host: Host) -> str:
+    dev = host.device
+    lines = [f"drop_{reason}={n}" for reason, n in sorted(dev.drops.items())]
+    lines += [f"peers={len(dev.peers)}", f"keypairs={len(dev.keypairs_by_index)}",
+              f"handshakes={len(dev.handshakes_by_index)}", f"staged_packets={dev.staged_total}",
+              f"ratelimiter_entries={len(dev.ratelimiter.table)}",
+              f"cookie_limiter_entries={len(dev.cookie_limiter.table)}",
+              f"under_load={int(dev.is_under_load(host.now()))}"]
+    return "".join(line + "\n" for line in lines)
+
+
 def _bool(value: str, key: str) -> bool:
     if value not in ("true", "false"):
         raise UapiError(EINVAL, f"{key}: expected true or false")
@@ -141,7 +165,7 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: boo
             elif key == "wgpy_relay" and l2:
                 plan.relay = _bool(value, key)
             else:
-                raise UapiError(EINVAL, f"line {n}: invalid device key {key!r}")
+                raise UapiError(EINVAL, f"line {n}: invalid device key{_name(key)}")
             continue
         if key == "remove":
             peer.remove = _true(value, key)
@@ -184,7 +208,7 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: boo
             if value != "1":
                 raise UapiError(EINVAL, f"line {n}: unsupported protocol_version")
         else:
-            raise UapiError(EINVAL, f"line {n}: invalid peer key {key!r}")
+            raise UapiError(EINVAL, f"line {n}: invalid peer key{_name(key)}")
     return plan
 
 
@@ -289,6 +313,8 @@ def handle_request(request: str, host: Host, log: Callable[[str], None] | None =
             if len(lines) > 1 and any(lines[1:]):
                 raise UapiError(EINVAL, "get takes no arguments")
             return handle_get(host) + "errno=0\n\n"
+        if op == "wgpy_stats=1":
+            return handle_stats(host) + "errno=0\n\n"
         if op == "set=1":
             plan = parse_set([ln for ln in lines[1:] if ln], host.parse_endpoint, host.device.l2)
             apply_set(plan, host)

@@ -1,5 +1,8 @@
 """The UAPI unix socket: /var/run/wireguard/<iface>.sock, as wireguard-go creates it.
 
+A daemon without root that cannot write /var/run/wireguard (README: without root) puts it in its user's own
+runtime directory instead (privileges.user_runtime_dir()); clients look in both places.
+
 The socket is created under a 0077 umask (mode 0600, root only); a stale socket left by a crashed daemon is
 replaced, a live one means the interface is in use. Connections from a user other than our own (SO_PEERCRED) are
 refused. Requests are served in the daemon's event loop: the clients (`wg`, `wgpy`) send one request and wait,
@@ -14,21 +17,27 @@ import struct
 import time
 from typing import Callable
 
+from .. import privileges
+
 SOCKET_DIR = "/var/run/wireguard"
 REQUEST_TIMEOUT = 2.0
 MAX_REQUEST = 16 << 20
 
 
 def socket_path(name: str) -> str:
-    return os.path.join(SOCKET_DIR, f"{name}.sock")
+    """Where interface `name`'s socket is (the first that exists), else where a new one goes."""
+    for d in privileges.search_dirs(SOCKET_DIR):
+        path = os.path.join(d, f"{name}.sock")
+        if os.path.exists(path):
+            return path
+    return os.path.join(privileges.runtime_dir(SOCKET_DIR), f"{name}.sock")
 
 
 class UapiServer:
     def __init__(self, name: str, handler: Callable[[str], str]) -> None:
-        self.path = socket_path(name)
+        self.path = os.path.join(privileges.runtime_dir(SOCKET_DIR, create=True), f"{name}.sock")
         self.handler = handler
         self.refused = 0
-        os.makedirs(SOCKET_DIR, mode=0o755, exist_ok=True)
         old = os.umask(0o077)
         try:
             self.sock = self._listen()
@@ -113,8 +122,8 @@ class UapiServer:
         finally:
             try:
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, PermissionError):
+                pass   # a daemon that dropped root cannot: `wgpy down` (or `wg`) removes the stale socket
 
 
 def request(name: str, text: str, timeout: float = 5.0) -> str:
