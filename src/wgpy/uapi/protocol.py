@@ -8,7 +8,8 @@ Rules of this file:
 
 wgpy extension, `wgpy_stats=1`: what the core dropped and how full its bounded tables are, one `key=value` per
 line (`drop_<reason>=N`, `peers=`, `keypairs=`, `handshakes=`, `staged_packets=`, `ratelimiter_entries=`,
-`under_load=0|1`), then `errno=0`. `wg` never sends it; `wgpy show IFACE stats` does.
+`under_load=0|1`; L2 devices add `mac_table_entries=`, `mac_table_evicted=`, `mac_table_moved=`), then
+`errno=0`. `wg` never sends it; `wgpy show IFACE stats` does.
 
 Keys of a set (device section, then one section per public_key):
     private_key, listen_port, fwmark, replace_peers
@@ -132,6 +133,9 @@ def handle_stats(host: Host) -> str:
               f"ratelimiter_entries={len(dev.ratelimiter.table)}",
               f"cookie_limiter_entries={len(dev.cookie_limiter.table)}",
               f"under_load={int(dev.is_under_load(host.now()))}"]
+    if dev.macs is not None:   # L2: the learning switch's table (bounded by MAC_TABLE_SIZE)
+        lines += [f"mac_table_entries={len(dev.macs)}", f"mac_table_evicted={dev.macs.evicted}",
+                  f"mac_table_moved={dev.macs.moved}"]
     return "".join(line + "\n" for line in lines)
 
 
