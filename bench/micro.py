@@ -1,5 +1,6 @@
 """Per-packet costs without I/O, in microseconds per packet: the core's encrypt and decrypt paths, and the TUN
-offload helpers (cutting a 64 KiB TSO super-packet into MTU-sized packets with checksums, merging them back).
+offload helpers (cutting a 64 KiB TSO super-packet into MTU-sized packets with checksums, merging them back),
+and the same two paths in L2 mode (Ethernet frames through the learning switch, destination MAC known).
 
     .venv/bin/python bench/micro.py [--size 1420] [--batch 64] [--rounds 200]
 """
@@ -14,6 +15,7 @@ import time
 
 from wgpy.io import offload
 from wgpy.protocol.device import Device
+from wgpy.routing.mactable import LOCAL
 
 
 def ip4(src: str, dst: str, size: int) -> bytes:
@@ -70,6 +72,7 @@ def main() -> None:
     print(f"  decrypt path (index + AEAD + replay + source check): {dec_t / n * 1e6:6.2f} us/packet")
     print(f"  core-only ceiling, one direction on one core: {args.size * 8 / ((enc_t + dec_t) / n) / 1e6:,.0f} Mbit/s")
     offload_costs(args.rounds)
+    l2_costs(args.size, args.batch, args.rounds)
 
 
 def tso_read(payload: bytes, mss: int) -> bytes:
@@ -103,6 +106,45 @@ def offload_costs(rounds: int) -> None:
     print(f"TUN offloads, 47 x {mss} B segments per super-packet, {n} segments")
     print(f"  split (headers + vectorised checksums): {split_t / n * 1e6:6.2f} us/segment")
     print(f"  coalesce (flow match + one GSO buffer): {coal_t / n * 1e6:6.2f} us/segment")
+
+
+def l2_costs(size: int, batch_size: int, rounds: int) -> None:
+    """L2 mode: frames of `size` bytes (the tunnel MTU) from a host behind A to one behind B, both MACs learned."""
+    a = Device(os.urandom(32), rand=os.urandom, wall=time.time, l2=True)
+    b = Device(os.urandom(32), rand=os.urandom, wall=time.time, l2=True)
+    pa, pb = a.add_peer(b.public_key), b.add_peer(a.public_key)
+    pa.endpoint, pb.endpoint = ("192.0.2.2", 51820), ("192.0.2.1", 51820)
+    mac_a, mac_b = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
+    now = time.monotonic()
+    out: list = []
+    a.send_packets([b"\xff" * 6 + mac_a + b"\x08\x00" + bytes(46)], now, out)   # broadcast: handshake, learning
+    for i in range(3):
+        back: list = []
+        (b if i % 2 == 0 else a).receive_datagrams([(d, ("x", 1)) for d, _e in out], now, back, [])
+        out = back
+    b.macs.learn(mac_b, LOCAL, now)
+    a.macs.learn(mac_b, pa, now)
+    frame = mac_b + mac_a + b"\x08\x00" + b"\xab" * (size - 14)
+    batch = [frame] * batch_size
+    src = ("192.0.2.1", 51820)
+    enc_t = dec_t = 0.0
+    n = 0
+    for _ in range(rounds):
+        now = time.monotonic()
+        out = []
+        t0 = time.perf_counter()
+        a.send_packets(batch, now, out)
+        t1 = time.perf_counter()
+        tap: list = []
+        b.receive_datagrams([(d, src) for d, _e in out], now, [], tap)
+        t2 = time.perf_counter()
+        assert len(tap) == len(batch)
+        enc_t += t1 - t0
+        dec_t += t2 - t1
+        n += len(batch)
+    print(f"L2 mode, frame size {size} B, batch {batch_size}, {n} frames")
+    print(f"  encrypt path (learn + switch + pad + AEAD + header): {enc_t / n * 1e6:6.2f} us/frame")
+    print(f"  decrypt path (index + AEAD + replay + learn + switch): {dec_t / n * 1e6:6.2f} us/frame")
 
 
 if __name__ == "__main__":

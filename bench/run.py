@@ -1,6 +1,7 @@
 """wgpy's one-command benchmark: wgpy<->wgpy next to wireguard-go<->wireguard-go, measured in the same run.
 
-    sudo .venv/bin/python bench/run.py [--repeats 3] [--duration 10] [--only wgpy|wireguard-go|veth] [--json out.json]
+    sudo .venv/bin/python bench/run.py [--repeats 3] [--duration 10] [--only wgpy|wireguard-go|veth|wgpy-l2]
+                                       [--l2] [--json out.json]
 
 For every repeat and every system, two fresh network namespaces joined by a veth (underlay 192.168.N.1-2/24, MTU
 1500) get a tunnel (inner 10.N.0.1-2/24, MTU 1420) and then, through the tunnel:
@@ -11,6 +12,9 @@ For every repeat and every system, two fresh network namespaces joined by a veth
   * UDP, fixed rate    iperf3 -u -b 300M -l 1392     (achieved Mbit/s at the receiver, loss %, jitter)
 
 "veth" is the same namespace pair without a tunnel (TCP single stream and ping over the underlay), as context.
+"wgpy-l2" (with --l2, or --only wgpy-l2) is wgpy in L2 mode: Mode = tap on both ends, the inner addresses on the
+TAP devices (MTU 1420 - 14 = 1406), so every packet crosses the tunnel as an Ethernet frame through the learning
+switch; its UDP test uses the largest payload that fits the TAP's MTU (1378).
 Systems alternate order from one repeat to the next, so slow drift of the machine hits all of them alike.
 
 CPU is the sum of utime+stime deltas (/proc/PID/stat, all threads) of the two tunnel daemons over the iperf3
@@ -54,7 +58,8 @@ TUNNEL_MTU = 1420
 UNDERLAY_MTU = 1500
 IPERF_PORT = 5201
 
-SYSTEMS = ("wgpy", "wireguard-go", "veth")
+SYSTEMS = ("wgpy", "wireguard-go", "veth", "wgpy-l2")
+L2_MTU = TUNNEL_MTU - 14   # the TAP's MTU in L2 mode: the tunnel MTU minus the Ethernet header
 TUNNELS = ("wgpy", "wireguard-go")
 
 
@@ -306,11 +311,15 @@ def write_private(path: Path, text: str) -> Path:
 
 
 def wg_config(private: str, port: int, peer_public: str, endpoint: str, allowed: str,
-              address: str | None = None) -> str:
+              address: str | None = None, l2: bool = False) -> str:
     lines = ["[Interface]", f"PrivateKey = {private}", f"ListenPort = {port}"]
     if address:                           # wg-quick keys: only in the wgpy config, not for `wg setconf`
         lines += [f"Address = {address}", f"MTU = {TUNNEL_MTU}"]
-    lines += ["", "[Peer]", f"PublicKey = {peer_public}", f"Endpoint = {endpoint}", f"AllowedIPs = {allowed}"]
+    if l2:                                # L2: a TAP; peers take no AllowedIPs (frames are switched by MAC)
+        lines += ["Mode = tap"]
+    lines += ["", "[Peer]", f"PublicKey = {peer_public}", f"Endpoint = {endpoint}"]
+    if not l2:
+        lines += [f"AllowedIPs = {allowed}"]
     return "\n".join(lines) + "\n"
 
 
@@ -329,8 +338,9 @@ def setup_pair(lab: Lab, system: str, net: int) -> Pair:
     for i, (ns, iface) in enumerate(zip(pair.ns, ifaces)):
         j = 1 - i
         args = (keys[i][0], ports[i], keys[j][1], f"{under[j]}:{ports[j]}", f"{inner[j]}/32")
-        if system == "wgpy":
-            conf = write_private(lab.tmp / f"{iface}.conf", wg_config(*args, address=f"{inner[i]}/24"))
+        if system in ("wgpy", "wgpy-l2"):
+            conf = write_private(lab.tmp / f"{iface}.conf", wg_config(*args, address=f"{inner[i]}/24",
+                                                                      l2=system == "wgpy-l2"))
             lab.wgpy_ifaces.append((ns, iface))          # before `up`: a half-done up is undone too
             res = run(ns, lab.wgpy, "up", conf, timeout=60, check=False)
             if res.returncode != 0:
@@ -472,7 +482,8 @@ def measure(pair: Pair, args: argparse.Namespace) -> dict[str, Any]:
     add(measure_ping(pair, args.ping_count))
     kinds = ("tcp1",) if pair.system == "veth" else ("tcp1", "tcp4", "udp")
     for kind in kinds:
-        add(iperf(pair, kind, args.duration, args.udp_rate, args.udp_len))
+        udp_len = min(args.udp_len, L2_MTU - 28) if pair.system == "wgpy-l2" else args.udp_len
+        add(iperf(pair, kind, args.duration, args.udp_rate, udp_len))
     if errors:
         result["errors"] = errors
     return result
@@ -515,8 +526,11 @@ def table(runs: list[dict[str, Any]], systems: Sequence[str], args: argparse.Nam
 
     cols = [s for s in ("wgpy", "wireguard-go") if s in systems]
     ratio = len(cols) == 2
+    l2 = "wgpy-l2" in systems                       # wgpy in L2 mode, next to L3 wgpy when that ran too
+    l2_ratio = l2 and "wgpy" in systems
     extra = ["raw veth"] if "veth" in systems else []
-    head = ["metric (median (min–max))"] + cols + (["wgpy / wireguard-go"] if ratio else []) + extra
+    head = ["metric (median (min–max))"] + cols + (["wgpy / wireguard-go"] if ratio else []) + \
+        (["wgpy L2 (tap)"] if l2 else []) + (["L2 / L3"] if l2_ratio else []) + extra
     rows = [head, ["---"] * len(head)]
     for key, label, fmt in METRICS:
         row = [label.format(rate=args.udp_rate)]
@@ -527,6 +541,12 @@ def table(runs: list[dict[str, Any]], systems: Sequence[str], args: argparse.Nam
             a, b = values("wgpy", key), values("wireguard-go", key)
             row.append(f"{statistics.median(a) / statistics.median(b):.2f}"
                        if a and b and statistics.median(b) else "-")
+        if l2:
+            row.append(cell(values("wgpy-l2", key), fmt))
+        if l2_ratio:
+            a, b = values("wgpy-l2", key), values("wgpy", key)
+            row.append("-" if key.endswith("busy_pct") or not (a and b and statistics.median(b)) else
+                       f"{statistics.median(a) / statistics.median(b):.2f}")
         if extra:
             row.append(cell(values("veth", key), fmt))
         if any(c != "-" for c in row[1:]):
@@ -577,6 +597,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs per system (default 3)")
     ap.add_argument("--duration", type=int, default=10, help="seconds per iperf3 run (default 10)")
     ap.add_argument("--only", choices=SYSTEMS, help="measure just this system (default: all three)")
+    ap.add_argument("--l2", action="store_true", help="also measure wgpy in L2 mode (system wgpy-l2)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the raw veth baseline")
     ap.add_argument("--json", type=Path, help="write every run's numbers and the machine info here")
     ap.add_argument("--udp-rate", default="300M", help="iperf3 -b for the UDP test (default 300M)")
@@ -601,6 +622,8 @@ def main() -> int:
         systems = [args.only]
     else:
         systems = (["veth"] if not args.no_baseline else []) + list(TUNNELS)
+    if args.l2 and "wgpy-l2" not in systems:
+        systems.append("wgpy-l2")
     wgpy = find_wgpy()
 
     signal.signal(signal.SIGTERM, _raise_interrupt)

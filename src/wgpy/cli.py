@@ -16,7 +16,9 @@ import time
 from . import crypto
 
 USAGE_SHOW_FIELDS = ("public-key", "private-key", "listen-port", "fwmark", "peers", "preshared-keys", "endpoints",
-                     "allowed-ips", "latest-handshakes", "transfer", "persistent-keepalive", "dump", "stats")
+                     "allowed-ips", "latest-handshakes", "transfer", "persistent-keepalive", "dump", "stats",
+                     "macs", "allowed-macs")   # the last two: L2 (Mode = tap) interfaces
+_LIST_KEYS = ("wgpy_local_mac", "wgpy_mac", "wgpy_allowed_mac")
 
 
 def _warn_if_world_accessible() -> None:
@@ -65,6 +67,8 @@ def _parse_get(text: str) -> tuple[dict, list[dict]]:
             peers.append(cur)
         elif key == "allowed_ip":
             cur["allowed_ips"].append(value)
+        elif key in _LIST_KEYS:
+            cur.setdefault(key, []).append(value)
         elif key:
             cur[key] = value
     return dev, peers
@@ -88,6 +92,20 @@ def _bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"
+
+
+def _mac_table(dev: dict, peers: list[dict]) -> list[tuple[str, str, str]]:
+    """(MAC, "local" or the peer's public key, age in seconds) of an L2 interface's MAC table, by MAC."""
+    rows = []
+    for entry in dev.get("wgpy_local_mac", ()):
+        mac, _, age = entry.partition(" ")
+        rows.append((mac, "local", age))
+    for p in peers:
+        for entry in p.get("wgpy_mac", ()):
+            mac, _, age = entry.partition(" ")
+            rows.append((mac, _b64(p["public_key"]), age))
+    rows.sort()
+    return rows
 
 
 def interfaces() -> list[str]:
@@ -192,6 +210,15 @@ def _show_one(name: str, field: str | None) -> int:
         for p in peers:
             print(_b64(p["public_key"]))
         return 0
+    l2 = dev.get("wgpy_mode") == "tap"
+    if field == "macs":
+        for row in _mac_table(dev, peers):
+            print("\t".join(row))
+        return 0
+    if field == "allowed-macs":
+        for p in peers:
+            print(f"{_b64(p['public_key'])}\t{' '.join(p.get('wgpy_allowed_mac', ())) or '(any)'}")
+        return 0
     print(f"interface: {name}")
     print(f"  public key: {pub}")
     print(f"  private key: {'(hidden)' if hide else _b64(dev.get('private_key', '00' * 32))}")
@@ -199,6 +226,8 @@ def _show_one(name: str, field: str | None) -> int:
         print(f"  listening port: {dev['listen_port']}")
     if dev.get("fwmark"):
         print(f"  fwmark: {int(dev['fwmark']):#x}")
+    if l2:
+        print(f"  mode: tap (Ethernet), relay {'on' if dev.get('wgpy_relay') == 'true' else 'off'}")
     now = time.time()
     peers.sort(key=lambda p: -int(p.get("last_handshake_time_sec", "0")))
     for p in peers:
@@ -208,7 +237,10 @@ def _show_one(name: str, field: str | None) -> int:
             print(f"  preshared key: {'(hidden)' if hide else _b64(p['preshared_key'])}")
         if "endpoint" in p:
             print(f"  endpoint: {p['endpoint']}")
-        print(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
+        if l2:
+            print(f"  allowed macs: {', '.join(p.get('wgpy_allowed_mac', ())) or '(any)'}")
+        else:
+            print(f"  allowed ips: {', '.join(p['allowed_ips']) or '(none)'}")
         hs = int(p.get("last_handshake_time_sec", "0"))
         if hs:
             print(f"  latest handshake: {_ago(max(0, int(now - hs)))}")
@@ -218,6 +250,12 @@ def _show_one(name: str, field: str | None) -> int:
         ka = int(p.get("persistent_keepalive_interval", "0"))
         if ka:
             print(f"  persistent keepalive: every {ka} second{'s' if ka != 1 else ''}")
+    if l2:
+        rows = _mac_table(dev, peers)
+        print()
+        print(f"mac table: {len(rows)} address{'es' if len(rows) != 1 else ''}")
+        for mac, port, age in rows:
+            print(f"  {mac}  {'local' if port == 'local' else 'peer ' + port:<50}  {age} s")
     return 0
 
 

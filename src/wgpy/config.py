@@ -13,9 +13,11 @@ in Endpoint are kept as written, never resolved. The format, as wg-quick(8)/wg(8
 
 [Interface]: PrivateKey (required), ListenPort, FwMark, Address, DNS, MTU, Table, PreUp, PostUp,
 PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto``, ``Mode = tun|tap``, ``Masquerade = <uplink
-interface>[, ...]`` (forward and NAT the tunnel's traffic out of those interfaces) and ``User = <name or uid>``
-(drop to that user once the interface is set up).
-[Peer]: PublicKey (required), PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive.
+interface>[, ...]`` (forward and NAT the tunnel's traffic out of those interfaces), ``User = <name or uid>``
+(drop to that user once the interface is set up) and, with Mode = tap, ``Relay = on|off``.
+[Peer]: PublicKey (required), PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive; wgpy extension, with
+Mode = tap: AllowedMACs. With Mode = tap a peer takes no AllowedIPs: frames are switched by MAC address, and
+silently ignoring a source restriction the file asks for would be worse than refusing it.
 Errors are ``ConfigError``s naming file, line and key; they never contain key material.
 """
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from wgpy.crypto import KeyError_, decode_key, encode_key
+from wgpy.routing.mactable import format_mac, parse_mac
 
 __all__ = [
     "ConfigError", "PeerConfig", "InterfaceConfig", "parse", "load", "interface_name_from_path",
@@ -54,6 +57,7 @@ class PeerConfig:
     endpoint: tuple[str, int] | None = None  # (host, port); host without brackets, IPs normalised
     allowed_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     persistent_keepalive: int = 0  # seconds; 0 = disabled
+    allowed_macs: list[bytes] = field(default_factory=list)  # Mode = tap: source MACs accepted (empty: any)
     line: int = 0  # line of the [Peer] header
 
 
@@ -77,6 +81,7 @@ class InterfaceConfig:
     mode: str = "tun"
     masquerade: list[str] = field(default_factory=list)  # uplink interface names
     user: str | None = None  # user name or numeric uid to run as after setup
+    relay: bool = False  # Mode = tap: forward frames between peers (the hub of a star)
     peers: list[PeerConfig] = field(default_factory=list)
 
 
@@ -189,6 +194,28 @@ def _endpoint(s: str) -> tuple[str, int]:
     return host, _uint(port, 1, 65535, "port")
 
 
+def _mac_list(s: str) -> list[bytes]:
+    out = []
+    for item in _items(s, whitespace=False):
+        try:
+            mac = parse_mac(item)
+        except ValueError:
+            raise _Bad(f"invalid MAC address {item!r}") from None
+        if mac[0] & 1:
+            raise _Bad(f"{item!r} is a multicast address, never a source")
+        out.append(mac)
+    return out
+
+
+def _on_off(s: str) -> bool:
+    v = s.lower()
+    if v in ("on", "true", "yes"):
+        return True
+    if v in ("off", "false", "no"):
+        return False
+    raise _Bad(f"invalid value {s!r} (expected on or off)")
+
+
 def _ifnames(s: str) -> list[str]:
     names = _items(s, whitespace=True)
     if not names:
@@ -230,6 +257,7 @@ _INTERFACE_KEYS: dict[str, _Spec] = {
     "mode": ("mode", "set", lambda s: _choice(s, ("tun", "tap"), "mode")),
     "masquerade": ("masquerade", "extend", _ifnames),
     "user": ("user", "set", _user),
+    "relay": ("relay", "set", _on_off),
 }
 _PEER_KEYS: dict[str, _Spec] = {
     "publickey": ("public_key", "set", _key),
@@ -239,6 +267,7 @@ _PEER_KEYS: dict[str, _Spec] = {
     "endpoint": ("endpoint", "set", _endpoint),
     "persistentkeepalive": ("persistent_keepalive", "set",
                             lambda s: 0 if s.lower() == "off" else _uint(s, 0, 65535, "persistent keepalive")),
+    "allowedmacs": ("allowed_macs", "extend", _mac_list),
 }
 
 
@@ -299,6 +328,7 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
             parsed = parser(value)
         except _Bad as e:
             raise ConfigError(path, lineno, key, str(e)) from None
+        current.setdefault("_where", {}).setdefault(attr, (lineno, key))
         if how == "set":
             seen.add(attr)
             current[attr] = parsed
@@ -315,7 +345,29 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
 
     if "private_key" not in iface:
         raise ConfigError(path, None, "PrivateKey", "missing")
+    _check_mode(path, iface, peers)
+    iface.pop("_where", None)
+    for p in peers:
+        p.pop("_where", None)
     return InterfaceConfig(name=name, path=path, **iface, peers=[PeerConfig(**p) for p in peers])
+
+
+def _check_mode(path: str, iface: dict[str, Any], peers: list[dict[str, Any]]) -> None:
+    """Keys that only make sense in one mode (see the module docstring)."""
+    if iface.get("mode") == "tap":
+        for p in peers:
+            if p.get("allowed_ips"):
+                line, key = p["_where"]["allowed_ips"]
+                raise ConfigError(path, line, key, "not used with Mode = tap (frames are switched by MAC "
+                                                   "address); restrict a peer's sources with AllowedMACs")
+        return
+    if "relay" in iface:
+        line, key = iface["_where"]["relay"]
+        raise ConfigError(path, line, key, "needs Mode = tap")
+    for p in peers:
+        if "allowed_macs" in p:
+            line, key = p["_where"]["allowed_macs"]
+            raise ConfigError(path, line, key, "needs Mode = tap")
 
 
 def _valid_name(name: str) -> bool:
@@ -387,6 +439,9 @@ def to_uapi(cfg: InterfaceConfig, resolved_endpoints: dict[int, str] | None = No
         out.append(f"listen_port={cfg.listen_port}")
     if cfg.fwmark:
         out.append(f"fwmark={cfg.fwmark}")
+    l2 = cfg.mode == "tap"
+    if l2:
+        out.append(f"wgpy_relay={'true' if cfg.relay else 'false'}")
     out.append("replace_peers=true")
     for i, peer in enumerate(cfg.peers):
         out.append(f"public_key={peer.public_key.hex()}")
@@ -399,4 +454,7 @@ def to_uapi(cfg: InterfaceConfig, resolved_endpoints: dict[int, str] | None = No
             out.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
         out.append("replace_allowed_ips=true")
         out.extend(f"allowed_ip={net}" for net in peer.allowed_ips)
+        if l2:
+            out.append("wgpy_replace_allowed_macs=true")
+            out.extend(f"wgpy_allowed_mac={format_mac(mac)}" for mac in peer.allowed_macs)
     return "".join(line + "\n" for line in out)

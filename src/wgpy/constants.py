@@ -74,3 +74,14 @@ REPLAY_WINDOW = 8192 - 64
 MAX_PEERS = 1 << 20
 # Default tunnel MTU when nothing else is known (1500 - 80, as wg-quick).
 DEFAULT_MTU = 1420
+
+# L2 mode (Mode = tap): the learning switch's MAC table (routing/mactable.py).
+# At most this many MAC addresses are known at once (local and behind peers together); a new address beyond it
+# evicts the least recently used one (second-chance order), so a flood of invented source addresses costs a
+# bounded amount of memory (about 250 bytes per entry: 2 MiB) and only ever evicts addresses that went quiet.
+MAC_TABLE_SIZE = 8192
+# An address not seen for this long is forgotten (frames to it are flooded again): the Linux bridge's default
+# ageing time (bridge ... ageing_time 30000 centiseconds).
+MAC_AGING_TIME = 300.0
+# Ethernet header (destination MAC, source MAC, EtherType): the TAP's MTU is the tunnel MTU minus this.
+ETHERNET_HEADER_LEN = 14

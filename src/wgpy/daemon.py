@@ -41,7 +41,8 @@ class Interface:
     def __init__(self, name: str, mode: str = "tun") -> None:
         self.name = name
         self.mode = mode
-        self.device = Device(rand=os.urandom, wall=time.time)
+        # mode "tap": the core is a learning switch (L2); the loop below is the same, one frame per read/write
+        self.device = Device(rand=os.urandom, wall=time.time, l2=(mode == "tap"))
         self.bind = UdpBind()
         self.tun: Tun | None = None
         self.uapi: UapiServer | None = None

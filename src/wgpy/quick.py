@@ -4,6 +4,10 @@ up (foreground):  load config -> checks (privilege, name free) -> resolve endpoi
                   UDP and UAPI sockets -> configure the core through a UAPI set (the same path `wg` uses)
                   -> addresses, MTU, routes (netlink) -> Masquerade (nft, forwarding) -> DNS -> PostUp
                   -> [User =: drop to that user, keeping CAP_NET_ADMIN] -> ready -> event loop
+Mode = tap:       a TAP device instead (the core switches Ethernet frames); its MTU is the tunnel MTU minus the
+                  Ethernet header, addresses are optional (it may be enslaved to a bridge instead, e.g. in
+                  PostUp), IPv6 addresses go through duplicate address detection as on any Ethernet link, and
+                  there are no routes (peers have no AllowedIPs in L2).
 teardown:         PreDown -> DNS restored -> Masquerade table deleted, forwarding restored -> rules removed,
                   sysctls restored -> TUN closed (its addresses and routes go with it) -> sockets closed -> PostDown
 A failure anywhere in `up` runs the teardown of exactly the steps already done, so nothing is left behind.
@@ -30,7 +34,7 @@ import time
 
 from . import config as cfgmod
 from . import privileges
-from .constants import DEFAULT_MTU
+from .constants import DEFAULT_MTU, ETHERNET_HEADER_LEN
 from .daemon import Interface, install_signal_handlers
 from .harden import is_dumpable, no_core_dumps
 from .io import netlink, nft
@@ -53,8 +57,6 @@ class UpError(Exception):
 def preflight(cfg: cfgmod.InterfaceConfig) -> list[str]:
     """Checks that need no changes to the system. Returns warnings; raises UpError/ConfigError."""
     warnings = []
-    if cfg.mode != "tun":
-        raise cfgmod.ConfigError(cfg.path, None, "Mode", f"mode {cfg.mode!r} is not supported yet (only 'tun')")
     w = cfgmod.check_permissions(cfg.path)
     if w:
         warnings.append(w)
@@ -91,7 +93,7 @@ def _check_attach(cfg: cfgmod.InterfaceConfig) -> None:
     if owner is None:
         raise UpError(
             f"creating interface {name} needs CAP_NET_ADMIN: run as root, or have root create a persistent TUN "
-            f"for this user first (ip tuntap add dev {name} mode tun user {_me()}; see README, Without root)")
+            f"for this user first (ip tuntap add dev {name} mode {cfg.mode} user {_me()}; see README, Without root)")
     uid, gid = owner
     if uid != os.geteuid() and not (uid == -1 and gid in os.getgroups() + [os.getegid()]):
         raise UpError(f"interface {name} exists but is not a TUN device owned by this user (uid {os.geteuid()}); "
@@ -142,7 +144,8 @@ def _missing_setup(cfg: cfgmod.InterfaceConfig) -> list[str]:
     nl = netlink.NetlinkSetup(name)
     try:
         main_table = cfg.table in (None, "auto", "main")   # routes in another table are root's business
-        return nl.missing(cfg.addresses, cfg.mtu,
+        mtu = cfg.mtu - ETHERNET_HEADER_LEN if cfg.mtu and cfg.mode == "tap" else cfg.mtu   # L2: the TAP's MTU
+        return nl.missing(cfg.addresses, mtu,
                           sorted({n for p in cfg.peers for n in p.allowed_ips}, key=lambda n: (n.version, n.prefixlen))
                           if main_table else [])
     finally:
@@ -206,7 +209,10 @@ class Session:
                     raise UpError(f"cannot listen on UDP port {cfg.listen_port}: address already in use")
                 raise UpError(f"configuring the interface failed ({reply.strip()})")
             if self.attach:
-                self.iface.device.mtu = _link_mtu(cfg.name) or DEFAULT_MTU
+                link_mtu = _link_mtu(cfg.name)
+                if link_mtu and cfg.mode == "tap":
+                    link_mtu += ETHERNET_HEADER_LEN      # L2: the plaintext is the frame, header included
+                self.iface.device.mtu = link_mtu or DEFAULT_MTU
             else:
                 self.nl = netlink.NetlinkSetup(cfg.name)
                 self._configure_netlink(resolved)
@@ -232,6 +238,7 @@ class Session:
 
     def _configure_netlink(self, resolved: dict[int, str]) -> None:
         cfg, nl = self.cfg, self.nl
+        l2 = cfg.mode == "tap"
         mtu = cfg.mtu
         if mtu is None:
             mtus = []
@@ -241,10 +248,17 @@ class Session:
                 if m:
                     mtus.append(m)
             base = max(mtus) if mtus else nl.default_route_mtu()
-            mtu = max(base - 80, 1280) if base else DEFAULT_MTU   # as wg-quick: route MTU - 80
+            # as wg-quick: route MTU - 80, at least 1280 (IPv6's minimum; in L2 that is the TAP's minimum)
+            floor = 1280 + (ETHERNET_HEADER_LEN if l2 else 0)
+            mtu = max(base - 80, floor) if base else DEFAULT_MTU
         self.iface.device.mtu = mtu
         for addr in cfg.addresses:
-            nl.add_address(addr)
+            nl.add_address(addr, nodad=not l2)
+        if l2:
+            # the plaintext is the whole frame: the TAP's MTU (which excludes the Ethernet header, as every
+            # Ethernet device's does) is the tunnel MTU minus 14 (see docs/architecture.md, "L2 mode")
+            nl.set_mtu_up(mtu - ETHERNET_HEADER_LEN)
+            return
         nl.set_mtu_up(mtu)
         if cfg.table == "off":
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 
@@ -89,3 +90,35 @@ def test_missing_family_socket_counts_errors(pair):
     sender = BatchSender()
     sender.send([(b"z", ("::1", 9, 0, 0))], s, None)
     assert sender.errors == 1
+
+
+class SmallPathMtu:
+    """A real socket whose GSO sends are refused as the kernel refuses segments above the path MTU."""
+
+    def __init__(self, sock, mtu_payload: int) -> None:
+        self.sock, self.limit, self.refused = sock, mtu_payload, 0
+
+    def sendmsg(self, buffers, ancdata, flags, address):
+        seg = int.from_bytes(ancdata[0][2], "little") if ancdata else len(buffers[0])
+        if seg > self.limit:
+            self.refused += 1
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        return self.sock.sendmsg(buffers, ancdata, flags, address)
+
+    def sendto(self, data, address):
+        return self.sock.sendto(data, address)     # the kernel fragments a lone datagram
+
+
+def test_runs_above_the_path_mtu_go_out_singly_and_gso_stays_on(pair):
+    s, r = pair
+    ep = r.getsockname()
+    wrapped = SmallPathMtu(s, 1472)
+    big = [(bytes([i]) * 1546, ep) for i in range(5)]          # e.g. L2 frames of 1514 bytes: fragmented
+    small = [(bytes([i]) * 1000, ep) for i in range(5)]
+    sender = BatchSender()
+    sender.send(big + small, wrapped, None)
+    assert wrapped.refused == 1 and sender.gso and sender.errors == 0
+    # the refused run is the five big ones plus the first shorter one (which may end a run): six single sends,
+    # then the other four small ones in one GSO call
+    assert sender.calls == 6 + 1
+    assert [d for d, _ in drain(r, 10)] == [d for d, _ in big + small]

@@ -167,14 +167,15 @@ table = OFF
 fwmark = OFF
 [peer]
 PUBLICKEY = {b64(PUB1)}
-allowedips = 10.0.0.0/8
+allowedmacs = 02:AA:bb:00:00:01
 ENDPOINT = host:1
 persistentkeepalive = OFF
 """
     cfg = parse(text)
     assert cfg.listen_port == 1 and cfg.mtu is None and cfg.mode == "tap" and cfg.save_config is True
     assert cfg.table == "off" and cfg.fwmark == 0
-    assert cfg.peers == [PeerConfig(PUB1, endpoint=("host", 1), allowed_ips=[N("10.0.0.0/8")], line=9)]
+    assert cfg.peers == [PeerConfig(PUB1, endpoint=("host", 1), allowed_macs=[bytes.fromhex("02aabb000001")],
+                                    line=9)]
 
 
 def test_comments_whitespace_and_blank_lines():

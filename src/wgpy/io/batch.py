@@ -6,6 +6,8 @@ Send: consecutive datagrams for one endpoint that have the same size (the last o
 as one sendmsg() of their concatenation with a UDP_SEGMENT control message; the kernel (or the NIC) cuts it back
 into datagrams. At most GSO_MAX_SEGMENTS per call and 64 KiB in all. If the kernel refuses (EIO/EINVAL/
 ENOPROTOOPT, e.g. no GSO for the route's device), the sender falls back to one sendto() per datagram for good.
+A run of datagrams larger than the path MTU is refused with EMSGSIZE (the kernel fragments a lone datagram but
+does not segment into fragments): that run alone is then sent one datagram at a time, GSO stays on.
 
 Receive: with UDP_GRO enabled the kernel may hand us several same-sized datagrams from one source in one read;
 a UDP_GRO control message then carries the segment size and the buffer is sliced back into datagrams.
@@ -43,11 +45,12 @@ class BatchSender:
     def send(self, out: list, s4: socket.socket | None, s6: socket.socket | None) -> None:
         n = len(out)
         i = 0
+        singly_until = 0                # datagrams before this index go out one by one (EMSGSIZE below)
         while i < n:
             data, ep = out[i]
             size = len(data)
             j = i + 1
-            if self.gso:
+            if self.gso and i >= singly_until:
                 total = size
                 limit = min(n, i + GSO_MAX_SEGMENTS)
                 while j < limit:
@@ -68,6 +71,9 @@ class BatchSender:
                                  [(SOL_UDP, UDP_SEGMENT, _H.pack(size))], 0, ep)
                 self.calls += 1
             except OSError as e:
+                if j - i > 1 and e.errno == errno.EMSGSIZE:
+                    singly_until = j
+                    continue            # larger than the path MTU: resend this run one datagram at a time
                 if j - i > 1 and e.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                     self.gso = False
                     continue            # resend this run one datagram at a time

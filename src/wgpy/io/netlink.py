@@ -41,9 +41,9 @@ class NetlinkSetup:
     def set_mtu_up(self, mtu: int) -> None:
         self.ipr.link("set", index=self.index(), mtu=mtu, state="up")
 
-    def add_address(self, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
+    def add_address(self, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface, nodad: bool = True) -> None:
         kw = {}
-        if iface.version == 6:
+        if iface.version == 6 and nodad:
             kw["flags"] = 0x02  # IFA_F_NODAD: a point-to-point tunnel has nobody to collide with
         try:
             self.ipr.addr("add", index=self.index(), address=str(iface.ip), prefixlen=iface.network.prefixlen,

@@ -18,6 +18,19 @@ Inbound flow (receive_datagrams):
        for the peer that owns the key ("dishonest peer" otherwise)
     3. handshake messages: mac1 first; under load mac2 (else a cookie reply) and a per-source rate limit
 Randomness and wall-clock time come from the callables given to the constructor.
+
+L2 mode (Device(..., l2=True), for a TAP device): the plaintext of a data message is one Ethernet frame and
+the device is a learning switch whose ports are the local TAP (LOCAL) and the peers. Its data path is
+send_frames / receive_datagrams_l2, installed under the names send_packets / receive_datagrams when the device
+is made, so the I/O layer calls the same two methods and the L3 loops stay free of any mode test:
+    send_frames: learn source MAC -> LOCAL; destination known at a peer -> that peer; destination known to be
+       local -> filtered; broadcast, multicast or unknown -> every peer (one encryption per peer)
+    receive_datagrams_l2: the transport checks of L3 (index, expiry, AEAD, replay, timers), then the source MAC
+       must be a unicast address and, if the peer has a list of allowed MACs, on it; learn source -> peer;
+       destination local or unknown or multi/broadcast -> out_tun; with `relay` on, destination known at
+       another peer -> re-encrypted to it, and multi/broadcast/unknown also flooded to every other peer
+Allowed IPs play no part in L2: neither for forwarding nor as a source check. Frames are padded like packets
+(to 16 bytes, within the MTU); the receiver writes them to the TAP with that padding, see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from ..constants import (
     REKEY_AFTER_TIME, REKEY_TIMEOUT, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
 from ..routing.allowedips import AllowedIPs
+from ..routing.mactable import LOCAL, MacTable
 from . import noise
 from .cookie import CookieChecker
 from .keypair import Keypair
@@ -51,6 +65,8 @@ _ZERO4 = b"\x00" * 4
 _ZEROS16 = b"\x00" * 16
 _TRANSPORT_WORD = b"\x04\x00\x00\x00"
 _REKEY_RECV_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+_ZERO_MAC = b"\x00" * 6
+_ETH_HLEN = 14
 InvalidTag = crypto.InvalidTag
 
 
@@ -74,7 +90,7 @@ class ConfigurationError(ValueError):
 
 class Device(TimersMixin):
     def __init__(self, private_key: bytes | None = None, *, rand: Callable[[int], bytes],
-                 wall: Callable[[], float], mtu: int = 1420) -> None:
+                 wall: Callable[[], float], mtu: int = 1420, l2: bool = False) -> None:
         self._rand = rand
         self._wall = wall
         self.mtu = mtu
@@ -95,6 +111,14 @@ class Device(TimersMixin):
         self._under_load_until = -INF
         self.under_load_threshold = UNDER_LOAD_HANDSHAKES_PER_SECOND
         self.is_up = True
+        self.l2 = l2
+        self.relay = False                 # L2: forward frames between peers (the hub of a star)
+        self.macs: MacTable | None = None
+        if l2:
+            self.macs = MacTable()
+            # the L2 data path under the names the I/O layer calls: chosen once here, never per packet
+            self.send_packets = self.send_frames                    # type: ignore[method-assign]
+            self.receive_datagrams = self.receive_datagrams_l2      # type: ignore[method-assign]
         if private_key is not None:
             self.set_private_key(private_key)
 
@@ -152,6 +176,8 @@ class Device(TimersMixin):
             return
         peer.removed = True
         self.allowed_ips.remove_by_peer(peer)
+        if self.macs is not None:
+            self.macs.remove_port(peer)
         self._drop_handshake_index(peer)
         self._clear_keypairs(peer)
         self.clear_staged(peer)
@@ -506,6 +532,173 @@ class Device(TimersMixin):
         else:
             self.drops["no_endpoint"] += 1
         self.timers_handshake_initiated(peer, now)
+
+    # ------------------------------------------------------------------------------------------------------
+    # L2 data path (Mode = tap): a learning switch between the TAP (LOCAL) and the peers
+    # ------------------------------------------------------------------------------------------------------
+
+    def set_allowed_macs(self, peer: Peer, macs: Iterable[bytes] | None) -> None:
+        """Restrict the source MACs accepted from `peer` (None or empty: any). Entries it taught the table
+        that are no longer allowed are forgotten."""
+        allowed = frozenset(macs) if macs else None
+        peer.allowed_macs = allowed
+        if allowed is not None and self.macs is not None:
+            entries = self.macs.entries
+            for mac in [m for m, e in entries.items() if e[0] is peer and m not in allowed]:
+                del entries[mac]
+
+    def send_frames(self, frames: Iterable[bytes], now: float, out: list) -> None:
+        """Switch a batch of Ethernet frames read from the TAP device to the peers, then encrypt or stage."""
+        macs = self.macs
+        entries = macs.entries
+        learn = macs.learn
+        aging = macs.aging
+        drops = self.drops
+        groups: dict[Peer, list[bytes]] = {}
+        everyone: list[list[bytes]] | None = None
+        for f in frames:
+            if len(f) < _ETH_HLEN:
+                drops["l2_short_frame"] += 1
+                continue
+            src = f[6:12]
+            if f[6] & 1 or src == _ZERO_MAC:
+                drops["l2_bad_src_mac"] += 1
+                continue
+            e = entries.get(src)
+            if e is not None and e[0] is LOCAL:
+                e[1] = now
+            else:
+                learn(src, LOCAL, now)
+            if not f[0] & 1:
+                e = entries.get(f[:6])
+                if e is not None and now - e[1] < aging:
+                    port = e[0]
+                    if port is LOCAL:
+                        drops["l2_filtered"] += 1      # both ends are on this side of the TAP
+                        continue
+                    g = groups.get(port)
+                    if g is None:
+                        groups[port] = [f]
+                    else:
+                        g.append(f)
+                    continue
+            # broadcast, multicast or unknown unicast: every peer gets a copy
+            if everyone is None:
+                everyone = []
+                for peer in self.peers.values():
+                    g = groups.get(peer)
+                    if g is None:
+                        g = groups[peer] = []
+                    everyone.append(g)
+            for g in everyone:
+                g.append(f)
+        for peer, batch in groups.items():
+            if batch:
+                self._send_to_peer(peer, batch, now, out)
+
+    def receive_datagrams_l2(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
+                             out_tun: list) -> None:
+        """receive_datagrams for L2: the same transport checks, then switch each frame."""
+        kps = self.keypairs_by_index
+        unpack = _IQ.unpack_from
+        drops = self.drops
+        macs = self.macs
+        entries = macs.entries
+        learn = macs.learn
+        aging = macs.aging
+        relay = self.relay
+        groups: dict[Peer, list[bytes]] | None = None
+        for data, src in datagrams:
+            if data[:4] != _TRANSPORT_WORD or len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
+                self.receive_handshake(data, src, now, out_net)
+                continue
+            idx, ctr = unpack(data, 4)
+            kp = kps.get(idx)
+            if kp is None:
+                drops["unknown_index"] += 1
+                continue
+            if ctr >= REJECT_AFTER_MESSAGES or now - kp.created >= REJECT_AFTER_TIME:
+                drops["expired_keypair"] += 1
+                continue
+            try:
+                pt = kp.recv.decrypt(_ZERO4 + data[8:16], data[16:], None)
+            except InvalidTag:
+                drops["invalid_tag"] += 1
+                continue
+            if not kp.replay.check_and_update(ctr):
+                drops["replay"] += 1
+                continue
+            peer = kp.peer
+            peer.endpoint = src
+            if kp is not peer.current:
+                self._received_with_keypair(peer, kp, now, out_net)
+            peer.rx_bytes += len(data)
+            # timers: any authenticated packet received / traversal
+            peer.t_new_handshake = None
+            if peer.persistent_keepalive:
+                self._set_timer_persistent(peer, now)
+            cur = peer.current
+            if (cur is not None and cur.is_initiator and not peer.sent_lastminute_handshake
+                    and now - cur.created >= _REKEY_RECV_AGE):
+                peer.sent_lastminute_handshake = True
+                self.initiate_handshake(peer, now, out_net, retry=False)
+            if not pt:
+                continue   # keepalive
+            # timers: data received
+            if peer.t_send_keepalive is None:
+                self._set_timer_send_keepalive(peer, now)
+            else:
+                peer.need_another_keepalive = True
+            # switch the frame
+            if len(pt) < _ETH_HLEN:
+                drops["l2_short_frame"] += 1
+                continue
+            smac = pt[6:12]
+            if pt[6] & 1 or smac == _ZERO_MAC:
+                drops["l2_bad_src_mac"] += 1
+                continue
+            allowed = peer.allowed_macs
+            if allowed is not None and smac not in allowed:
+                drops["l2_mac_not_allowed"] += 1
+                continue
+            e = entries.get(smac)
+            if e is not None and e[0] is peer:
+                e[1] = now
+            else:
+                learn(smac, peer, now)
+            if not pt[0] & 1:
+                e = entries.get(pt[:6])
+                if e is not None and now - e[1] < aging:
+                    port = e[0]
+                    if port is LOCAL:
+                        out_tun.append(pt)
+                    elif port is peer or not relay:
+                        drops["l2_filtered"] += 1      # not for this side: never sent back, relay off
+                    else:
+                        if groups is None:
+                            groups = {}
+                        g = groups.get(port)
+                        if g is None:
+                            groups[port] = [pt]
+                        else:
+                            g.append(pt)
+                    continue
+            # broadcast, multicast or unknown unicast: the TAP, and with relay every other peer
+            out_tun.append(pt)
+            if relay:
+                if groups is None:
+                    groups = {}
+                for other in self.peers.values():
+                    if other is not peer:
+                        g = groups.get(other)
+                        if g is None:
+                            groups[other] = [pt]
+                        else:
+                            g.append(pt)
+        if groups:
+            for port, batch in groups.items():
+                if not port.removed:
+                    self._send_to_peer(port, batch, now, out_net)
 
     # ------------------------------------------------------------------------------------------------------
     # introspection

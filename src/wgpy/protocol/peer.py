@@ -36,7 +36,7 @@ class Peer:
         "rx_bytes", "tx_bytes", "last_handshake_wall",
         "t_retransmit", "t_send_keepalive", "t_new_handshake", "t_zero_keys", "t_persistent",
         "handshake_attempts", "last_sent_handshake", "sent_lastminute_handshake", "need_another_keepalive",
-        "scheduled", "removed",
+        "scheduled", "removed", "allowed_macs",
     )
 
     def __init__(self, public_key: bytes, handshake: Handshake) -> None:
@@ -63,6 +63,7 @@ class Peer:
         self.need_another_keepalive = False
         self.scheduled = INF          # earliest deadline this peer has in the device's timer heap
         self.removed = False
+        self.allowed_macs: frozenset[bytes] | None = None   # L2 mode: source MACs accepted (None: any)
 
     def keypairs(self) -> list[Keypair]:
         return [k for k in (self.previous, self.current, self.next) if k is not None]

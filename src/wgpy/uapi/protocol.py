@@ -8,12 +8,22 @@ Rules of this file:
 
 wgpy extension, `wgpy_stats=1`: what the core dropped and how full its bounded tables are, one `key=value` per
 line (`drop_<reason>=N`, `peers=`, `keypairs=`, `handshakes=`, `staged_packets=`, `ratelimiter_entries=`,
-`under_load=0|1`), then `errno=0`. `wg` never sends it; `wgpy show IFACE stats` does.
+`under_load=0|1`; L2 devices add `mac_table_entries=`, `mac_table_evicted=`, `mac_table_moved=`), then
+`errno=0`. `wg` never sends it; `wgpy show IFACE stats` does.
 
 Keys of a set (device section, then one section per public_key):
     private_key, listen_port, fwmark, replace_peers
     public_key, remove, update_only, preshared_key, endpoint, persistent_keepalive_interval,
     replace_allowed_ips, allowed_ip (a leading '-' removes the prefix), protocol_version
+
+wgpy extension keys, L2 devices (Mode = tap) only; an L3 device refuses them, and an L2 device refuses
+allowed_ip (frames are switched by MAC address; a source restriction must not be silently ignored):
+    set, device:  wgpy_relay=true|false                   forward frames between peers (hub)
+    set, peer:    wgpy_replace_allowed_macs=true, wgpy_allowed_mac=[-]aa:bb:cc:dd:ee:ff
+    get, device:  wgpy_mode=tap, wgpy_relay=..., wgpy_local_mac=<mac> <age s>   (MACs behind the TAP)
+    get, peer:    wgpy_allowed_mac=<mac>, wgpy_mac=<mac> <age s>                 (MACs learned behind it)
+`wg` (wireguard-tools, checked with v1.0.20210914) skips keys it does not know in a get reply, so `wg show`
+and `wg showconf` work on L2 interfaces; it never sends the set keys.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from ..protocol.device import Device
+from ..routing.mactable import LOCAL, format_mac, parse_mac
 
 EINVAL = -errno.EINVAL
 EPROTO = -errno.EPROTO
@@ -65,6 +76,8 @@ class PeerOp:
     persistent_keepalive: object = UNSET
     replace_allowed_ips: bool = False
     allowed_ips: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network]] = field(default_factory=list)
+    replace_allowed_macs: bool = False
+    allowed_macs: list[tuple[bool, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -73,6 +86,7 @@ class SetPlan:
     listen_port: object = UNSET
     fwmark: object = UNSET
     replace_peers: bool = False
+    relay: object = UNSET
     peers: list[PeerOp] = field(default_factory=list)
 
 
@@ -119,10 +133,20 @@ def handle_stats(host: Host) -> str:
               f"ratelimiter_entries={len(dev.ratelimiter.table)}",
               f"cookie_limiter_entries={len(dev.cookie_limiter.table)}",
               f"under_load={int(dev.is_under_load(host.now()))}"]
+    if dev.macs is not None:   # L2: the learning switch's table (bounded by MAC_TABLE_SIZE)
+        lines += [f"mac_table_entries={len(dev.macs)}", f"mac_table_evicted={dev.macs.evicted}",
+                  f"mac_table_moved={dev.macs.moved}"]
     return "".join(line + "\n" for line in lines)
 
 
-def parse_set(lines: list[str], parse_endpoint: Callable[[str], object]) -> SetPlan:
+def _bool(value: str, key: str) -> bool:
+    if value not in ("true", "false"):
+        raise UapiError(EINVAL, f"{key}: expected true or false")
+    return value == "true"
+
+
+def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: bool = False) -> SetPlan:
+    """Parse a set request for an L3 device, or with `l2` for an L2 (TAP) device."""
     plan = SetPlan()
     peer: PeerOp | None = None
     for n, line in enumerate(lines, 1):
@@ -142,6 +166,8 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object]) -> SetP
                 plan.fwmark = _uint(value, key, 0xFFFFFFFF) if value else 0
             elif key == "replace_peers":
                 plan.replace_peers = _true(value, key)
+            elif key == "wgpy_relay" and l2:
+                plan.relay = _bool(value, key)
             else:
                 raise UapiError(EINVAL, f"line {n}: invalid device key{_name(key)}")
             continue
@@ -160,6 +186,18 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object]) -> SetP
             peer.persistent_keepalive = _uint(value, key, 65535)
         elif key == "replace_allowed_ips":
             peer.replace_allowed_ips = _true(value, key)
+        elif key == "allowed_ip" and l2:
+            raise UapiError(EINVAL, f"line {n}: allowed_ip is not used by an L2 (tap) device; "
+                                    "use wgpy_allowed_mac")
+        elif key == "wgpy_replace_allowed_macs" and l2:
+            peer.replace_allowed_macs = _true(value, key)
+        elif key == "wgpy_allowed_mac" and l2:
+            remove = value.startswith("-")
+            try:
+                mac = parse_mac(value[1:] if remove else value)
+            except ValueError:
+                raise UapiError(EINVAL, f"line {n}: invalid wgpy_allowed_mac") from None
+            peer.allowed_macs.append((remove, mac))
         elif key == "allowed_ip":
             remove = value.startswith("-")
             text = value[1:] if remove else value
@@ -192,6 +230,8 @@ def apply_set(plan: SetPlan, host: Host) -> None:
         host.set_fwmark(plan.fwmark)
     if plan.private_key is not UNSET:
         dev.set_private_key(None if plan.private_key == ZERO_KEY else plan.private_key)
+    if plan.relay is not UNSET:
+        dev.relay = plan.relay
     if plan.replace_peers:
         dev.remove_all_peers()
     own = dev.public_key
@@ -217,6 +257,14 @@ def apply_set(plan: SetPlan, host: Host) -> None:
                 dev.allowed_ips.remove(net, peer)
             else:
                 dev.allowed_ips.insert(net, peer)
+        if op.replace_allowed_macs or op.allowed_macs:
+            macs = set() if op.replace_allowed_macs else set(peer.allowed_macs or ())
+            for remove, mac in op.allowed_macs:
+                if remove:
+                    macs.discard(mac)
+                else:
+                    macs.add(mac)
+            dev.set_allowed_macs(peer, macs)
         if op.persistent_keepalive is not UNSET:
             dev.set_persistent_keepalive(peer, op.persistent_keepalive, now, out)
     if out:
@@ -232,6 +280,13 @@ def handle_get(host: Host) -> str:
         lines.append(f"listen_port={host.listen_port}")
     if host.fwmark:
         lines.append(f"fwmark={host.fwmark}")
+    learned: dict[object, list[str]] = {}
+    if dev.macs is not None:
+        lines.append("wgpy_mode=tap")
+        lines.append(f"wgpy_relay={'true' if dev.relay else 'false'}")
+        for mac, port, age in dev.macs.snapshot(host.now()):
+            learned.setdefault(port, []).append(f"{format_mac(mac)} {int(age)}")
+        lines.extend(f"wgpy_local_mac={entry}" for entry in learned.get(LOCAL, ()))
     for peer in dev.peers.values():
         lines.append(f"public_key={peer.public_key.hex()}")
         lines.append(f"preshared_key={peer.handshake.preshared_key.hex()}")
@@ -247,6 +302,9 @@ def handle_get(host: Host) -> str:
         lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
         for net in dev.allowed_ips.entries(peer):
             lines.append(f"allowed_ip={net}")
+        if dev.macs is not None:
+            lines.extend(f"wgpy_allowed_mac={format_mac(mac)}" for mac in sorted(peer.allowed_macs or ()))
+            lines.extend(f"wgpy_mac={entry}" for entry in learned.get(peer, ()))
     return "".join(line + "\n" for line in lines)
 
 
@@ -262,7 +320,7 @@ def handle_request(request: str, host: Host, log: Callable[[str], None] | None =
         if op == "wgpy_stats=1":
             return handle_stats(host) + "errno=0\n\n"
         if op == "set=1":
-            plan = parse_set([ln for ln in lines[1:] if ln], host.parse_endpoint)
+            plan = parse_set([ln for ln in lines[1:] if ln], host.parse_endpoint, host.device.l2)
             apply_set(plan, host)
             return "errno=0\n\n"
         raise UapiError(EINVAL, f"unknown operation {op!r}")
