@@ -598,7 +598,12 @@ class Device(TimersMixin):
 
     def receive_datagrams_l2(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
                              out_tun: list) -> None:
-        """receive_datagrams for L2: the same transport checks, then switch each frame."""
+        """receive_datagrams for L2: the same transport checks, then switch each frame.
+
+        The transport part repeats receive_datagrams line for line on purpose: a shared helper would cost a
+        function call per packet on both paths, and a mode test inside one loop a branch per packet.  A change
+        to one loop's checks or timers must be made to the other (tests/unit/test_l2_device.py and
+        test_device_pair.py cover both)."""
         kps = self.keypairs_by_index
         unpack = _IQ.unpack_from
         drops = self.drops
