@@ -43,6 +43,27 @@ def pair() -> tuple[Device, Device]:
     return a, b
 
 
+def time_both_ways(a: Device, b: Device, batch: list, rounds: int) -> tuple[float, float, int]:
+    """Seconds spent in a.send_packets and in b.receive_datagrams over `rounds` batches, and the packet count."""
+    src = ("192.0.2.1", 51820)
+    enc_t = dec_t = 0.0
+    n = 0
+    for _ in range(rounds):
+        now = time.monotonic()
+        out: list = []
+        t0 = time.perf_counter()
+        a.send_packets(batch, now, out)
+        t1 = time.perf_counter()
+        got: list = []
+        b.receive_datagrams([(d, src) for d, _e in out], now, [], got)
+        t2 = time.perf_counter()
+        assert len(got) == len(batch)
+        enc_t += t1 - t0
+        dec_t += t2 - t1
+        n += len(batch)
+    return enc_t, dec_t, n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=1420)
@@ -51,22 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     a, b = pair()
     batch = [ip4("10.0.0.1", "10.0.0.2", args.size)] * args.batch
-    src = ("192.0.2.1", 51820)
-    enc_t = dec_t = 0.0
-    n = 0
-    for _ in range(args.rounds):
-        now = time.monotonic()
-        out: list = []
-        t0 = time.perf_counter()
-        a.send_packets(batch, now, out)
-        t1 = time.perf_counter()
-        tun: list = []
-        b.receive_datagrams([(d, src) for d, _e in out], now, [], tun)
-        t2 = time.perf_counter()
-        assert len(tun) == len(batch)
-        enc_t += t1 - t0
-        dec_t += t2 - t1
-        n += len(batch)
+    enc_t, dec_t, n = time_both_ways(a, b, batch, args.rounds)
     print(f"packet size {args.size} B, batch {args.batch}, {n} packets")
     print(f"  encrypt path (route + pad + AEAD + header): {enc_t / n * 1e6:6.2f} us/packet")
     print(f"  decrypt path (index + AEAD + replay + source check): {dec_t / n * 1e6:6.2f} us/packet")
@@ -126,22 +132,7 @@ def l2_costs(size: int, batch_size: int, rounds: int) -> None:
     a.macs.learn(mac_b, pa, now)
     frame = mac_b + mac_a + b"\x08\x00" + b"\xab" * (size - 14)
     batch = [frame] * batch_size
-    src = ("192.0.2.1", 51820)
-    enc_t = dec_t = 0.0
-    n = 0
-    for _ in range(rounds):
-        now = time.monotonic()
-        out = []
-        t0 = time.perf_counter()
-        a.send_packets(batch, now, out)
-        t1 = time.perf_counter()
-        tap: list = []
-        b.receive_datagrams([(d, src) for d, _e in out], now, [], tap)
-        t2 = time.perf_counter()
-        assert len(tap) == len(batch)
-        enc_t += t1 - t0
-        dec_t += t2 - t1
-        n += len(batch)
+    enc_t, dec_t, n = time_both_ways(a, b, batch, rounds)
     print(f"L2 mode, frame size {size} B, batch {batch_size}, {n} frames")
     print(f"  encrypt path (learn + switch + pad + AEAD + header): {enc_t / n * 1e6:6.2f} us/frame")
     print(f"  decrypt path (index + AEAD + replay + learn + switch): {dec_t / n * 1e6:6.2f} us/frame")

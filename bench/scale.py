@@ -36,9 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
-
-from wgpy.crypto import clamp  # noqa: E402
+from wgpy.crypto import clamp, encode_key as b64, public_from_private  # noqa: E402
 from wgpy.protocol.device import Device  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -53,13 +51,9 @@ def sh(*argv, ns: str | None = None, timeout: float = 60, check: bool = True, **
 
 def keypair() -> tuple[bytes, bytes]:
     priv = clamp(os.urandom(32))
-    pub = X25519PrivateKey.from_private_bytes(priv).public_key().public_bytes_raw()
+    pub = public_from_private(priv)
     return priv, pub
 
-
-def b64(k: bytes) -> str:
-    import base64
-    return base64.b64encode(k).decode()
 
 
 def rss_kib(pid: int) -> int:

@@ -115,8 +115,7 @@ def split(buf: bytes, out: list) -> int:
     gso_type &= ~VIRTIO_NET_HDR_GSO_ECN
     if gso_type == VIRTIO_NET_HDR_GSO_NONE:
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-            pkt = bytearray(buf)
-            del pkt[:VNET_HDR_LEN]
+            pkt = bytearray(memoryview(buf)[VNET_HDR_LEN:])
             if csum_start + csum_offset + 2 > len(pkt):
                 return 0
             complete_checksum(pkt, csum_start, csum_offset)
