@@ -85,3 +85,41 @@ MAC_TABLE_SIZE = 8192
 MAC_AGING_TIME = 300.0
 # Ethernet header (destination MAC, source MAC, EtherType): the TAP's MTU is the tunnel MTU minus this.
 ETHERNET_HEADER_LEN = 14
+
+# --- #7 transports ---
+# TCP and TLS transports (io/stream.py) and the automatic fallback to them (protocol/fallback.py); see
+# docs/transports.md. On a stream each WireGuard message is one frame: a 2-byte big-endian length, then the message.
+# The smallest valid frame is a keepalive (32 bytes). The largest is the largest UDP payload over IPv4
+# (65535 - 20 - 8): a message that could not travel as one UDP datagram has no business on a stream either,
+# since a peer may roam between the two at any moment. A shorter or longer length closes the connection.
+STREAM_MIN_FRAME = 32
+STREAM_MAX_FRAME = 65507
+# Bytes waiting in user space for one connection's socket (on top of the kernel's bounded unsent queue,
+# TCP_NOTSENT_LOWAT below). Beyond it new messages are dropped and counted, never queued: a tunnel over TCP must
+# let the inner TCP see loss instead of an ever growing delay (TCP-over-TCP meltdown, docs/transports.md).
+STREAM_SEND_BUFFER = 256 * 1024
+STREAM_NOTSENT_LOWAT = 128 * 1024
+# Accepted connections that have not yet carried an authenticated WireGuard message: at most this many at once
+# (further ones are closed at once), each for at most this long and this many frames.
+STREAM_MAX_UNAUTHENTICATED = 64
+STREAM_UNAUTHENTICATED_TIMEOUT = 10.0
+STREAM_UNAUTHENTICATED_FRAMES = 16
+# Outbound connections: TCP connect plus TLS handshake must finish within this time; after a failure or a drop
+# the next attempt waits a random time between half and all of min(BACKOFF_MIN * 2**failures, BACKOFF_MAX).
+STREAM_CONNECT_TIMEOUT = 10.0
+STREAM_BACKOFF_MIN = 0.5
+STREAM_BACKOFF_MAX = 30.0
+# Dead connections: TCP keepalive probes after this much idle time (then every INTERVAL, COUNT of them), and
+# TCP_USER_TIMEOUT for data the peer does not acknowledge.
+STREAM_KEEPIDLE = 25
+STREAM_KEEPINTVL = 5
+STREAM_KEEPCNT = 4
+STREAM_USER_TIMEOUT = 30.0
+# Fallback (FallbackEndpoint): switch to the fallback when our handshake initiations over UDP got no answer for
+# FALLBACK_AFTER seconds; while on it, send one initiation over UDP every FALLBACK_PROBE_INTERVAL seconds and
+# move back when its response arrives over UDP. FALLBACK_PROBE_ANSWER seconds after a probe that got no answer,
+# a keepalive over the stream pins the other side back to the stream (the probe may have reached it, moving its
+# endpoint to UDP, while its answers cannot reach us over UDP).
+FALLBACK_AFTER = 15.0
+FALLBACK_PROBE_INTERVAL = 30.0
+FALLBACK_PROBE_ANSWER = 3.0

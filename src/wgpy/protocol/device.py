@@ -48,7 +48,7 @@ from ..constants import (
 )
 from ..routing.allowedips import AllowedIPs
 from ..routing.mactable import LOCAL, MacTable
-from . import noise
+from . import fallback, noise
 from .cookie import CookieChecker
 from .keypair import Keypair
 from .messages import (
@@ -500,6 +500,8 @@ class Device(TimersMixin):
             self.drops["invalid_response"] += 1
             return
         self._handshake_authenticated(peer, src, now)
+        if peer.fallback is not None:   # --- #7 transports: our initiation was answered (over which path?)
+            fallback.response_received(self, peer, src, now)
         keys = noise.begin_session(peer.handshake)
         self._install_keypair(peer, keys, now)
         self.timers_session_derived(peer, now)
@@ -532,6 +534,8 @@ class Device(TimersMixin):
         else:
             self.drops["no_endpoint"] += 1
         self.timers_handshake_initiated(peer, now)
+        if peer.fallback is not None:   # --- #7 transports: start the no-answer clock (protocol/fallback.py)
+            fallback.initiation_sent(self, peer, now)
 
     # ------------------------------------------------------------------------------------------------------
     # L2 data path (Mode = tap): a learning switch between the TAP (LOCAL) and the peers

@@ -37,6 +37,7 @@ class Peer:
         "t_retransmit", "t_send_keepalive", "t_new_handshake", "t_zero_keys", "t_persistent",
         "handshake_attempts", "last_sent_handshake", "sent_lastminute_handshake", "need_another_keepalive",
         "scheduled", "removed", "allowed_macs",
+        "fallback",     # --- #7 transports: FallbackState (protocol/fallback.py) or None
     )
 
     def __init__(self, public_key: bytes, handshake: Handshake) -> None:
@@ -64,6 +65,7 @@ class Peer:
         self.scheduled = INF          # earliest deadline this peer has in the device's timer heap
         self.removed = False
         self.allowed_macs: frozenset[bytes] | None = None   # L2 mode: source MACs accepted (None: any)
+        self.fallback = None          # --- #7 transports: FallbackState when a FallbackEndpoint is set
 
     def keypairs(self) -> list[Keypair]:
         return [k for k in (self.previous, self.current, self.next) if k is not None]
@@ -71,6 +73,8 @@ class Peer:
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.t_retransmit, self.t_send_keepalive, self.t_new_handshake, self.t_zero_keys,
                           self.t_persistent) if d is not None]
+        if self.fallback is not None and self.fallback.deadline is not None:   # --- #7 transports
+            ds.append(self.fallback.deadline)
         return min(ds) if ds else None
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ import heapq
 from ..constants import (
     KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REJECT_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
 )
+from . import fallback
 from .peer import INF, Peer
 
 
@@ -114,6 +115,10 @@ class TimersMixin:
             peer.t_persistent = None
             if peer.persistent_keepalive:
                 self.send_keepalive(peer, now, out)
+        # --- #7 transports: the fallback's own deadline (protocol/fallback.py)
+        fb = peer.fallback
+        if fb is not None and fb.deadline is not None and fb.deadline <= now:
+            fallback.run_timer(self, peer, now, out)
 
     def _expired_retransmit_handshake(self, peer: Peer, now: float, out: list) -> None:
         if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
