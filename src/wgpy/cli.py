@@ -228,6 +228,7 @@ def _show_one(name: str, field: str | None) -> int:
         print(f"  fwmark: {int(dev['fwmark']):#x}")
     if l2:
         print(f"  mode: tap (Ethernet), relay {'on' if dev.get('wgpy_relay') == 'true' else 'off'}")
+    _show_transport_device(dev)     # --- #7 transports
     now = time.time()
     peers.sort(key=lambda p: -int(p.get("last_handshake_time_sec", "0")))
     for p in peers:
@@ -237,6 +238,7 @@ def _show_one(name: str, field: str | None) -> int:
             print(f"  preshared key: {'(hidden)' if hide else _b64(p['preshared_key'])}")
         if "endpoint" in p:
             print(f"  endpoint: {p['endpoint']}")
+        _show_transport_peer(p)     # --- #7 transports
         if l2:
             print(f"  allowed macs: {', '.join(p.get('wgpy_allowed_mac', ())) or '(any)'}")
         else:
@@ -257,6 +259,31 @@ def _show_one(name: str, field: str | None) -> int:
         for mac, port, age in rows:
             print(f"  {mac}  {'local' if port == 'local' else 'peer ' + port:<50}  {age} s")
     return 0
+
+
+# --- #7 transports: listening ports, stream endpoints and the fallback's state (uapi/transport.py keys)
+
+def _show_transport_device(dev: dict) -> None:
+    for scheme in ("tcp", "tls"):
+        if dev.get(f"wgpy_listen_{scheme}"):
+            print(f"  listening {scheme} port: {dev[f'wgpy_listen_{scheme}']}")
+
+
+def _show_transport_peer(p: dict) -> None:
+    if "wgpy_endpoint" in p:
+        print(f"  endpoint: {p['wgpy_endpoint']} ({p.get('wgpy_endpoint_state', '?')})")
+    if "wgpy_fallback_endpoint" not in p:
+        if "wgpy_endpoint" in p:
+            print(f"  transport: {p['wgpy_endpoint'].partition(':')[0]}")
+        return
+    counts = (f"{p.get('wgpy_fallback_switches', '0')} switches, {p.get('wgpy_fallback_returns', '0')} returns, "
+              f"{p.get('wgpy_fallback_probes', '0')} probes")
+    if p.get("wgpy_fallback") == "active":
+        print(f"  transport: {p['wgpy_fallback_endpoint'].partition(':')[0]} (fallback active, UDP probed every "
+              f"{p.get('wgpy_fallback_probe_interval', '?')} s; {counts})")
+    else:
+        print(f"  transport: udp (fallback {p['wgpy_fallback_endpoint']} on standby, used after "
+              f"{p.get('wgpy_fallback_after', '?')} s without a handshake answer; {counts})")
 
 
 def _show_stats(name: str) -> int:

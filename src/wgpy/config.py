@@ -59,6 +59,14 @@ class PeerConfig:
     persistent_keepalive: int = 0  # seconds; 0 = disabled
     allowed_macs: list[bytes] = field(default_factory=list)  # Mode = tap: source MACs accepted (empty: any)
     line: int = 0  # line of the [Peer] header
+    # --- #7 transports (docs/transports.md): (scheme, host, port) with scheme "tcp" or "tls"
+    stream_endpoint: tuple[str, str, int] | None = None     # Endpoint = tcp://... / tls://...
+    fallback_endpoint: tuple[str, str, int] | None = None   # FallbackEndpoint
+    fallback_after: float | None = None
+    fallback_probe_interval: float | None = None
+    tls_server_name: str | None = None
+    tls_ca_file: str | None = None
+    tls_pin: str | None = None
 
 
 @dataclass
@@ -83,6 +91,11 @@ class InterfaceConfig:
     user: str | None = None  # user name or numeric uid to run as after setup
     relay: bool = False  # Mode = tap: forward frames between peers (the hub of a star)
     peers: list[PeerConfig] = field(default_factory=list)
+    # --- #7 transports
+    listen_tcp: int | None = None
+    listen_tls: int | None = None
+    certificate_file: str | None = None
+    key_file: str | None = None
 
 
 # ------------------------------------------------------------------------------------------ value parsers
@@ -346,6 +359,7 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
     if "private_key" not in iface:
         raise ConfigError(path, None, "PrivateKey", "missing")
     _check_mode(path, iface, peers)
+    _check_transports(path, iface, peers)     # --- #7 transports
     iface.pop("_where", None)
     for p in peers:
         p.pop("_where", None)
@@ -426,7 +440,8 @@ def _uapi_endpoint(peer: PeerConfig, resolved: str | None) -> str | None:
     return _host_port(str(ip), peer.endpoint[1]) if peer.endpoint else resolved
 
 
-def to_uapi(cfg: InterfaceConfig, resolved_endpoints: dict[int, str] | None = None) -> str:
+def to_uapi(cfg: InterfaceConfig, resolved_endpoints: dict[int, str] | None = None,
+            resolved_streams: dict[int, dict[str, str]] | None = None) -> str:
     """The body of a cross-platform UAPI ``set=1`` request (without ``set=1`` and the final blank line).
 
     ``resolved_endpoints`` maps a peer's index in ``cfg.peers`` to its resolved endpoint, either
@@ -439,6 +454,7 @@ def to_uapi(cfg: InterfaceConfig, resolved_endpoints: dict[int, str] | None = No
         out.append(f"listen_port={cfg.listen_port}")
     if cfg.fwmark:
         out.append(f"fwmark={cfg.fwmark}")
+    out.extend(transport_uapi_device(cfg))     # --- #7 transports
     l2 = cfg.mode == "tap"
     if l2:
         out.append(f"wgpy_relay={'true' if cfg.relay else 'false'}")
@@ -457,4 +473,151 @@ def to_uapi(cfg: InterfaceConfig, resolved_endpoints: dict[int, str] | None = No
         if l2:
             out.append("wgpy_replace_allowed_macs=true")
             out.extend(f"wgpy_allowed_mac={format_mac(mac)}" for mac in peer.allowed_macs)
+        out.extend(transport_uapi_peer(peer, (resolved_streams or {}).get(i)))     # --- #7 transports
     return "".join(line + "\n" for line in out)
+
+
+# ------------------------------------------------------------------------------------- #7 transports
+# ListenTCP, ListenTLS, CertificateFile, KeyFile ([Interface]); Endpoint = tcp://host:port or tls://host:port,
+# FallbackEndpoint, FallbackAfter, FallbackProbeInterval, TLSServerName, TLSCAFile, TLSPin ([Peer]).
+# File names are taken relative to the config file's directory. See docs/transports.md.
+
+def _stream_url(s: str) -> tuple[str, str, int]:
+    scheme, sep, rest = s.partition("://")
+    if not sep or scheme.lower() not in ("tcp", "tls"):
+        raise _Bad(f"invalid stream endpoint {s!r} (expected tcp://host:port or tls://host:port)")
+    host, port = _endpoint(rest)
+    return scheme.lower(), host, port
+
+
+def _any_endpoint(s: str) -> tuple:
+    return _stream_url(s) if "://" in s else _endpoint(s)
+
+
+def _seconds(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise _Bad(f"invalid number of seconds {s!r}") from None
+    if not 0.5 <= v <= 86400:
+        raise _Bad(f"{s} seconds out of range 0.5..86400")
+    return v
+
+
+def _file(s: str) -> str:
+    if not s or "\x00" in s:
+        raise _Bad("expected a file name")
+    return s
+
+
+def _pin(s: str) -> str:
+    t = s.strip()
+    t = t[7:] if t.lower().startswith("sha256:") else t
+    t = t.replace(":", "").lower()
+    if len(t) != 64 or any(c not in "0123456789abcdef" for c in t):
+        raise _Bad("expected a SHA-256 certificate fingerprint (64 hex digits, colons allowed)")
+    return t
+
+
+def _server_name(s: str) -> str:
+    if len(s) > 253 or not _HOSTNAME_RE.fullmatch(s):
+        raise _Bad(f"invalid server name {s!r}")
+    return s
+
+
+_INTERFACE_KEYS.update({
+    "listentcp": ("listen_tcp", "set", lambda s: _uint(s, 1, 65535, "port")),
+    "listentls": ("listen_tls", "set", lambda s: _uint(s, 1, 65535, "port")),
+    "certificatefile": ("certificate_file", "set", _file),
+    "keyfile": ("key_file", "set", _file),
+})
+_PEER_KEYS.update({
+    "endpoint": ("endpoint", "set", _any_endpoint),
+    "fallbackendpoint": ("fallback_endpoint", "set", _stream_url),
+    "fallbackafter": ("fallback_after", "set", _seconds),
+    "fallbackprobeinterval": ("fallback_probe_interval", "set", _seconds),
+    "tlsservername": ("tls_server_name", "set", _server_name),
+    "tlscafile": ("tls_ca_file", "set", _file),
+    "tlspin": ("tls_pin", "set", _pin),
+})
+
+
+def _check_transports(path: str, iface: dict[str, Any], peers: list[dict[str, Any]]) -> None:
+    base = os.path.dirname(os.path.abspath(path)) if not path.startswith("<") else None
+
+    def where(d: dict[str, Any], attr: str) -> tuple[int | None, str | None]:
+        return d.get("_where", {}).get(attr, (None, None))
+
+    for attr in ("certificate_file", "key_file"):
+        if attr in iface and base and not os.path.isabs(iface[attr]):
+            iface[attr] = os.path.join(base, iface[attr])
+    if "listen_tls" in iface and not ("certificate_file" in iface and "key_file" in iface):
+        raise ConfigError(path, *where(iface, "listen_tls"), "needs CertificateFile and KeyFile")
+    for attr in ("certificate_file", "key_file"):
+        if attr in iface and "listen_tls" not in iface:
+            raise ConfigError(path, *where(iface, attr), "only used with ListenTLS")
+    for p in peers:
+        ep = p.get("endpoint")
+        if ep is not None and len(ep) == 3:
+            p["stream_endpoint"] = p.pop("endpoint")
+        if "tls_ca_file" in p and base and not os.path.isabs(p["tls_ca_file"]):
+            p["tls_ca_file"] = os.path.join(base, p["tls_ca_file"])
+        tls = any(e is not None and e[0] == "tls" for e in (p.get("stream_endpoint"), p.get("fallback_endpoint")))
+        for attr in ("tls_server_name", "tls_ca_file", "tls_pin"):
+            if attr in p and not tls:
+                raise ConfigError(path, *where(p, attr), "only used with a tls:// Endpoint or FallbackEndpoint")
+        if "tls_ca_file" in p and "tls_pin" in p:
+            raise ConfigError(path, *where(p, "tls_pin"), "give TLSCAFile or TLSPin, not both")
+        for attr in ("fallback_after", "fallback_probe_interval"):
+            if attr in p and "fallback_endpoint" not in p:
+                raise ConfigError(path, *where(p, attr), "needs FallbackEndpoint")
+        if "fallback_endpoint" in p and "stream_endpoint" in p:
+            raise ConfigError(path, *where(p, "fallback_endpoint"),
+                              "the Endpoint is already a stream; FallbackEndpoint backs up a UDP Endpoint")
+
+
+def transport_uapi_device(cfg: InterfaceConfig) -> list[str]:
+    out = []
+    if cfg.certificate_file:
+        out += [f"wgpy_tls_cert_file={cfg.certificate_file}", f"wgpy_tls_key_file={cfg.key_file}"]
+    if cfg.listen_tcp:
+        out.append(f"wgpy_listen_tcp={cfg.listen_tcp}")
+    if cfg.listen_tls:
+        out.append(f"wgpy_listen_tls={cfg.listen_tls}")
+    return out
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def transport_uapi_peer(peer: PeerConfig, resolved: dict[str, str] | None = None) -> list[str]:
+    """The wgpy_* lines of one peer; `resolved` maps "endpoint"/"fallback" to the numeric address of a host
+    name (the name then stays the TLS server name unless TLSServerName says otherwise)."""
+    resolved = resolved or {}
+    out = []
+    name = peer.tls_server_name
+    for key, which, ep in (("wgpy_endpoint", "endpoint", peer.stream_endpoint),
+                           ("wgpy_fallback_endpoint", "fallback", peer.fallback_endpoint)):
+        if ep is None:
+            continue
+        scheme, host, port = ep
+        addr = resolved.get(which, host)
+        if name is None and scheme == "tls" and not _is_ip(host):
+            name = host
+        out.append(f"{key}={scheme}://{_host_port(addr, port)}")
+    if peer.fallback_after is not None:
+        out.append(f"wgpy_fallback_after={peer.fallback_after:g}")
+    if peer.fallback_probe_interval is not None:
+        out.append(f"wgpy_fallback_probe_interval={peer.fallback_probe_interval:g}")
+    if name is not None:
+        out.append(f"wgpy_tls_server_name={name}")
+    if peer.tls_ca_file:
+        out.append(f"wgpy_tls_ca_file={peer.tls_ca_file}")
+    if peer.tls_pin:
+        out.append(f"wgpy_tls_pin={peer.tls_pin}")
+    return out

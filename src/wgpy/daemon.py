@@ -24,6 +24,7 @@ import time
 
 from .io.batch import BatchSender, enable_gro, receive_batch
 from .io.offload import coalesce, split
+from .io.stream import StreamManager
 from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
 from .protocol.device import Device
@@ -54,6 +55,8 @@ class Interface:
         self.tun_write_errors = 0
         self.tun_read_drops = 0
         self.offload = os.environ.get("WGPY_TUN_OFFLOAD", "1") != "0"
+        # --- #7 transports: TCP/TLS listeners and connections (io/stream.py), in the same epoll
+        self.streams = StreamManager(self.epoll)
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
 
@@ -94,6 +97,7 @@ class Interface:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
         self.bind.close()
+        self.streams.close()            # --- #7 transports
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -121,6 +125,7 @@ class Interface:
     def set_fwmark(self, mark: int) -> None:
         self.fwmark = mark
         self.bind.set_fwmark(mark)
+        self.streams.set_fwmark(mark)   # --- #7 transports: outbound TCP must bypass the tunnel too
 
     parse_endpoint = staticmethod(parse_endpoint)
     format_endpoint = staticmethod(format_endpoint)
@@ -129,6 +134,8 @@ class Interface:
         return time.monotonic()
 
     def flush(self, out: list) -> None:
+        if self.streams.active:         # --- #7 transports: stream endpoints are not tuples
+            out = self.streams.send(out)
         self.sender.send(out, self.bind.s4, self.bind.s6)
 
     # ---- event loop ---------------------------------------------------------------------------------------
@@ -144,11 +151,16 @@ class Interface:
         vnet = self.tun.vnet
         read_size = 65536 + 64 if vnet else 65536
         monotonic = time.monotonic
+        streams = self.streams
         next_check = monotonic() + 1.0
         while self.running:
             now = monotonic()
             deadline = dev.next_deadline()
             timeout = min(next_check, deadline if deadline is not None else next_check) - now
+            if streams.active:          # --- #7 transports: connect/idle timeouts, reconnections
+                sd = streams.next_deadline()
+                if sd is not None:
+                    timeout = min(timeout, sd - now)
             try:
                 events = self.epoll.poll(max(timeout, 0.0))
             except InterruptedError:
@@ -189,11 +201,14 @@ class Interface:
                 else:
                     sock = self._sock_by_fd.get(fd)
                     if sock is None:
+                        streams.event(fd, _ev, now)     # --- #7 transports: a stream socket
                         continue
                     datagrams: list = []
                     receive_batch(sock, BATCH, datagrams)
                     if datagrams:
                         dev.receive_datagrams(datagrams, now, out_net, out_tun)
+            if streams.active:          # --- #7 transports: received frames to the core, timers
+                streams.service(dev, now, out_net, out_tun)
             deadline = dev.next_deadline()
             if deadline is not None and deadline <= now:
                 dev.tick(now, out_net)

@@ -171,6 +171,30 @@ def resolve_endpoints(cfg: cfgmod.InterfaceConfig) -> dict[int, str]:
     return resolved
 
 
+def resolve_stream_endpoints(cfg: cfgmod.InterfaceConfig) -> dict[int, dict[str, str]]:
+    """--- #7 transports: numeric addresses for the host names of tcp:// and tls:// endpoints (the daemon never
+    resolves names); a name stays the TLS server name (config.transport_uapi_peer)."""
+    resolved: dict[int, dict[str, str]] = {}
+    for i, peer in enumerate(cfg.peers):
+        for which, ep, key in (("endpoint", peer.stream_endpoint, "Endpoint"),
+                               ("fallback", peer.fallback_endpoint, "FallbackEndpoint")):
+            if ep is None:
+                continue
+            _, host, port = ep
+            try:
+                make_endpoint(host, port)
+                continue                      # already numeric
+            except ValueError:
+                pass
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as e:
+                raise cfgmod.ConfigError(cfg.path, peer.line, key, f"cannot resolve {host!r}: {e.strerror}") from None
+            infos.sort(key=lambda x: x[0] != socket.AF_INET)
+            resolved.setdefault(i, {})[which] = infos[0][4][0]
+    return resolved
+
+
 def run_hook(cmds: list[str], name: str, what: str) -> None:
     for cmd in cmds:
         cmd = cmd.replace("%i", name)
@@ -197,14 +221,19 @@ class Session:
     def up(self) -> None:
         cfg = self.cfg
         resolved = resolve_endpoints(cfg)
+        resolved_streams = resolve_stream_endpoints(cfg)     # --- #7 transports
         try:
             run_hook(cfg.pre_up, cfg.name, "PreUp")
             self.done_pre_up = True
             self.iface = Interface(cfg.name, cfg.mode)
             self.iface.open()
-            reply = self.iface.handle_uapi("set=1\n" + cfgmod.to_uapi(cfg, resolved))
+            reply = self.iface.handle_uapi("set=1\n" + cfgmod.to_uapi(cfg, resolved, resolved_streams))
             if reply != "errno=0\n\n":
                 code = reply.strip().partition("=")[2]
+                if code == str(uapi.EADDRINUSE) and (cfg.listen_tcp or cfg.listen_tls):   # --- #7 transports
+                    ports = [f"UDP {cfg.listen_port}"] * bool(cfg.listen_port) + \
+                        [f"TCP {p}" for p in (cfg.listen_tcp, cfg.listen_tls) if p]
+                    raise UpError(f"cannot listen on port {' or '.join(ports)}: address already in use")
                 if code == str(uapi.EADDRINUSE):
                     raise UpError(f"cannot listen on UDP port {cfg.listen_port}: address already in use")
                 raise UpError(f"configuring the interface failed ({reply.strip()})")

@@ -36,6 +36,7 @@ from typing import Callable, Protocol
 
 from ..protocol.device import Device
 from ..routing.mactable import LOCAL, format_mac, parse_mac
+from . import transport as _transport     # --- #7 transports: wgpy_listen_tcp, wgpy_endpoint, ... (transport.py)
 
 EINVAL = -errno.EINVAL
 EPROTO = -errno.EPROTO
@@ -78,6 +79,7 @@ class PeerOp:
     allowed_ips: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network]] = field(default_factory=list)
     replace_allowed_macs: bool = False
     allowed_macs: list[tuple[bool, bytes]] = field(default_factory=list)
+    transport: dict = field(default_factory=dict, repr=False)   # --- #7 transports: wgpy_* peer keys
 
 
 @dataclass
@@ -88,6 +90,7 @@ class SetPlan:
     replace_peers: bool = False
     relay: object = UNSET
     peers: list[PeerOp] = field(default_factory=list)
+    transport: dict = field(default_factory=dict, repr=False)   # --- #7 transports: wgpy_* device keys
 
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
@@ -136,6 +139,7 @@ def handle_stats(host: Host) -> str:
     if dev.macs is not None:   # L2: the learning switch's table (bounded by MAC_TABLE_SIZE)
         lines += [f"mac_table_entries={len(dev.macs)}", f"mac_table_evicted={dev.macs.evicted}",
                   f"mac_table_moved={dev.macs.moved}"]
+    lines += _transport.stats_lines(host)   # --- #7 transports: stream_* counters
     return "".join(line + "\n" for line in lines)
 
 
@@ -168,6 +172,8 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: boo
                 plan.replace_peers = _true(value, key)
             elif key == "wgpy_relay" and l2:
                 plan.relay = _bool(value, key)
+            elif key in _transport.DEVICE_KEYS:     # --- #7 transports
+                _transport.parse_device_key(plan.transport, key, value)
             else:
                 raise UapiError(EINVAL, f"line {n}: invalid device key{_name(key)}")
             continue
@@ -211,6 +217,8 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: boo
         elif key == "protocol_version":
             if value != "1":
                 raise UapiError(EINVAL, f"line {n}: unsupported protocol_version")
+        elif key in _transport.PEER_KEYS:           # --- #7 transports
+            _transport.parse_peer_key(peer.transport, key, value)
         else:
             raise UapiError(EINVAL, f"line {n}: invalid peer key{_name(key)}")
     return plan
@@ -220,12 +228,14 @@ def apply_set(plan: SetPlan, host: Host) -> None:
     dev = host.device
     now = host.now()
     out: list = []
+    _transport.prepare(plan, host)      # --- #7 transports: TLS files and stream endpoints, may refuse the set
     if plan.listen_port is not UNSET and plan.listen_port != host.listen_port:
         try:
             host.set_listen_port(plan.listen_port)
         except OSError as e:
             raise UapiError(EADDRINUSE if e.errno == errno.EADDRINUSE else EIO,
                             f"cannot listen on port {plan.listen_port}: {e.strerror}") from None
+    _transport.apply_device(plan, host)     # --- #7 transports: TCP/TLS listeners (may fail: EADDRINUSE)
     if plan.fwmark is not UNSET:
         host.set_fwmark(plan.fwmark)
     if plan.private_key is not UNSET:
@@ -267,6 +277,8 @@ def apply_set(plan: SetPlan, host: Host) -> None:
             dev.set_allowed_macs(peer, macs)
         if op.persistent_keepalive is not UNSET:
             dev.set_persistent_keepalive(peer, op.persistent_keepalive, now, out)
+        _transport.apply_peer(op, peer, host, now, out)     # --- #7 transports
+    _transport.after_set(host)
     if out:
         host.flush(out)
 
@@ -280,6 +292,7 @@ def handle_get(host: Host) -> str:
         lines.append(f"listen_port={host.listen_port}")
     if host.fwmark:
         lines.append(f"fwmark={host.fwmark}")
+    lines.extend(_transport.device_lines(host))     # --- #7 transports
     learned: dict[object, list[str]] = {}
     if dev.macs is not None:
         lines.append("wgpy_mode=tap")
@@ -291,7 +304,7 @@ def handle_get(host: Host) -> str:
         lines.append(f"public_key={peer.public_key.hex()}")
         lines.append(f"preshared_key={peer.handshake.preshared_key.hex()}")
         lines.append("protocol_version=1")
-        if peer.endpoint is not None:
+        if peer.endpoint is not None and not _transport.is_stream(peer.endpoint):   # #7: wgpy_endpoint below
             lines.append(f"endpoint={host.format_endpoint(peer.endpoint)}")
         wall = peer.last_handshake_wall
         sec = int(wall)
@@ -305,6 +318,7 @@ def handle_get(host: Host) -> str:
         if dev.macs is not None:
             lines.extend(f"wgpy_allowed_mac={format_mac(mac)}" for mac in sorted(peer.allowed_macs or ()))
             lines.extend(f"wgpy_mac={entry}" for entry in learned.get(peer, ()))
+        lines.extend(_transport.peer_lines(peer))       # --- #7 transports
     return "".join(line + "\n" for line in lines)
 
 

@@ -1,0 +1,241 @@
+"""UAPI extension keys of the TCP/TLS transports and the fallback (issue 7); see docs/transports.md.
+
+All are `wgpy_`-prefixed: `wg` skips unknown keys in a get reply (so `wg show` keeps working) but refuses them in
+a set, so only `wgpy up` (or a client speaking the UAPI itself) sends them. Stream endpoints are numeric
+(tcp://192.0.2.1:443, tls://[2001:db8::1]:8443): names are resolved by `wgpy up`, never by the daemon.
+
+set, device section:
+    wgpy_listen_tcp=PORT              accept framed WireGuard messages over TCP on PORT (0: stop)
+    wgpy_listen_tls=PORT              ... over TLS 1.3 (needs the two keys below, in the same or an earlier set)
+    wgpy_tls_cert_file=PATH           server certificate chain (PEM)
+    wgpy_tls_key_file=PATH            its private key (PEM); both are read while the set is applied
+set, peer section:
+    wgpy_endpoint=URL                 the peer's endpoint is a stream (instead of `endpoint=`)
+    wgpy_fallback_endpoint=URL        tried when UDP handshakes get no answer (empty value: none)
+    wgpy_fallback_after=SECONDS       no answer for this long before falling back (default 15)
+    wgpy_fallback_probe_interval=S    UDP probe interval while on the fallback (default 30)
+    wgpy_tls_server_name=NAME         SNI and the name the certificate must carry (default: the URL's address)
+    wgpy_tls_ca_file=PATH             verify the server against these CAs (default: the system's)
+    wgpy_tls_pin=HEX                  ... or accept only the certificate with this SHA-256 fingerprint
+get: device `wgpy_listen_tcp`, `wgpy_listen_tls`; peer `wgpy_endpoint=URL` and `wgpy_endpoint_state=` (up,
+connecting, tls-handshake, backoff, idle, closed) when its endpoint is a stream (there is no `endpoint=` line
+then: `wg` would try to resolve the URL), `wgpy_fallback_endpoint`, `wgpy_fallback=active|standby`,
+`wgpy_fallback_switches`, `wgpy_fallback_returns`, `wgpy_fallback_probes`. Stats: the stream_* counters.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+
+from ..constants import FALLBACK_AFTER, FALLBACK_PROBE_INTERVAL
+from ..io.stream import StreamEndpoint, parse_pin, parse_url
+from ..protocol import fallback
+
+EINVAL = -errno.EINVAL
+EADDRINUSE = -errno.EADDRINUSE
+EIO = -errno.EIO
+
+DEVICE_KEYS = ("wgpy_listen_tcp", "wgpy_listen_tls", "wgpy_tls_cert_file", "wgpy_tls_key_file")
+PEER_KEYS = ("wgpy_endpoint", "wgpy_fallback_endpoint", "wgpy_fallback_after", "wgpy_fallback_probe_interval",
+             "wgpy_tls_server_name", "wgpy_tls_ca_file", "wgpy_tls_pin")
+_MISSING = object()
+
+
+def _error(code: int, message: str) -> Exception:
+    from .protocol import UapiError
+    return UapiError(code, message)
+
+
+def _port(value: str, key: str) -> int:
+    if not value.isdigit() or len(value) > 5 or int(value) > 65535:
+        raise _error(EINVAL, f"{key}: expected a port number")
+    return int(value)
+
+
+def _seconds(value: str, key: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise _error(EINVAL, f"{key}: expected seconds") from None
+    if not 0.5 <= v <= 86400:
+        raise _error(EINVAL, f"{key}: out of range 0.5..86400")
+    return v
+
+
+def _path(value: str, key: str) -> str:
+    if not value or "\x00" in value:
+        raise _error(EINVAL, f"{key}: expected a file name")
+    return value
+
+
+def parse_device_key(store: dict, key: str, value: str) -> None:
+    if key in ("wgpy_listen_tcp", "wgpy_listen_tls"):
+        store[key] = _port(value, key)
+    else:
+        store[key] = _path(value, key)
+
+
+def parse_peer_key(store: dict, key: str, value: str) -> None:
+    if key in ("wgpy_endpoint", "wgpy_fallback_endpoint"):
+        if key == "wgpy_fallback_endpoint" and value == "":
+            store[key] = None
+            return
+        try:
+            store[key] = parse_url(value)
+        except ValueError as e:
+            raise _error(EINVAL, f"{key}: invalid stream endpoint ({e})") from None
+    elif key in ("wgpy_fallback_after", "wgpy_fallback_probe_interval"):
+        store[key] = _seconds(value, key)
+    elif key == "wgpy_tls_pin":
+        try:
+            store[key] = parse_pin(value)
+        except ValueError as e:
+            raise _error(EINVAL, f"{key}: {e}") from None
+    elif key == "wgpy_tls_server_name":
+        if not value or len(value) > 253 or any(c.isspace() for c in value):
+            raise _error(EINVAL, f"{key}: expected a host name")
+        store[key] = value
+    else:
+        store[key] = _path(value, key)
+
+
+def _streams(host):
+    streams = getattr(host, "streams", None)
+    if streams is None:
+        raise _error(EINVAL, "this interface has no stream transports")
+    return streams
+
+
+def prepare(plan, host) -> None:
+    """Before anything of the set is applied: load TLS files and make the stream endpoints, so every error
+    (unreadable certificate, bad CA file) refuses the whole request and changes nothing."""
+    if plan.transport:
+        _streams(host)
+        cert = plan.transport.get("wgpy_tls_cert_file")
+        key = plan.transport.get("wgpy_tls_key_file")
+        if cert is not None or key is not None:
+            streams = host.streams
+            cert = cert if cert is not None else streams.cert_file
+            key = key if key is not None else streams.key_file
+            try:
+                from ..io.stream import server_context
+                if not cert or not key:
+                    raise ValueError("needs both wgpy_tls_cert_file and wgpy_tls_key_file")
+                plan.transport["_server_ctx"] = (server_context(cert, key), cert, key)
+            except (OSError, ssl.SSLError, ValueError) as e:
+                raise _error(EINVAL, f"TLS certificate/key: {getattr(e, 'strerror', None) or e}") from None
+        if plan.transport.get("wgpy_listen_tls") and "_server_ctx" not in plan.transport \
+                and host.streams.server_ctx is None:
+            raise _error(EINVAL, "wgpy_listen_tls needs wgpy_tls_cert_file and wgpy_tls_key_file")
+    for op in plan.peers:
+        t = op.transport
+        if not t:
+            continue
+        streams = _streams(host)
+        opts = {"server_name": t.get("wgpy_tls_server_name"), "ca_file": t.get("wgpy_tls_ca_file"),
+                "pin": t.get("wgpy_tls_pin")}
+        for key in ("wgpy_endpoint", "wgpy_fallback_endpoint"):
+            url = t.get(key)
+            if url is None:
+                continue
+            scheme, addr, port = url
+            try:
+                t["_" + key] = streams.target(scheme, addr, port, **(opts if scheme == "tls" else {}))
+            except (OSError, ssl.SSLError, ValueError) as e:
+                raise _error(EINVAL, f"{key}: TLS settings: {getattr(e, 'strerror', None) or e}") from None
+        if "_wgpy_endpoint" in t:
+            op.endpoint = t["_wgpy_endpoint"]     # applied by the standard code, in the standard order
+
+
+def apply_device(plan, host) -> None:
+    """Certificate, then listeners (a port in use refuses the request: EADDRINUSE)."""
+    t = plan.transport
+    if not t:
+        return
+    streams = host.streams
+    if "_server_ctx" in t:
+        streams.server_ctx, streams.cert_file, streams.key_file = t["_server_ctx"]
+    for scheme in ("tcp", "tls"):
+        port = t.get(f"wgpy_listen_{scheme}")
+        if port is None:
+            continue
+        try:
+            streams.listen(scheme, port)
+        except OSError as e:
+            raise _error(EADDRINUSE if e.errno == errno.EADDRINUSE else EIO,
+                         f"cannot listen on {scheme.upper()} port {port}: {e.strerror}") from None
+        except ValueError as e:
+            raise _error(EINVAL, str(e)) from None
+
+
+def apply_peer(op, peer, host, now: float, out: list) -> None:
+    """After the standard keys of one peer section were applied."""
+    from .protocol import UNSET
+    dev = host.device
+    t = op.transport
+    if op.endpoint is not UNSET and peer.fallback is not None:
+        fallback.endpoint_set(dev, peer, now)
+    had_endpoint = peer.endpoint is not None
+    if "wgpy_fallback_endpoint" in t or ((peer.fallback is not None) and (
+            "wgpy_fallback_after" in t or "wgpy_fallback_probe_interval" in t)):
+        target = t.get("_wgpy_fallback_endpoint", peer.fallback.target if peer.fallback else None)
+        if "wgpy_fallback_endpoint" in t and t["wgpy_fallback_endpoint"] is None:
+            target = None
+        old = peer.fallback
+        fallback.configure(dev, peer, target, now, out,
+                           after=t.get("wgpy_fallback_after", old.after if old else FALLBACK_AFTER),
+                           probe_interval=t.get("wgpy_fallback_probe_interval",
+                                                old.probe_interval if old else FALLBACK_PROBE_INTERVAL))
+    if not had_endpoint and peer.endpoint is not None and peer.persistent_keepalive and dev.is_up:
+        # the fallback gave the peer its first endpoint: start the keepalives set_persistent_keepalive could not
+        dev.send_keepalive(peer, now, out)
+        dev._set_timer_persistent(peer, now)
+
+
+def after_set(host) -> None:
+    """Close outbound connections no peer refers to any more."""
+    streams = getattr(host, "streams", None)
+    if streams is None or not streams.targets:
+        return
+    used = set()
+    for peer in host.device.peers.values():
+        if isinstance(peer.endpoint, StreamEndpoint):
+            used.add(id(peer.endpoint))
+        if peer.fallback is not None:
+            used.add(id(peer.fallback.target))
+    streams.forget_unused(used)
+
+
+def is_stream(ep: object) -> bool:
+    return isinstance(ep, StreamEndpoint)
+
+
+def device_lines(host) -> list[str]:
+    streams = getattr(host, "streams", None)
+    if streams is None:
+        return []
+    return [f"wgpy_listen_{s}={p}" for s, p in streams.listen_ports.items() if p]
+
+
+def peer_lines(peer) -> list[str]:
+    lines = []
+    ep = peer.endpoint
+    if isinstance(ep, StreamEndpoint):
+        lines.append(f"wgpy_endpoint={ep.url}")
+        lines.append(f"wgpy_endpoint_state={ep.state}")
+    fb = peer.fallback
+    if fb is not None:
+        lines.append(f"wgpy_fallback_endpoint={fb.target.url}")
+        lines.append(f"wgpy_fallback={'active' if fb.on_fallback(peer) else 'standby'}")
+        lines.append(f"wgpy_fallback_after={fb.after:g}")
+        lines.append(f"wgpy_fallback_probe_interval={fb.probe_interval:g}")
+        lines.append(f"wgpy_fallback_switches={fb.switches}")
+        lines.append(f"wgpy_fallback_returns={fb.returns}")
+        lines.append(f"wgpy_fallback_probes={fb.probes}")
+    return lines
+
+
+def stats_lines(host) -> list[str]:
+    streams = getattr(host, "streams", None)
+    return streams.stats() if streams is not None else []
