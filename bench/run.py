@@ -1,7 +1,8 @@
 """wgpy's one-command benchmark: wgpy<->wgpy next to wireguard-go<->wireguard-go, measured in the same run.
 
-    sudo .venv/bin/python bench/run.py [--repeats 3] [--duration 10] [--only wgpy|wireguard-go|veth|wgpy-l2]
-                                       [--l2] [--json out.json]
+    sudo .venv/bin/python bench/run.py [--repeats 3] [--duration 10]
+                                       [--only wgpy|wireguard-go|veth|wgpy-l2|wgpy-tcp|wgpy-tls]
+                                       [--l2] [--transport tcp|tls|both] [--json out.json]
 
 For every repeat and every system, two fresh network namespaces joined by a veth (underlay 192.168.N.1-2/24, MTU
 1500) get a tunnel (inner 10.N.0.1-2/24, MTU 1420) and then, through the tunnel:
@@ -15,6 +16,9 @@ For every repeat and every system, two fresh network namespaces joined by a veth
 "wgpy-l2" (with --l2, or --only wgpy-l2) is wgpy in L2 mode: Mode = tap on both ends, the inner addresses on the
 TAP devices (MTU 1420 - 14 = 1406), so every packet crosses the tunnel as an Ethernet frame through the learning
 switch; its UDP test uses the largest payload that fits the TAP's MTU (1378).
+"wgpy-tcp" / "wgpy-tls" (with --transport, or --only) are wgpy with the TCP or TLS transport (docs/transports.md):
+the second namespace listens (ListenTCP / ListenTLS, a self-signed P-256 certificate), the first has
+Endpoint = tcp://... or tls://... (pinned fingerprint) and no UDP path at all; same tunnel MTU.
 Systems alternate order from one repeat to the next, so slow drift of the machine hits all of them alike.
 
 CPU is the sum of utime+stime deltas (/proc/PID/stat, all threads) of the two tunnel daemons over the iperf3
@@ -58,7 +62,9 @@ TUNNEL_MTU = 1420
 UNDERLAY_MTU = 1500
 IPERF_PORT = 5201
 
-SYSTEMS = ("wgpy", "wireguard-go", "veth", "wgpy-l2")
+SYSTEMS = ("wgpy", "wireguard-go", "veth", "wgpy-l2", "wgpy-tcp", "wgpy-tls")
+STREAM_SYSTEMS = {"wgpy-tcp": "tcp", "wgpy-tls": "tls"}      # issue 7: wgpy over a TCP or TLS transport
+STREAM_PORT = 4430
 L2_MTU = TUNNEL_MTU - 14   # the TAP's MTU in L2 mode: the tunnel MTU minus the Ethernet header
 TUNNELS = ("wgpy", "wireguard-go")
 
@@ -310,17 +316,30 @@ def write_private(path: Path, text: str) -> Path:
     return path
 
 
-def wg_config(private: str, port: int, peer_public: str, endpoint: str, allowed: str,
-              address: str | None = None, l2: bool = False) -> str:
+def wg_config(private: str, port: int, peer_public: str, endpoint: str | None, allowed: str,
+              address: str | None = None, l2: bool = False, interface_extra: Sequence[str] = (),
+              peer_extra: Sequence[str] = ()) -> str:
     lines = ["[Interface]", f"PrivateKey = {private}", f"ListenPort = {port}"]
     if address:                           # wg-quick keys: only in the wgpy config, not for `wg setconf`
         lines += [f"Address = {address}", f"MTU = {TUNNEL_MTU}"]
     if l2:                                # L2: a TAP; peers take no AllowedIPs (frames are switched by MAC)
         lines += ["Mode = tap"]
-    lines += ["", "[Peer]", f"PublicKey = {peer_public}", f"Endpoint = {endpoint}"]
+    lines += list(interface_extra)
+    lines += ["", "[Peer]", f"PublicKey = {peer_public}"] + ([f"Endpoint = {endpoint}"] if endpoint else [])
+    lines += list(peer_extra)
     if not l2:
         lines += [f"AllowedIPs = {allowed}"]
     return "\n".join(lines) + "\n"
+
+
+def stream_cert(lab: Lab) -> tuple[Path, Path, str]:
+    """A self-signed certificate for the TLS transport (docs/transports.md's recipe) and its SHA-256 pin."""
+    cert, key = lab.tmp / "tls-cert.pem", lab.tmp / "tls-key.pem"
+    if not cert.exists():
+        run(None, "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=bench.wgpy.test", timeout=30)
+    fp = run(None, "openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256", timeout=10).stdout
+    return cert, key, fp.strip().split("=", 1)[1]
 
 
 def setup_pair(lab: Lab, system: str, net: int) -> Pair:
@@ -338,9 +357,23 @@ def setup_pair(lab: Lab, system: str, net: int) -> Pair:
     for i, (ns, iface) in enumerate(zip(pair.ns, ifaces)):
         j = 1 - i
         args = (keys[i][0], ports[i], keys[j][1], f"{under[j]}:{ports[j]}", f"{inner[j]}/32")
-        if system in ("wgpy", "wgpy-l2"):
+        extra: dict[str, Any] = {}
+        if system in STREAM_SYSTEMS:      # node 0 connects to node 1's TCP/TLS port; no UDP endpoint at all
+            scheme = STREAM_SYSTEMS[system]
+            args = args[:3] + (None,) + args[4:]
+            if i == 0:
+                extra["peer_extra"] = [f"Endpoint = {scheme}://{under[1]}:{STREAM_PORT}"]
+                if scheme == "tls":
+                    extra["peer_extra"].append(f"TLSPin = {stream_cert(lab)[2]}")
+            elif scheme == "tcp":
+                extra["interface_extra"] = [f"ListenTCP = {STREAM_PORT}"]
+            else:
+                cert, key, _ = stream_cert(lab)
+                extra["interface_extra"] = [f"ListenTLS = {STREAM_PORT}", f"CertificateFile = {cert}",
+                                            f"KeyFile = {key}"]
+        if system in ("wgpy", "wgpy-l2") or system in STREAM_SYSTEMS:
             conf = write_private(lab.tmp / f"{iface}.conf", wg_config(*args, address=f"{inner[i]}/24",
-                                                                      l2=system == "wgpy-l2"))
+                                                                      l2=system == "wgpy-l2", **extra))
             lab.wgpy_ifaces.append((ns, iface))          # before `up`: a half-done up is undone too
             res = run(ns, lab.wgpy, "up", conf, timeout=60, check=False)
             if res.returncode != 0:
@@ -528,9 +561,11 @@ def table(runs: list[dict[str, Any]], systems: Sequence[str], args: argparse.Nam
     ratio = len(cols) == 2
     l2 = "wgpy-l2" in systems                       # wgpy in L2 mode, next to L3 wgpy when that ran too
     l2_ratio = l2 and "wgpy" in systems
+    streams = [s for s in STREAM_SYSTEMS if s in systems]          # wgpy over TCP / TLS (issue 7)
     extra = ["raw veth"] if "veth" in systems else []
     head = ["metric (median (min–max))"] + cols + (["wgpy / wireguard-go"] if ratio else []) + \
-        (["wgpy L2 (tap)"] if l2 else []) + (["L2 / L3"] if l2_ratio else []) + extra
+        (["wgpy L2 (tap)"] if l2 else []) + (["L2 / L3"] if l2_ratio else []) + \
+        [f"wgpy over {STREAM_SYSTEMS[s].upper()}" for s in streams] + extra
     rows = [head, ["---"] * len(head)]
     for key, label, fmt in METRICS:
         row = [label.format(rate=args.udp_rate)]
@@ -547,6 +582,8 @@ def table(runs: list[dict[str, Any]], systems: Sequence[str], args: argparse.Nam
             a, b = values("wgpy-l2", key), values("wgpy", key)
             row.append("-" if key.endswith("busy_pct") or not (a and b and statistics.median(b)) else
                        f"{statistics.median(a) / statistics.median(b):.2f}")
+        for s in streams:
+            row.append(cell(values(s, key), fmt))
         if extra:
             row.append(cell(values("veth", key), fmt))
         if any(c != "-" for c in row[1:]):
@@ -598,6 +635,8 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds per iperf3 run (default 10)")
     ap.add_argument("--only", choices=SYSTEMS, help="measure just this system (default: all three)")
     ap.add_argument("--l2", action="store_true", help="also measure wgpy in L2 mode (system wgpy-l2)")
+    ap.add_argument("--transport", choices=("tcp", "tls", "both"),
+                    help="also measure wgpy over the TCP and/or TLS transport (systems wgpy-tcp, wgpy-tls)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the raw veth baseline")
     ap.add_argument("--json", type=Path, help="write every run's numbers and the machine info here")
     ap.add_argument("--udp-rate", default="300M", help="iperf3 -b for the UDP test (default 300M)")
@@ -624,6 +663,9 @@ def main() -> int:
         systems = (["veth"] if not args.no_baseline else []) + list(TUNNELS)
     if args.l2 and "wgpy-l2" not in systems:
         systems.append("wgpy-l2")
+    for scheme in (("tcp", "tls") if args.transport == "both" else (args.transport,) if args.transport else ()):
+        if f"wgpy-{scheme}" not in systems:
+            systems.append(f"wgpy-{scheme}")
     wgpy = find_wgpy()
 
     signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -12,7 +12,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # --- system packages ------------------------------------------------------------------------------------------
-PACKAGES=(iproute2 iputils-ping wireguard-tools wireguard-go iperf3 nftables tcpdump socat python3-venv)
+PACKAGES=(iproute2 iputils-ping wireguard-tools wireguard-go iperf3 nftables tcpdump socat python3-venv
+          openssl)   # openssl: the self-signed certificate of the TLS transport tests (#7)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
