@@ -328,7 +328,26 @@ def test_listen_refuses_a_port_in_use_and_keeps_the_old_one():
         assert server.streams.listen_ports["tcp"] == port
         socket.create_connection(("127.0.0.1", port)).close()
         server.streams.listen("tcp", 0)
-        assert not server.streams.listeners and not server.streams.active
+        assert not server.streams.listeners
+        assert server.streams.active        # stays on: a peer may still hold a (now dead) stream endpoint
     finally:
         busy.close()
         server.close()
+
+
+def test_a_dead_stream_endpoint_never_reaches_the_udp_sender():
+    server, client, ps, pc, _ = pair("tcp")
+    try:
+        exchange(server, client, 2)
+        server.streams.listen("tcp", 0)
+        pc.endpoint.conn.sock.close()
+        run_until([server, client], lambda: not server.streams.conns, 10)
+        assert isinstance(ps.endpoint, stream.StreamEndpoint) and ps.endpoint.conn is None
+        out: list = []
+        server.dev.send_keepalive(ps, time.monotonic(), out)
+        assert out and server.streams.active
+        assert server.streams.send(out) == []
+        assert server.streams.counters["stream_send_closed"] == 1
+    finally:
+        server.close()
+        client.close()

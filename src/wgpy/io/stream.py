@@ -306,10 +306,13 @@ class StreamManager:
         self.key_file: str | None = None
         self.fwmark = 0
         self._logged: dict[str, float] = {}
-        self.active = False        # anything to service: the daemon's loop checks this one attribute
+        self.active = False        # streams in use: the daemon's loop and flush check this one attribute
 
     def _update_active(self) -> None:
-        self.active = bool(self.listeners or self.conns or self.targets)
+        # once true it stays true: a peer may keep a stream endpoint as its endpoint after every listener and
+        # connection is gone, and its messages must still come here (to be dropped and counted), never reach
+        # the UDP sender
+        self.active = self.active or bool(self.listeners or self.conns or self.targets)
 
     # ---- configuration --------------------------------------------------------------------------------------
 
@@ -416,7 +419,6 @@ class StreamManager:
         self.listeners.clear()
         self.targets.clear()
         self.listen_ports = {"tcp": 0, "tls": 0}
-        self._update_active()
 
     # ---- epoll bookkeeping ----------------------------------------------------------------------------------
 
@@ -562,6 +564,8 @@ class StreamManager:
             conn.ep.last_error = None
             log.info("stream %s connected", conn.ep.label)
         self._want(conn, EPOLLIN | (EPOLLOUT if conn.wbuf else 0))
+        if conn.tls:
+            self.again.add(conn)    # records that came with the handshake may already wait inside the TLS object
         if conn.wbuf:
             self._flush(conn, now)
 
