@@ -140,7 +140,7 @@ def run_until(nodes, cond, timeout: float = 10.0) -> None:
     raise AssertionError("condition not reached")
 
 
-def pair(scheme: str = "tcp", **target_opts):
+def pair(scheme: str = "tcp", host: str = "127.0.0.1", **target_opts):
     server, client = Node(), Node()
     ps = server.dev.add_peer(client.dev.public_key)
     pc = client.dev.add_peer(server.dev.public_key)
@@ -150,7 +150,7 @@ def pair(scheme: str = "tcp", **target_opts):
     if scheme == "tls":
         server.streams.set_tls_identity(target_opts.pop("cert"), target_opts.pop("key"))
     server.streams.listen(scheme, port)
-    pc.endpoint = client.streams.target(scheme, "127.0.0.1", port, **target_opts)
+    pc.endpoint = client.streams.target(scheme, host, port, **target_opts)
     return server, client, ps, pc, port
 
 
@@ -197,6 +197,20 @@ def test_tcp_tunnel_between_two_cores():
         assert pc.endpoint.state == "up" and client.streams.counters["stream_connected"] == 1
         for sock in (pc.endpoint.conn.sock, ps.endpoint.conn.sock):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        server.close()
+        client.close()
+
+
+def test_tcp_over_ipv6():
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server, client, ps, pc, port = pair("tcp", "::1")
+    try:
+        exchange(server, client, 5)
+        assert pc.endpoint.url == f"tcp://[::1]:{port}" and ps.endpoint.host == "::1"
     finally:
         server.close()
         client.close()
