@@ -200,6 +200,7 @@ def test_udp_blocked_fallback_then_back_to_udp(lab, scheme):
     wait_for(lambda: s.uapi_peer("client").get("wgpy_fallback") == "standby", 4 + 6, interval=0.2,
              what="the client back on UDP")
     back = time.monotonic() - t_unblock
+    assert back <= 4 + 2, back          # the probe interval, plus the slack of polling with a subprocess
     wait_for(lambda: s.uapi_peer("server").get("endpoint") == f"{CLIENT_IP}:51820" or
              s.uapi_peer("server").get("endpoint", "").startswith(CLIENT_IP), 10, interval=0.2,
              what="the server back on UDP")

@@ -365,3 +365,42 @@ def test_a_dead_stream_endpoint_never_reaches_the_udp_sender():
     finally:
         server.close()
         client.close()
+
+
+def test_one_listener_many_peers_told_apart_by_their_handshakes():
+    """Three clients on one TCP port (all from 127.0.0.1): each connection is bound to the peer whose handshake
+    came over it, and the server's replies reach the right client."""
+    server = Node()
+    port = free_port()
+    server.streams.listen("tcp", port)
+    clients = []
+    try:
+        for i in range(3):
+            c = Node()
+            ps = server.dev.add_peer(c.dev.public_key)
+            pc = c.dev.add_peer(server.dev.public_key)
+            ip = f"10.0.1.{i + 1}"
+            server.dev.allowed_ips.insert(ipaddress.ip_network(ip + "/32"), ps)
+            c.dev.allowed_ips.insert(ipaddress.ip_network(B_IP4 + "/32"), pc)
+            pc.endpoint = c.streams.target("tcp", "127.0.0.1", port)
+            clients.append((c, ps, pc, ip))
+        nodes = [server] + [c for c, *_ in clients]
+        for c, ps, pc, ip in clients:
+            out: list = []
+            c.dev.send_packets([udp4(ip, B_IP4, b"hello from " + ip.encode())], time.monotonic(), out)
+            c.streams.send(out)
+        run_until(nodes, lambda: len(server.tun) == 3)
+        eps = [ps.endpoint for _, ps, _, _ in clients]
+        assert len({id(e) for e in eps}) == 3 and all(e.conn.authenticated for e in eps)
+        assert {e.conn.peer for e in eps} == {ps for _, ps, _, _ in clients}
+        out = []
+        server.dev.send_packets([udp4(B_IP4, ip, b"to " + ip.encode()) for *_, ip in clients], time.monotonic(),
+                                out)
+        server.streams.send(out)
+        run_until(nodes, lambda: all(c.tun for c, *_ in clients))
+        for c, _, _, ip in clients:
+            assert c.tun == [udp4(B_IP4, ip, b"to " + ip.encode())]
+    finally:
+        for c, *_ in clients:
+            c.close()
+        server.close()
