@@ -188,7 +188,12 @@ def test_udp_blocked_fallback_then_back_to_udp(lab, scheme):
     t0 = time.monotonic()
     s.transfer(50 * MB, timeout=180)
     secs = time.monotonic() - t0
-    hl.record(f"transport_{scheme}_fallback", first_ping_s=round(t, 2), mbit_per_s=round(400 / secs, 1))
+    st_c, st_s = s.stats("client"), s.stats("server")
+    # one connection carried it all: no drop, no reconnection (a TLS write retried wrongly would show here)
+    assert st_c["stream_connected"] == 1 and st_c.get("stream_dropped", 0) == 0, st_c
+    assert st_s["stream_authenticated"] == 1 and st_s.get("stream_replaced", 0) == 0, st_s
+    hl.record(f"transport_{scheme}_fallback", first_ping_s=round(t, 2), mbit_per_s=round(400 / secs, 1),
+              send_buffer_full=st_c.get("stream_send_buffer_full", 0) + st_s.get("stream_send_buffer_full", 0))
     # wg show works on a peer whose endpoint is a stream (it skips the wgpy_ keys)
     wg = run(s.client_ns, "wg", "show", s.iface_c, timeout=10).stdout
     assert s.ks.public in wg and "latest handshake" in wg

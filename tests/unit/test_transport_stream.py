@@ -404,3 +404,28 @@ def test_one_listener_many_peers_told_apart_by_their_handshakes():
         for c, *_ in clients:
             c.close()
         server.close()
+
+
+def test_random_bytes_never_break_the_parser():
+    """Random streams (and random corruptions of a valid one) only ever give well-formed frames or FrameError."""
+    import random
+    rng = random.Random(7)
+    valid = b"".join(encode_frame(m) for m in (KEEPALIVE, INITIATION) * 4)
+    for i in range(5000):
+        if i % 2:
+            data = bytearray(rng.randbytes(rng.randrange(0, 300)))
+        else:
+            data = bytearray(valid)
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        got: list = []
+        try:
+            used = parse_frames(data, None, got)
+        except FrameError as e:
+            assert e.reason.startswith("stream_")
+            used = None
+        for msg, _ in got:
+            assert 32 <= len(msg) <= STREAM_MAX_FRAME and msg[1:4] == b"\x00\x00\x00" and 1 <= msg[0] <= 4
+            assert msg[0] == 4 or len(msg) == (0, 148, 92, 64)[msg[0]]
+        if used is not None:
+            assert used == sum(len(m) + 2 for m, _ in got) and used <= len(data)
