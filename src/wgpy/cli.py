@@ -276,8 +276,8 @@ def _show_transport_peer(p: dict) -> None:
         if "wgpy_endpoint" in p:
             print(f"  transport: {p['wgpy_endpoint'].partition(':')[0]}")
         return
-    counts = (f"{p.get('wgpy_fallback_switches', '0')} switches, {p.get('wgpy_fallback_returns', '0')} returns, "
-              f"{p.get('wgpy_fallback_probes', '0')} probes")
+    counts = (f"switches {p.get('wgpy_fallback_switches', '0')}, returns {p.get('wgpy_fallback_returns', '0')}, "
+              f"probes {p.get('wgpy_fallback_probes', '0')}")
     if p.get("wgpy_fallback") == "active":
         print(f"  transport: {p['wgpy_fallback_endpoint'].partition(':')[0]} (fallback active, UDP probed every "
               f"{p.get('wgpy_fallback_probe_interval', '?')} s; {counts})")

@@ -57,6 +57,7 @@ class Interface:
         self.offload = os.environ.get("WGPY_TUN_OFFLOAD", "1") != "0"
         # --- #7 transports: TCP/TLS listeners and connections (io/stream.py), in the same epoll
         self.streams = StreamManager(self.epoll)
+        self.device.fallback_log = lambda peer, text: log.info("peer %s: %s", peer, text)
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
 

@@ -214,6 +214,8 @@ def test_udp_blocked_fallback_then_back_to_udp(lab, scheme):
     udp0 = s.counter("udp-count", "bytes")
     s.transfer(5 * MB)
     assert s.counter("udp-count", "bytes") - udp0 > 5 * MB      # the transfer crossed the router as UDP
+    log = s.log("client")
+    assert "using the fallback" in log and "back from the fallback" in log, log[-2000:]
     hl.record(f"transport_{scheme}_back_to_udp", seconds=round(back, 2), probe_interval=4)
 
 

@@ -251,3 +251,16 @@ def test_a_session_that_dies_on_udp_falls_back_too():
     assert w.pa.endpoint is w.T and w.pa.fallback.switches == 1
     to_b, _ = w.run_traffic(60.0, 70.0)
     assert to_b == 20
+
+
+def test_switches_are_reported_to_the_io_layer():
+    w = Wire(after=3.0, probe=10.0)
+    notes = []
+    w.a.fallback_log = lambda peer, text: notes.append((peer, text))
+    w.block_ab = w.block_ba = True
+    w.send("A", b"x", 0.0)
+    w.advance(3.0)
+    assert notes == [(w.pa, "no handshake answer over UDP for 3 s; using the fallback Stream(T)")]
+    w.block_ab = w.block_ba = False
+    w.run_traffic(3.5, 20.0)
+    assert notes[1:] == [(w.pa, f"UDP answered again; back from the fallback to {B_UDP!r}")]

@@ -55,6 +55,13 @@ class FallbackState:
         return peer.endpoint is self.target
 
 
+def _note(dev, peer: Peer, text: str) -> None:
+    """A switch happened: tell the I/O layer, if it asked (`dev.fallback_log = callable(peer, text)`); rare."""
+    cb = getattr(dev, "fallback_log", None)
+    if cb is not None:
+        cb(peer, text)
+
+
 def _rearm(dev, peer: Peer) -> None:
     fb = peer.fallback
     ds = [d for d in ((fb.unanswered_since + fb.after) if fb.unanswered_since is not None else None,
@@ -136,6 +143,7 @@ def response_received(dev, peer: Peer, src: object, now: float) -> None:
     if fb.since is not None:        # we were on the fallback: the answer over UDP brought us back
         fb.returns += 1
         fb.since = None
+        _note(dev, peer, f"UDP answered again; back from the fallback to {src!r}")
     fb.next_probe = None
     _rearm(dev, peer)
 
@@ -153,6 +161,7 @@ def run_timer(dev, peer: Peer, now: float, out: list) -> None:
             fb.switches += 1
             fb.since = now
             peer.endpoint = fb.target
+            _note(dev, peer, f"no handshake answer over UDP for {fb.after:g} s; using the fallback {fb.target!r}")
             fb.next_probe = now + fb.probe_interval if fb.primary is not None else None
             peer.last_sent_handshake = -float("inf")    # the new path gets its initiation now, not in 5 s
             dev.initiate_handshake(peer, now, out, retry=False)
