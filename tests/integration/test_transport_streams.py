@@ -370,3 +370,17 @@ def test_garbage_oversized_and_idle_connections(lab):
     s.ping(20)
     s.transfer(5 * MB)
     hl.record("transport_hostile_frames", **{k: v for k, v in s.stats("server").items() if k.startswith("stream")})
+
+
+def test_full_tunnel_over_tls(lab):
+    """AllowedIPs = 0.0.0.0/0 with a tls:// endpoint: the TLS connection to the server carries the tunnel's
+    fwmark (as the UDP socket does), so it takes the normal route and not the tunnel it carries."""
+    s = Setup(lab, client_peer_lines=[], start_client=False)
+    s.client_lines = [ln if not ln.startswith("AllowedIPs") else "AllowedIPs = 0.0.0.0/0" for ln in s.client_lines]
+    s.client_lines += [f"Endpoint = tls://{SERVER_IP}:{TLS_PORT}", f"TLSPin = {fingerprint(s.cert)}"]
+    s.block_udp()
+    s.start_client()
+    s.ping(20)
+    ss = run(s.client_ns, "ss", "-tnie", "dst", f"{SERVER_IP}:{TLS_PORT}", timeout=10).stdout
+    assert "fwmark:0xca6c" in ss, ss               # 51820, the full tunnel's mark
+    s.transfer(5 * MB)
