@@ -429,3 +429,43 @@ def test_random_bytes_never_break_the_parser():
             assert msg[0] == 4 or len(msg) == (0, 148, 92, 64)[msg[0]]
         if used is not None:
             assert used == sum(len(m) + 2 for m, _ in got) and used <= len(data)
+
+
+def test_unauthenticated_burst_reaches_the_core_only_up_to_the_limit():
+    from wgpy.constants import STREAM_UNAUTHENTICATED_FRAMES
+    server = Node()
+    port = free_port()
+    server.streams.listen("tcp", port)
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        bogus = encode_frame(INITIATION)
+        sock.sendall(bogus * 500)
+        run_until([server], lambda: server.streams.counters["stream_unauthenticated_frames"] == 1, 5)
+        assert server.dev.drops["invalid_mac1"] == STREAM_UNAUTHENTICATED_FRAMES
+        assert not server.streams.conns
+    finally:
+        sock.close()
+        server.close()
+
+
+def test_a_reconnecting_client_burst_is_delivered_whole():
+    """After a reconnection the client's queued messages arrive in one burst, longer than the unauthenticated
+    frame limit: the first authenticates the connection and none is lost."""
+    server, client, ps, pc, _ = pair("tcp")
+    try:
+        exchange(server, client, 2)
+        pc.endpoint.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        pc.endpoint.conn.sock.shutdown(socket.SHUT_RDWR)
+        run_until([server, client], lambda: pc.endpoint.conn is None, 5)
+        client.streams.again.clear()
+        pc.endpoint.retry_at = 0.0
+        n0 = len(server.tun)
+        pkts = [udp4(A_IP4, B_IP4, b"burst %d" % i) for i in range(100)]
+        out: list = []
+        client.dev.send_packets(pkts, time.monotonic(), out)
+        client.streams.send(out)           # connects and queues all 100 before the connection is up
+        run_until([server, client], lambda: len(server.tun) >= n0 + 100, 10)
+        assert server.tun[n0:] == pkts
+    finally:
+        server.close()
+        client.close()

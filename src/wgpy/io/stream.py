@@ -761,18 +761,26 @@ class StreamManager:
             items = self.unauth_inbox
             self.unauth_inbox = []
             for conn, frames in items:
-                start = len(out_net)
-                dev.receive_datagrams(frames, now, out_net, out_tun)
-                if conn.state == CLOSED or conn.authenticated:
+                if conn.authenticated:          # by an earlier read of this same wakeup
+                    dev.receive_datagrams(frames, now, out_net, out_tun)
                     continue
-                peer = authenticated_peer(dev, conn.ep, frames, out_net, start)
+                # the core sees at most STREAM_UNAUTHENTICATED_FRAMES frames of a connection before it proves
+                # who it is; the rest of a burst (a client that reconnected sends its queue at once) follows
+                # only once it has
+                room = max(STREAM_UNAUTHENTICATED_FRAMES - conn.frames, 0)
+                head, tail = frames[:room], frames[room:]
+                start = len(out_net)
+                dev.receive_datagrams(head, now, out_net, out_tun)
+                conn.frames += len(head)
+                peer = authenticated_peer(dev, conn.ep, head, out_net, start)
                 if peer is not None:
-                    self._authenticate(conn, peer, now)
-                else:
-                    conn.frames += len(frames)
-                    if conn.frames >= STREAM_UNAUTHENTICATED_FRAMES:
-                        self.counters["stream_unauthenticated_frames"] += 1
-                        self._close(conn, None, now)
+                    if conn.state != CLOSED:
+                        self._authenticate(conn, peer, now)
+                    if tail:
+                        dev.receive_datagrams(tail, now, out_net, out_tun)
+                elif conn.frames >= STREAM_UNAUTHENTICATED_FRAMES and conn.state != CLOSED:
+                    self.counters["stream_unauthenticated_frames"] += 1
+                    self._close(conn, None, now)
         if self.connected:
             eps = self.connected
             self.connected = []
