@@ -10,11 +10,8 @@ FallbackEndpoint. Everything is made by the test and removed afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import socket
-import struct
 import sys
 import time
 from pathlib import Path

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from wgpy import config as cfgmod
 from wgpy.config import ConfigError, parse, to_uapi
 from wgpy.crypto import encode_key
 from wgpy.io import udp

@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import heapq
+import ipaddress
 import itertools
 import logging
 import os
@@ -126,7 +127,6 @@ def parse_url(text: str) -> tuple[str, str, int]:
         if not host.endswith("]"):
             raise ValueError("bad IPv6 address")
         host = host[1:-1]
-    import ipaddress
     addr = ipaddress.ip_address(host)
     if addr.version == 6 and addr.ipv4_mapped:
         addr = addr.ipv4_mapped
