@@ -92,6 +92,8 @@ class Device(TimersMixin):
     def __init__(self, private_key: bytes | None = None, *, rand: Callable[[int], bytes],
                  wall: Callable[[], float], mtu: int = 1420, l2: bool = False) -> None:
         self._rand = rand
+        self._jitter_pool = b""            # timer jitter bytes, refilled from rand (see TimersMixin._jitter)
+        self._jitter_pos = 0
         self._wall = wall
         self.mtu = mtu
         self.identity: noise.StaticIdentity | None = None
