@@ -56,6 +56,8 @@ from .messages import (
     Initiation, Response, message_type,
 )
 from .peer import INF, Peer
+from .pmtu import PmtuMixin
+from .control import CONTROL_MARKER, L2_CONTROL_ETHERTYPE
 from .ratelimiter import RateLimiter
 from .timers import TimersMixin
 
@@ -88,9 +90,10 @@ class ConfigurationError(ValueError):
     """Local misuse of the device API (bad key, too many peers); carries no secret."""
 
 
-class Device(TimersMixin):
+class Device(TimersMixin, PmtuMixin):
     def __init__(self, private_key: bytes | None = None, *, rand: Callable[[int], bytes],
                  wall: Callable[[], float], mtu: int = 1420, l2: bool = False) -> None:
+        self._pmtu_init()                  # #8: control channel and path MTU (protocol/pmtu.py)
         self._rand = rand
         self._wall = wall
         self.mtu = mtu
@@ -164,6 +167,7 @@ class Device(TimersMixin):
         if len(self.peers) >= MAX_PEERS:
             raise ConfigurationError("too many peers")
         peer = Peer(public_key, self._new_handshake(public_key, None))
+        peer.mtu = self._peer_limit(peer)
         self.peers[public_key] = peer
         return peer
 
@@ -267,7 +271,7 @@ class Device(TimersMixin):
         if ep is None:
             self.drops["no_endpoint"] += len(pkts)
             return
-        mtu = self.mtu
+        mtu = peer.mtu                     # the interface MTU, or less when this peer's path is smaller (#8)
         encrypt = kp.send.encrypt
         prefix = kp.header_prefix
         pack = _Q.pack
@@ -276,6 +280,9 @@ class Device(TimersMixin):
         append = out.append
         for pkt in pkts:
             n = len(pkt)
+            if n > mtu:
+                self.packet_too_big(peer, pkt, mtu, now, out)   # ICMP / fragments / dropped (pmtu.py)
+                continue
             pad = -n & 15
             if pad:
                 if n + pad > mtu:
@@ -384,6 +391,9 @@ class Device(TimersMixin):
             else:
                 peer.need_another_keepalive = True
             if src_lookup(pt) is not peer:
+                if pt[0] == CONTROL_MARKER:       # #8: a wgpy control message, not an IP packet (control.py)
+                    self.receive_control(peer, pt, len(pt), now, out_net)
+                    continue
                 drops["dishonest_peer"] += 1
                 continue
             v = pt[0] >> 4
@@ -410,6 +420,7 @@ class Device(TimersMixin):
         peer.next = None
         self.timers_handshake_complete(peer)
         self.send_staged(peer, now, out)
+        self.control_handshake_complete(peer, now, out)    # #8: HELLO, path MTU state
 
     def _under_load(self, now: float) -> bool:
         if now - self._hs_window_start >= 1.0:
@@ -505,6 +516,7 @@ class Device(TimersMixin):
         self.timers_session_derived(peer, now)
         self.timers_handshake_complete(peer)
         self.send_keepalive(peer, now, out)
+        self.control_handshake_complete(peer, now, out)    # #8: HELLO, path MTU state
 
     # ------------------------------------------------------------------------------------------------------
     # handshake initiation
@@ -660,6 +672,9 @@ class Device(TimersMixin):
                 continue
             smac = pt[6:12]
             if pt[6] & 1 or smac == _ZERO_MAC:
+                if smac == _ZERO_MAC and pt[12:14] == L2_CONTROL_ETHERTYPE:   # #8: control frame (control.py)
+                    self.receive_control(peer, pt[14:], len(pt), now, out_net)
+                    continue
                 drops["l2_bad_src_mac"] += 1
                 continue
             allowed = peer.allowed_macs
