@@ -429,3 +429,29 @@ def test_fragments_have_valid_headers():
     offs = [(struct.unpack("!H", f[6:8])[0] & 0x1FFF) * 8 for f in frags]
     assert offs == [0, 976, 1952, 2928][:len(frags)]
     assert fragment_ipv4(pkt, 20) == []
+
+
+def test_mixed_batch_with_fragments_uses_every_counter_once():
+    p = pmtu_pair(Path(1280))
+    p.handshake(0.0)
+    settle(p, 20.0)
+    small = [udp4(A_IP4, B_IP4, bytes([i]) * 100) for i in range(3)]
+    big = udp4(A_IP4, B_IP4, bytes(2000))
+    n = len(p.log)
+    p.send("A", [small[0], big, small[1], big, small[2]], 21.0)
+    counters = [struct.unpack_from("<Q", e[3], 8)[0] for e in p.log[n:] if e[1] == "A" and e[3][0] == 4]
+    assert len(counters) == len(set(counters)) == 3 + 4
+    assert not p.b.drops.get("replay") and not p.b.drops.get("invalid_tag")
+    assert [t for t in p.tun["B"] if len(t) == 128] == small
+
+
+def test_explicit_mtu_sends_larger_packets_unpadded_as_before():
+    p = pmtu_pair(Path(1500), auto=False)
+    p.a.mtu = 1420
+    p.handshake(0.0)
+    pkt = udp4(A_IP4, B_IP4, bytes(1430 - 28))
+    n = len(p.log)
+    p.send("A", [pkt, udp4(A_IP4, B_IP4, b"y")], 1.0)
+    sizes = sorted(len(e[3]) for e in p.log[n:] if e[1] == "A")
+    assert sizes == [16 + 32 + 16, 16 + 1430 + 16]
+    assert p.tun["B"][-2:] == [udp4(A_IP4, B_IP4, b"y"), pkt] or pkt in p.tun["B"]

@@ -278,10 +278,14 @@ class Device(TimersMixin, PmtuMixin):
         ctr = kp.send_counter
         nbytes = 0
         append = out.append
+        big = None
         for pkt in pkts:
             n = len(pkt)
-            if n > mtu:
-                self.packet_too_big(peer, pkt, mtu, now, out)   # ICMP / fragments / dropped (pmtu.py)
+            if n > mtu:                    # too big for this peer: handled below, once the counter is stored
+                if big is None:
+                    big = [pkt]
+                else:
+                    big.append(pkt)
                 continue
             pad = -n & 15
             if pad:
@@ -305,6 +309,8 @@ class Device(TimersMixin, PmtuMixin):
         # keep the key fresh
         if ctr > REKEY_AFTER_MESSAGES or (kp.is_initiator and now - kp.created >= REKEY_AFTER_TIME):
             self.initiate_handshake(peer, now, out, retry=False)
+        if big is not None:
+            self.packets_too_big(peer, big, mtu, now, out)   # #8: ICMP / fragments / unpadded (pmtu.py)
 
     def _stage(self, peer: Peer, pkts: list[bytes]) -> None:
         """Queue packets until the peer has a session: per peer the oldest go beyond MAX_STAGED_PACKETS, over

@@ -509,35 +509,58 @@ class PmtuMixin:
 
     # ---- packets too big for their peer ------------------------------------------------------------------------
 
-    def packet_too_big(self, peer, pkt: bytes, limit: int, now: float, out: list) -> None:
-        """Called by the data path for a packet above `peer.mtu` (`limit`)."""
+    def packets_too_big(self, peer, pkts: list[bytes], limit: int, now: float, out: list) -> None:
+        """Called by the data path, after its batch, for packets above `peer.mtu` (`limit`).
+
+        Automatic MTU, L3: a router's answer: ICMP too-big into the TUN (rate-limited), or for IPv4 without DF,
+        fragments. L2: dropped and counted, as a switch drops an oversized frame. Explicit MTU: sent as they
+        are, unpadded (the interface MTU is the user's choice; the kernel fragments the outer packet)."""
         drops = self.drops
+        if not self.pmtu_auto:
+            self._send_unpadded(peer, pkts, now, out)
+            return
         if self.l2:
-            drops["l2_frame_too_big"] += 1
+            drops["l2_frame_too_big"] += len(pkts)
             return
-        v = pkt[0] >> 4
-        if v == 4 and len(pkt) >= 20 and not pkt[6] & 0x40:
-            frags = fragment_ipv4(pkt, limit)
-            if frags:
-                drops["too_big_fragmented"] += 1
-                self._send_to_peer(peer, frags, now, out)
-            else:
+        frags_all: list[bytes] = []
+        for pkt in pkts:
+            v = pkt[0] >> 4
+            if v == 4 and len(pkt) >= 20 and not pkt[6] & 0x40:
+                frags = fragment_ipv4(pkt, limit)
+                if frags:
+                    drops["too_big_fragmented"] += 1
+                    frags_all.extend(frags)
+                else:
+                    drops["too_big_dropped"] += 1
+                continue
+            if v == 6 and limit < PMTU_FLOOR_V6:
+                drops["too_big_dropped"] += 1       # IPv6 cannot be told less than 1280 (docs/pmtu.md)
+                continue
+            elapsed = now - self._icmp_time
+            self._icmp_time = now
+            tokens = min(self._icmp_tokens + elapsed * ICMP_TOO_BIG_PER_SECOND, ICMP_TOO_BIG_BURST)
+            if tokens < 1:
+                self._icmp_tokens = tokens
+                drops["too_big_icmp_ratelimited"] += 1
+                continue
+            self._icmp_tokens = tokens - 1
+            reply = icmp_too_big(pkt, limit)
+            if reply is None:
                 drops["too_big_dropped"] += 1
-            return
-        if v == 6 and limit < PMTU_FLOOR_V6:
-            drops["too_big_dropped"] += 1           # IPv6 cannot be told less than 1280 (docs/pmtu.md)
-            return
-        elapsed = now - self._icmp_time
-        self._icmp_time = now
-        tokens = min(self._icmp_tokens + elapsed * ICMP_TOO_BIG_PER_SECOND, ICMP_TOO_BIG_BURST)
-        if tokens < 1:
-            self._icmp_tokens = tokens
-            drops["too_big_icmp_ratelimited"] += 1
-            return
-        self._icmp_tokens = tokens - 1
-        reply = icmp_too_big(pkt, limit)
-        if reply is None:
-            drops["too_big_dropped"] += 1
-            return
-        drops["too_big_icmp_sent"] += 1
-        self.to_tun.append(reply)
+                continue
+            drops["too_big_icmp_sent"] += 1
+            self.to_tun.append(reply)
+        if frags_all:
+            self._send_to_peer(peer, frags_all, now, out)
+
+    def _send_unpadded(self, peer, pkts: list[bytes], now: float, out: list) -> None:
+        kp = peer.current
+        ep = peer.endpoint
+        encrypt = kp.send.encrypt
+        for pkt in pkts:
+            ctr = kp.send_counter
+            kp.send_counter = ctr + 1
+            cb = _Q.pack(ctr)
+            ct = encrypt(_ZERO4 + cb, pkt, None)
+            out.append((kp.header_prefix + cb + ct, ep))
+            peer.tx_bytes += len(ct) + 16
