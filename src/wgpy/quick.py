@@ -288,7 +288,8 @@ class Session:
         if cfg.mtu is not None:
             return
         l2 = cfg.mode == "tap"
-        min_mtu = 1280 if l2 or any(a.version == 6 for a in cfg.addresses) else 576
+        # Linux removes every IPv6 address of a device whose MTU goes below 1280: not below that with IPv6
+        min_mtu = 1280 if any(a.version == 6 for a in cfg.addresses) else 576
         current = iface.device.mtu - (ETHERNET_HEADER_LEN if l2 else 0)
         iface.pmtu.enable_auto(iface.bind.sockets(), min_mtu, cfg.mtu_probe_interval, current)
 

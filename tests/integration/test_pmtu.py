@@ -1,0 +1,181 @@
+"""Path MTU discovery and the automatic tunnel MTU (#8), in namespaces:
+
+    A 10.210.1.1 ── veth 1500 ── R ── veth MTU 1280 (later 1400, 1500) ── B 10.210.2.2
+    tunnel 10.99.0.1 (A) <-> 10.99.0.2 (B), no MTU in either config, MTUProbeInterval = 3
+
+R forwards; with `black_hole` it drops every ICMP (an nftables table of its own), so only wgpy's probes can find
+the path MTU. The inner ping boundary is exact: with path MTU P over IPv4 the tunnel carries P - 60 bytes, so
+`ping -M do -s P-88` gets through and `-s P-87` is refused with the tunnel's MTU (locally, "message too long",
+or by wgpy's ICMP "fragmentation needed" written into A's TUN).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+import netlab
+from netlab import PeerSpec, gen_keypair, render_config, run, sysctl, wait_for, write_config, nft_load
+
+pytestmark = pytest.mark.netns
+
+A_UL, R_A, R_B, B_UL = "10.210.1.1", "10.210.1.2", "10.210.2.1", "10.210.2.2"
+A_IN, B_IN = "10.99.0.1", "10.99.0.2"
+PORT_A, PORT_B = 51820, 51821
+INTERVAL = 3
+MB50 = 50 * 1024 * 1024
+
+BLACK_HOLE = """table inet pmtu_bh {
+    chain forward_icmp {
+        type filter hook forward priority 0; policy accept;
+        meta l4proto { icmp, ipv6-icmp } counter drop
+    }
+    chain output_icmp {
+        type filter hook output priority 0; policy accept;
+        meta l4proto { icmp, ipv6-icmp } counter drop
+    }
+}
+"""
+
+
+class ARB:
+    def __init__(self, lab, link_mtu: int, black_hole: bool = False) -> None:
+        self.lab = lab
+        self.a, self.r, self.b = lab.netns(), lab.netns(), lab.netns()
+        lab.veth(self.a, self.r, f"{A_UL}/24", f"{R_A}/24")
+        self.r_b, self.b_r = lab.veth(self.r, self.b, f"{R_B}/24", f"{B_UL}/24")
+        self.set_link_mtu(link_mtu)
+        run(self.a, "ip", "route", "add", "default", "via", R_A)
+        run(self.b, "ip", "route", "add", "default", "via", R_B)
+        sysctl(self.r, "net.ipv4.ip_forward", 1)
+        if black_hole:
+            nft_load(self.r, BLACK_HOLE)
+        self.ka, self.kb = gen_keypair(), gen_keypair()
+
+    def set_link_mtu(self, mtu: int) -> None:
+        run(self.r, "ip", "link", "set", self.r_b, "mtu", mtu)
+        run(self.b, "ip", "link", "set", self.b_r, "mtu", mtu)
+
+    def wgpy(self, ns: str, keys, port: int, addr: str, peer_keys, peer_ep: str, peer_in: str) -> str:
+        iface = netlab.unique_iface()
+        text = render_config(keys.private, port, [PeerSpec(peer_keys.public, (f"{peer_in}/32",), endpoint=peer_ep)],
+                             addresses=[f"{addr}/24"], extra_interface_lines=[f"MTUProbeInterval = {INTERVAL}"])
+        self.lab.wgpy_up(ns, write_config(self.lab.tmp, iface, text))
+        return iface
+
+    def up_both(self) -> tuple[str, str]:
+        self.ia = self.wgpy(self.a, self.ka, PORT_A, A_IN, self.kb, f"{B_UL}:{PORT_B}", B_IN)
+        self.ib = self.wgpy(self.b, self.kb, PORT_B, B_IN, self.ka, f"{A_UL}:{PORT_A}", A_IN)
+        return self.ia, self.ib
+
+
+def path_mtu(lab, ns: str, iface: str) -> tuple[int, str]:
+    """(path MTU, how learned) of the only peer, from `wgpy show IFACE path-mtu`."""
+    res = lab.wgpy(ns, "show", iface, "path-mtu", check=True)
+    _key, pm, src = res.stdout.strip().split("\t")
+    return (int(pm), src) if pm.isdigit() else (0, src)
+
+
+def link_mtu(ns: str, iface: str) -> int:
+    return json.loads(run(ns, "ip", "-j", "link", "show", "dev", iface).stdout)[0]["mtu"]
+
+
+def ping_df(ns: str, dst: str, size: int, count: int = 2) -> "subprocess.CompletedProcess":
+    return run(ns, "ping", "-4", "-M", "do", "-c", count, "-i", "0.2", "-W", "2", "-s", size, dst, timeout=20,
+               check=False)
+
+
+def converge(lab, ns: str, iface: str, want: int, timeout: float, kick=None) -> float:
+    """Wait until the peer's path MTU is `want` and the interface MTU is want - 60; returns seconds taken."""
+    t0 = time.monotonic()
+
+    def ok():
+        if kick is not None:
+            kick()
+        return path_mtu(lab, ns, iface)[0] == want and link_mtu(ns, iface) == want - 60
+    wait_for(ok, timeout, interval=0.3, what=f"path MTU {want} on {iface}")
+    return time.monotonic() - t0
+
+
+def assert_boundary(ns: str, dst: str, tunnel_mtu: int) -> None:
+    """The largest inner ping with DF gets through; one byte more is refused with the tunnel's MTU."""
+    fit = tunnel_mtu - 28
+    res = None
+    for _ in range(3):
+        res = ping_df(ns, dst, fit)
+        if res.returncode == 0:
+            break
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = ping_df(ns, dst, fit + 1, count=1)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0, text
+    assert re.search(rf"(message too long, mtu={tunnel_mtu}|Frag needed and DF set \(mtu = {tunnel_mtu}\))", text), text
+
+
+def transfer_50mb(lab, server_ns: str, client_ns: str, server_ip: str) -> None:
+    server, client = lab.transfer(server_ns, client_ns, server_ip, MB50, timeout=120)
+    assert server["bytes"] == client["bytes"] == MB50
+    assert server["sha256"] == client["sha256"]
+
+
+def test_pmtu_icmp_1280_then_1400_then_1500(lab):
+    """ICMP works: the boundary is exact at 1280 and 1400, 50 MB cross at 1280, and raising R's link to 1500
+    grows both tunnels back within the re-probe interval."""
+    t = ARB(lab, 1280)
+    ia, ib = t.up_both()
+    netlab.assert_ping(t.a, B_IN)
+    # B's own link is 1280: known at once; A learns it from R's ICMP or from probes
+    took = converge(lab, t.a, ia, 1280, 30, kick=lambda: ping_df(t.a, B_IN, 1300, count=1))
+    converge(lab, t.b, ib, 1280, 30)
+    assert_boundary(t.a, B_IN, 1220)
+    assert_boundary(t.b, A_IN, 1220)
+    transfer_50mb(lab, t.b, t.a, B_IN)
+    t.set_link_mtu(1400)
+    converge(lab, t.a, ia, 1400, INTERVAL + 20)
+    converge(lab, t.b, ib, 1400, INTERVAL + 20)
+    assert_boundary(t.a, B_IN, 1340)
+    t.set_link_mtu(1500)
+    t0 = time.monotonic()
+    converge(lab, t.a, ia, 1500, INTERVAL + 20)
+    converge(lab, t.b, ib, 1500, INTERVAL + 20)
+    grow = time.monotonic() - t0
+    assert_boundary(t.a, B_IN, 1440)
+    show = lab.wgpy(t.a, "show", ia, check=True).stdout
+    assert "path mtu: 1500" in show and "peer is wgpy" in show and "automatic" in show
+    print(f"PMTU figures: first convergence {took:.1f}s, growth 1400->1500 seen after {grow:.1f}s")
+
+
+def test_pmtu_black_hole(lab):
+    """R drops all ICMP: wgpy-to-wgpy probes still find 1280 exactly within a bounded time, and 50 MB cross."""
+    t = ARB(lab, 1280, black_hole=True)
+    ia, ib = t.up_both()
+    netlab.assert_ping(t.a, B_IN)
+    took = converge(lab, t.a, ia, 1280, 40)
+    assert path_mtu(lab, t.a, ia)[1] == "probe"
+    dropped = run(t.r, "nft", "list", "chain", "inet", "pmtu_bh", "output_icmp").stdout
+    assert int(re.search(r"counter packets (\d+)", dropped).group(1)) > 0, dropped   # R did try to send ICMP
+    assert_boundary(t.a, B_IN, 1220)
+    transfer_50mb(lab, t.b, t.a, B_IN)
+    # the path grows back: found again by probes within the interval
+    t.set_link_mtu(1500)
+    converge(lab, t.a, ia, 1500, INTERVAL + 20)
+    print(f"PMTU figures: black hole converged in {took:.1f}s")
+
+
+def test_pmtu_wgpy_and_wireguard_go_passive(lab):
+    """A (wgpy) - R - B (wireguard-go, which answers no probes): A learns 1280 from R's ICMP alone and a 50 MB
+    transfer from A to B completes."""
+    t = ARB(lab, 1280)
+    ia = t.wgpy(t.a, t.ka, PORT_A, A_IN, t.kb, f"{B_UL}:{PORT_B}", B_IN)
+    lab.wireguard_go_up(t.b, netlab.unique_iface(), t.kb.private, PORT_B,
+                        [PeerSpec(t.ka.public, (f"{A_IN}/32",), endpoint=f"{A_UL}:{PORT_A}")], f"{B_IN}/24",
+                        mtu=1220)
+    netlab.assert_ping(t.a, B_IN)
+    converge(lab, t.a, ia, 1280, 30, kick=lambda: ping_df(t.a, B_IN, 1300, count=1))
+    assert path_mtu(lab, t.a, ia)[1] == "icmp"
+    assert "peer is wgpy" not in lab.wgpy(t.a, "show", ia, check=True).stdout
+    transfer_50mb(lab, t.b, t.a, B_IN)
+    assert_boundary(t.a, B_IN, 1220)
