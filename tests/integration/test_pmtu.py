@@ -28,29 +28,43 @@ PORT_A, PORT_B = 51820, 51821
 INTERVAL = 3
 MB50 = 50 * 1024 * 1024
 
+# every ICMP, and every ICMPv6 error (neighbour discovery is ICMPv6 too and must stay, or nothing flows)
 BLACK_HOLE = """table inet pmtu_bh {
     chain forward_icmp {
         type filter hook forward priority 0; policy accept;
-        meta l4proto { icmp, ipv6-icmp } counter drop
+        meta l4proto icmp counter drop
+        icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } counter drop
     }
     chain output_icmp {
         type filter hook output priority 0; policy accept;
-        meta l4proto { icmp, ipv6-icmp } counter drop
+        meta l4proto icmp counter drop
+        icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } counter drop
     }
 }
 """
 
 
+A6_UL, R6_A, R6_B, B6_UL = "fd10:1::1", "fd10:1::2", "fd10:2::1", "fd10:2::2"
+
+
 class ARB:
-    def __init__(self, lab, link_mtu: int, black_hole: bool = False) -> None:
+    def __init__(self, lab, link_mtu: int, black_hole: bool = False, v6: bool = False, tap: bool = False) -> None:
         self.lab = lab
+        self.tap = tap
         self.a, self.r, self.b = lab.netns(), lab.netns(), lab.netns()
-        lab.veth(self.a, self.r, f"{A_UL}/24", f"{R_A}/24")
-        self.r_b, self.b_r = lab.veth(self.r, self.b, f"{R_B}/24", f"{B_UL}/24")
+        if v6:
+            a_ul, r_a, r_b, b_ul, plen = A6_UL, R6_A, R6_B, B6_UL, 64
+        else:
+            a_ul, r_a, r_b, b_ul, plen = A_UL, R_A, R_B, B_UL, 24
+        self.a_ep = f"[{a_ul}]" if v6 else a_ul
+        self.b_ep = f"[{b_ul}]" if v6 else b_ul
+        lab.veth(self.a, self.r, f"{a_ul}/{plen}", f"{r_a}/{plen}")
+        self.r_b, self.b_r = lab.veth(self.r, self.b, f"{r_b}/{plen}", f"{b_ul}/{plen}")
         self.set_link_mtu(link_mtu)
-        run(self.a, "ip", "route", "add", "default", "via", R_A)
-        run(self.b, "ip", "route", "add", "default", "via", R_B)
-        sysctl(self.r, "net.ipv4.ip_forward", 1)
+        fam = "-6" if v6 else "-4"
+        run(self.a, "ip", fam, "route", "add", "default", "via", r_a)
+        run(self.b, "ip", fam, "route", "add", "default", "via", r_b)
+        sysctl(self.r, "net.ipv6.conf.all.forwarding" if v6 else "net.ipv4.ip_forward", 1)
         if black_hole:
             nft_load(self.r, BLACK_HOLE)
         self.ka, self.kb = gen_keypair(), gen_keypair()
@@ -63,12 +77,14 @@ class ARB:
         iface = netlab.unique_iface()
         text = render_config(keys.private, port, [PeerSpec(peer_keys.public, (f"{peer_in}/32",), endpoint=peer_ep)],
                              addresses=[f"{addr}/24"], extra_interface_lines=[f"MTUProbeInterval = {INTERVAL}"])
+        if self.tap:
+            text = text.replace("[Interface]\n", "[Interface]\nMode = tap\n").replace(f"AllowedIPs = {peer_in}/32\n", "")
         self.lab.wgpy_up(ns, write_config(self.lab.tmp, iface, text))
         return iface
 
     def up_both(self) -> tuple[str, str]:
-        self.ia = self.wgpy(self.a, self.ka, PORT_A, A_IN, self.kb, f"{B_UL}:{PORT_B}", B_IN)
-        self.ib = self.wgpy(self.b, self.kb, PORT_B, B_IN, self.ka, f"{A_UL}:{PORT_A}", A_IN)
+        self.ia = self.wgpy(self.a, self.ka, PORT_A, A_IN, self.kb, f"{self.b_ep}:{PORT_B}", B_IN)
+        self.ib = self.wgpy(self.b, self.kb, PORT_B, B_IN, self.ka, f"{self.a_ep}:{PORT_A}", A_IN)
         return self.ia, self.ib
 
 
@@ -88,14 +104,14 @@ def ping_df(ns: str, dst: str, size: int, count: int = 2) -> "subprocess.Complet
                check=False)
 
 
-def converge(lab, ns: str, iface: str, want: int, timeout: float, kick=None) -> float:
-    """Wait until the peer's path MTU is `want` and the interface MTU is want - 60; returns seconds taken."""
+def converge(lab, ns: str, iface: str, want: int, timeout: float, kick=None, overhead: int = 60) -> float:
+    """Wait until the peer's path MTU is `want` and the interface MTU is want - overhead; returns seconds taken."""
     t0 = time.monotonic()
 
     def ok():
         if kick is not None:
             kick()
-        return path_mtu(lab, ns, iface)[0] == want and link_mtu(ns, iface) == want - 60
+        return path_mtu(lab, ns, iface)[0] == want and link_mtu(ns, iface) == want - overhead
     wait_for(ok, timeout, interval=0.3, what=f"path MTU {want} on {iface}")
     return time.monotonic() - t0
 
@@ -113,6 +129,11 @@ def assert_boundary(ns: str, dst: str, tunnel_mtu: int) -> None:
     text = res.stdout + res.stderr
     assert res.returncode != 0, text
     assert re.search(rf"(message too long, mtu={tunnel_mtu}|Frag needed and DF set \(mtu = {tunnel_mtu}\))", text), text
+
+
+def icmp_dropped(ns: str) -> int:
+    text = run(ns, "nft", "list", "chain", "inet", "pmtu_bh", "output_icmp").stdout
+    return sum(int(n) for n in re.findall(r"counter packets (\d+)", text))
 
 
 def transfer_50mb(lab, server_ns: str, client_ns: str, server_ip: str) -> None:
@@ -155,8 +176,7 @@ def test_pmtu_black_hole(lab):
     netlab.assert_ping(t.a, B_IN)
     took = converge(lab, t.a, ia, 1280, 40)
     assert path_mtu(lab, t.a, ia)[1] == "probe"
-    dropped = run(t.r, "nft", "list", "chain", "inet", "pmtu_bh", "output_icmp").stdout
-    assert int(re.search(r"counter packets (\d+)", dropped).group(1)) > 0, dropped   # R did try to send ICMP
+    assert icmp_dropped(t.r) > 0            # R did try to send ICMP
     assert_boundary(t.a, B_IN, 1220)
     transfer_50mb(lab, t.b, t.a, B_IN)
     # the path grows back: found again by probes within the interval
@@ -169,9 +189,9 @@ def test_pmtu_wgpy_and_wireguard_go_passive(lab):
     """A (wgpy) - R - B (wireguard-go, which answers no probes): A learns 1280 from R's ICMP alone and a 50 MB
     transfer from A to B completes."""
     t = ARB(lab, 1280)
-    ia = t.wgpy(t.a, t.ka, PORT_A, A_IN, t.kb, f"{B_UL}:{PORT_B}", B_IN)
+    ia = t.wgpy(t.a, t.ka, PORT_A, A_IN, t.kb, f"{t.b_ep}:{PORT_B}", B_IN)
     lab.wireguard_go_up(t.b, netlab.unique_iface(), t.kb.private, PORT_B,
-                        [PeerSpec(t.ka.public, (f"{A_IN}/32",), endpoint=f"{A_UL}:{PORT_A}")], f"{B_IN}/24",
+                        [PeerSpec(t.ka.public, (f"{A_IN}/32",), endpoint=f"{t.a_ep}:{PORT_A}")], f"{B_IN}/24",
                         mtu=1220)
     netlab.assert_ping(t.a, B_IN)
     converge(lab, t.a, ia, 1280, 30, kick=lambda: ping_df(t.a, B_IN, 1300, count=1))
@@ -179,3 +199,27 @@ def test_pmtu_wgpy_and_wireguard_go_passive(lab):
     assert "peer is wgpy" not in lab.wgpy(t.a, "show", ia, check=True).stdout
     transfer_50mb(lab, t.b, t.a, B_IN)
     assert_boundary(t.a, B_IN, 1220)
+
+
+def test_pmtu_ipv6_underlay_black_hole(lab):
+    """IPv6 underlay (overhead 80), R drops all ICMPv6: probes find 1280 (the IPv6 floor) and 1400 exactly."""
+    t = ARB(lab, 1400, black_hole=True, v6=True)
+    ia, ib = t.up_both()
+    netlab.assert_ping(t.a, B_IN)
+    converge(lab, t.a, ia, 1400, 40, overhead=80)
+    assert path_mtu(lab, t.a, ia)[1] == "probe" and icmp_dropped(t.r) > 0
+    assert_boundary(t.a, B_IN, 1320)
+    t.set_link_mtu(1280)
+    converge(lab, t.a, ia, 1280, INTERVAL + 30, overhead=80)
+    assert_boundary(t.a, B_IN, 1200)
+
+
+def test_pmtu_l2_tap_follows_the_path(lab):
+    """Mode = tap without MTU: control frames work in L2, the TAP's MTU is path MTU - 60 - 14."""
+    t = ARB(lab, 1280, black_hole=True, tap=True)
+    ia, ib = t.up_both()
+    netlab.assert_ping(t.a, B_IN)
+    converge(lab, t.a, ia, 1280, 40, overhead=74)
+    assert path_mtu(lab, t.a, ia)[1] == "probe"
+    assert_boundary(t.a, B_IN, 1206)
+    transfer_50mb(lab, t.b, t.a, B_IN)
