@@ -22,7 +22,8 @@ socket of a reuseport group the kernel picks for them (hash, the steering progra
 sockets are watched.
 
 The interface MTU (automatic mode): after the core changed an estimate (Device.pmtu_dirty), the smallest usable
-MTU over the peers with a UDP endpoint becomes the interface MTU (L2: minus the Ethernet header), never below
+MTU over the peers with a UDP endpoint becomes the interface MTU (L2: minus the Ethernet header and room for one
+802.1Q tag, 18 bytes, so that full-size VLAN-tagged frames fit the path too), never below
 `min_mtu` (1280 when the interface carries IPv6: Linux removes every IPv6 address from a device whose MTU goes
 below 1280; 576 otherwise), set through netlink. The core's per-peer limits follow (Device.mtu).
 """
@@ -37,6 +38,7 @@ import struct
 from ..constants import ETHERNET_HEADER_LEN
 
 log = logging.getLogger("wgpy")
+VLAN_TAG_LEN = 4
 
 SOL_IP = 0
 SOL_IPV6 = 41
@@ -174,7 +176,7 @@ class PathMtuIO:
         usable = dev.smallest_usable_mtu()
         if usable is None:
             return
-        hdr = ETHERNET_HEADER_LEN if self.l2 else 0
+        hdr = ETHERNET_HEADER_LEN + VLAN_TAG_LEN if self.l2 else 0
         new = min(max(usable - hdr, self.min_mtu), 65535)
         if new == self.interface_mtu:
             return
@@ -190,4 +192,4 @@ class PathMtuIO:
         log.info("%s: MTU %s -> %d (smallest peer path MTU allows %d)", self.ifname, self.interface_mtu, new, usable)
         self.interface_mtu = new
         self.changes += 1
-        dev.mtu = new + hdr
+        dev.mtu = new + (ETHERNET_HEADER_LEN if self.l2 else 0)   # the core's MTU: the largest plaintext
