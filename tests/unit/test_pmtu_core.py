@@ -455,3 +455,17 @@ def test_explicit_mtu_sends_larger_packets_unpadded_as_before():
     sizes = sorted(len(e[3]) for e in p.log[n:] if e[1] == "A")
     assert sizes == [16 + 32 + 16, 16 + 1430 + 16]
     assert p.tun["B"][-2:] == [udp4(A_IP4, B_IP4, b"y"), pkt] or pkt in p.tun["B"]
+
+
+def test_a_round_due_while_idle_runs_right_after_the_next_handshake():
+    path = Path(1500)
+    p = pmtu_pair(path, interval=200.0)
+    p.handshake(0.0)
+    settle(p, 5.0)
+    assert p.pa.pmtu.mtu == 1500
+    path.mtu = 1300                                  # shrinks while the tunnel is idle and the session expires
+    settle(p, 700.0)
+    assert p.pa.current is None and p.pa.pmtu.mtu == 1500 and p.pa.pmtu.due
+    p.send("A", [udp4(A_IP4, B_IP4, b"again")], 701.0)
+    settle(p, 720.0)
+    assert p.pa.pmtu.mtu == 1300 and not p.pa.pmtu.due

@@ -56,7 +56,7 @@ class PathMTU:
 
     __slots__ = ("endpoint", "v6", "floor", "ceiling", "mtu", "source", "changed", "lo", "hi", "pending",
                  "answered_any", "deadline", "next_round", "srtt", "sent_at", "rounds", "unanswered_rounds",
-                 "ids", "seq", "interval")
+                 "ids", "seq", "interval", "due")
 
     def __init__(self, endpoint: tuple, link_mtu: int | None, now: float, interval: float) -> None:
         self.endpoint = endpoint
@@ -78,6 +78,7 @@ class PathMTU:
         self.ids: dict[int, int] = {}                    # probe id -> size, for the sizes still awaited
         self.seq = 0
         self.interval = interval
+        self.due = False                                 # a round came due without a session: at the next one
 
     @property
     def overhead(self) -> int:
@@ -392,7 +393,11 @@ class PmtuMixin:
 
     def control_handshake_complete(self, peer, now: float, out: list) -> None:
         """A handshake with `peer` completed: path state for its endpoint, and a HELLO unless it never answers."""
-        self._pmtu_ensure(peer, now)
+        st = self._pmtu_ensure(peer, now)
+        if st is not None and st.due and not st.searching:
+            st.due = False
+            st.next_round = now
+            self._pmtu_schedule(peer)
         if self.control_enabled and not peer.wgpy and peer.hellos_sent < PMTU_HELLO_ATTEMPTS:
             if self._send_control(peer, control.hello(True), now, out):
                 peer.hellos_sent += 1
@@ -407,7 +412,11 @@ class PmtuMixin:
             if st.deadline is not None and now >= st.deadline:
                 st.expired(now, sizes)
         elif st.next_round is not None and now >= st.next_round:
-            if self._pmtu_probing(peer) and peer.current is not None:
+            kp = peer.current
+            if self._pmtu_probing(peer) and (kp is None or now - kp.created >= REJECT_AFTER_TIME):
+                st.next_round = None                # no session to probe with: right after the next handshake
+                st.due = True
+            elif self._pmtu_probing(peer):
                 link = self.link_mtu(st.endpoint)
                 if link:
                     st.ceiling = max(link, st.floor)
