@@ -48,9 +48,11 @@ A6_UL, R6_A, R6_B, B6_UL = "fd10:1::1", "fd10:1::2", "fd10:2::1", "fd10:2::2"
 
 
 class ARB:
-    def __init__(self, lab, link_mtu: int, black_hole: bool = False, v6: bool = False, tap: bool = False) -> None:
+    def __init__(self, lab, link_mtu: int, black_hole: bool = False, v6: bool = False, tap: bool = False,
+                 inner_v6: bool = False) -> None:
         self.lab = lab
         self.tap = tap
+        self.inner_v6 = inner_v6
         self.a, self.r, self.b = lab.netns(), lab.netns(), lab.netns()
         if v6:
             a_ul, r_a, r_b, b_ul, plen = A6_UL, R6_A, R6_B, B6_UL, 64
@@ -75,8 +77,12 @@ class ARB:
 
     def wgpy(self, ns: str, keys, port: int, addr: str, peer_keys, peer_ep: str, peer_in: str) -> str:
         iface = netlab.unique_iface()
-        text = render_config(keys.private, port, [PeerSpec(peer_keys.public, (f"{peer_in}/32",), endpoint=peer_ep)],
-                             addresses=[f"{addr}/24"], extra_interface_lines=[f"MTUProbeInterval = {INTERVAL}"])
+        allowed, addrs = (f"{peer_in}/32",), [f"{addr}/24"]
+        if self.inner_v6:
+            allowed += (f"fd99::{peer_in.rsplit('.', 1)[1]}/128",)
+            addrs.append(f"fd99::{addr.rsplit('.', 1)[1]}/64")
+        text = render_config(keys.private, port, [PeerSpec(peer_keys.public, allowed, endpoint=peer_ep)],
+                             addresses=addrs, extra_interface_lines=[f"MTUProbeInterval = {INTERVAL}"])
         if self.tap:
             text = text.replace("[Interface]\n", "[Interface]\nMode = tap\n").replace(f"AllowedIPs = {peer_in}/32\n", "")
         self.lab.wgpy_up(ns, write_config(self.lab.tmp, iface, text))
@@ -242,3 +248,20 @@ def test_pmtu_black_hole_appears_during_transfer(lab):
     assert server["bytes"] == client["bytes"] == MB50 and server["sha256"] == client["sha256"]
     assert icmp_dropped(t.r) > 0
     print(f"PMTU figures: black hole during a transfer found after {found:.1f}s; transfer {client['seconds']:.1f}s")
+
+
+def test_pmtu_router_icmp_into_the_tun(lab):
+    """With an IPv6 address on the tunnel its MTU stays at 1280 (Linux drops IPv6 below that) while the path
+    carries 1220: wgpy answers larger packets into the TUN with ICMP "fragmentation needed" (mtu 1220), as a
+    router would, and TCP adapts from it (50 MB intact)."""
+    t = ARB(lab, 1280, black_hole=True, inner_v6=True)
+    ia, ib = t.up_both()
+    netlab.assert_ping(t.a, B_IN)
+    wait_for(lambda: path_mtu(lab, t.a, ia)[0] == 1280, 40, interval=0.3, what="path MTU 1280")
+    assert link_mtu(t.a, ia) == 1280
+    res = ping_df(t.a, B_IN, 1193, count=1)
+    assert re.search(r"From 10\.99\.0\.2 .*Frag needed and DF set \(mtu = 1220\)", res.stdout), res.stdout
+    assert_boundary(t.a, B_IN, 1220)
+    transfer_50mb(lab, t.b, t.a, B_IN)
+    stats = lab.wgpy(t.a, "show", ia, "stats", check=True).stdout
+    assert int(re.search(r"drop_too_big_icmp_sent\t(\d+)", stats).group(1)) >= 1, stats
