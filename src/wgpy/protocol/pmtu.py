@@ -387,7 +387,8 @@ class PmtuMixin:
             self._schedule(peer, t)
 
     def _pmtu_probing(self, peer) -> bool:
-        return self.pmtu_auto and self.control_enabled and bool(peer.wgpy & control.EXT_PMTU) and type(peer.endpoint) is tuple
+        return (self.pmtu_auto and self.control_enabled and bool(peer.wgpy & control.EXT_PMTU)
+                and type(peer.endpoint) is tuple)
 
     # ---- hooks called by the device ----------------------------------------------------------------------------
 
