@@ -24,6 +24,7 @@ import time
 
 from .io.batch import BatchSender, enable_gro, receive_batch
 from .io.offload import coalesce, split
+from .io.pmtu import PathMtuIO
 from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
 from .protocol.device import Device
@@ -54,6 +55,10 @@ class Interface:
         self.tun_write_errors = 0
         self.tun_read_drops = 0
         self.offload = os.environ.get("WGPY_TUN_OFFLOAD", "1") != "0"
+        # #8 path MTU: the control channel on, the error queue read, the interface MTU in automatic mode
+        self.device.control_enabled = True
+        self.pmtu = PathMtuIO(name, self.device, mode == "tap")
+        self.device.link_mtu = self.pmtu.link_mtu
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
 
@@ -77,6 +82,7 @@ class Interface:
 
     def _register_sockets(self) -> None:
         self._sock_by_fd = {s.fileno(): s for s in self.bind.sockets()}
+        self.pmtu.configure(list(self._sock_by_fd.values()))   # #8: IP_RECVERR, PMTU discovery mode
         for fd, sock in self._sock_by_fd.items():
             enable_gro(sock)
             self.epoll.register(fd, select.EPOLLIN)
@@ -97,6 +103,7 @@ class Interface:
         if self.tun is not None:
             self.tun.close()
             self.tun = None
+        self.pmtu.close()
         self.device.zero_all()
 
     # ---- uapi.Host ----------------------------------------------------------------------------------------
@@ -156,7 +163,7 @@ class Interface:
             now = monotonic()
             out_net: list = []
             out_tun: list = []
-            for fd, _ev in events:
+            for fd, ev in events:
                 if fd == tun_fd:
                     packets: list = []
                     count = 0
@@ -190,6 +197,8 @@ class Interface:
                     sock = self._sock_by_fd.get(fd)
                     if sock is None:
                         continue
+                    if ev & select.EPOLLERR:
+                        self.pmtu.drain(sock, now)     # #8: ICMP/EMSGSIZE from the error queue
                     datagrams: list = []
                     receive_batch(sock, BATCH, datagrams)
                     if datagrams:
@@ -199,6 +208,11 @@ class Interface:
                 dev.tick(now, out_net)
             if out_net:
                 self.flush(out_net)
+            if dev.to_tun:                             # #8: ICMP too-big answers for the local stack
+                out_tun.extend(dev.to_tun)
+                dev.to_tun.clear()
+            if dev.pmtu_dirty:                         # #8: a path MTU changed: the interface MTU follows
+                self.pmtu.apply()
             if out_tun:
                 if vnet:
                     bufs: list = []

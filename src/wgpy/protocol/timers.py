@@ -123,6 +123,9 @@ class TimersMixin:
             peer.t_persistent = None
             if peer.persistent_keepalive:
                 self.send_keepalive(peer, now, out)
+        if peer.t_pmtu is not None and peer.t_pmtu <= now:     # #8: path MTU probes (protocol/pmtu.py)
+            peer.t_pmtu = None
+            self.pmtu_timer(peer, now, out)
 
     def _expired_retransmit_handshake(self, peer: Peer, now: float, out: list) -> None:
         if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
