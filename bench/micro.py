@@ -3,6 +3,11 @@ offload helpers (cutting a 64 KiB TSO super-packet into MTU-sized packets with c
 and the same two paths in L2 mode (Ethernet frames through the learning switch, destination MAC known).
 
     .venv/bin/python bench/micro.py [--size 1420] [--batch 64] [--rounds 200]
+    .venv/bin/python bench/micro.py --cold [--idle 0.01]
+
+--cold times single calls twice: back to back (warm), and each after the process slept `--idle` seconds, as a
+daemon does between the packets of a ping. The difference is what one ping pays per daemon pass on top of the
+warm figures; it is why ping RTT through wgpy trails wireguard-go's (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -69,7 +74,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1420)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--cold", action="store_true", help="single calls, warm and after --idle seconds asleep")
+    ap.add_argument("--idle", type=float, default=0.01)
     args = ap.parse_args()
+    if args.cold:
+        cold_costs(args.idle, min(args.rounds, 300))
+        return
     a, b = pair()
     batch = [ip4("10.0.0.1", "10.0.0.2", args.size)] * args.batch
     enc_t, dec_t, n = time_both_ways(a, b, batch, args.rounds)
@@ -136,6 +146,58 @@ def l2_costs(size: int, batch_size: int, rounds: int) -> None:
     print(f"L2 mode, frame size {size} B, batch {batch_size}, {n} frames")
     print(f"  encrypt path (learn + switch + pad + AEAD + header): {enc_t / n * 1e6:6.2f} us/frame")
     print(f"  decrypt path (index + AEAD + replay + learn + switch): {dec_t / n * 1e6:6.2f} us/frame")
+
+
+def cold_costs(idle: float, rounds: int) -> None:
+    """Median cost of one call made right after the previous one, and of one made after `idle` s asleep."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    a, b = pair()
+    pkt = ip4("10.0.0.1", "10.0.0.2", 84)               # a ping's size
+    src = ("192.0.2.1", 51820)
+    aead = ChaCha20Poly1305(os.urandom(32))
+    nonce = bytes(12)
+    clock = time.perf_counter_ns
+
+    def noop() -> None:
+        pass
+
+    def core_send() -> None:
+        out: list = []
+        a.send_packets([pkt], time.monotonic(), out)
+        cold_costs.last = out[0][0]                      # type: ignore[attr-defined]
+
+    def core_receive() -> None:
+        got: list = []
+        b.receive_datagrams([(cold_costs.last, src)], time.monotonic(), [], got)   # type: ignore[attr-defined]
+        b.peers[a.public_key].t_send_keepalive = None    # as if the reply had gone out: no keepalive timer left
+
+    calls = [("a Python call that does nothing", noop),
+             ("AEAD encrypt of 84 bytes (cryptography)", lambda: aead.encrypt(nonce, pkt, None)),
+             ("os.urandom(2) (a getrandom() system call)", lambda: os.urandom(2)),
+             ("core: send_packets, one 84-byte packet", core_send),
+             ("core: receive_datagrams, that datagram", None)]
+    print(f"one call, median of {rounds}: warm (back to back) and after {idle * 1e3:g} ms asleep, microseconds")
+    for label, fn in calls:
+        pair_fn = fn is None                           # receive is timed after a send made just before it
+        res = []
+        for sleep in (0.0, idle):
+            v = []
+            for _ in range(rounds):
+                if pair_fn:
+                    core_send()
+                    if sleep:
+                        time.sleep(sleep)
+                    t0 = clock()
+                    core_receive()
+                else:
+                    if sleep:
+                        time.sleep(sleep)
+                    t0 = clock()
+                    fn()
+                v.append(clock() - t0)
+            v.sort()
+            res.append(v[len(v) // 2] / 1e3)
+        print(f"  {label:48s} warm {res[0]:7.1f}   after idle {res[1]:7.1f}")
 
 
 if __name__ == "__main__":

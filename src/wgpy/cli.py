@@ -17,7 +17,8 @@ from . import crypto
 
 USAGE_SHOW_FIELDS = ("public-key", "private-key", "listen-port", "fwmark", "peers", "preshared-keys", "endpoints",
                      "allowed-ips", "latest-handshakes", "transfer", "persistent-keepalive", "dump", "stats",
-                     "macs", "allowed-macs")   # the last two: L2 (Mode = tap) interfaces
+                     "macs", "allowed-macs",   # L2 (Mode = tap) interfaces
+                     "path-mtu")               # #8: each peer's path MTU
 _LIST_KEYS = ("wgpy_local_mac", "wgpy_mac", "wgpy_allowed_mac")
 
 
@@ -215,6 +216,11 @@ def _show_one(name: str, field: str | None) -> int:
         for row in _mac_table(dev, peers):
             print("\t".join(row))
         return 0
+    if field == "path-mtu":                                                 # #8
+        for p in peers:
+            pm = p.get("wgpy_path_mtu", "(none)").partition(" ")
+            print(f"{_b64(p['public_key'])}\t{pm[0]}\t{pm[2] or '-'}")
+        return 0
     if field == "allowed-macs":
         for p in peers:
             print(f"{_b64(p['public_key'])}\t{' '.join(p.get('wgpy_allowed_mac', ())) or '(any)'}")
@@ -228,6 +234,9 @@ def _show_one(name: str, field: str | None) -> int:
         print(f"  fwmark: {int(dev['fwmark']):#x}")
     if l2:
         print(f"  mode: tap (Ethernet), relay {'on' if dev.get('wgpy_relay') == 'true' else 'off'}")
+    if "wgpy_mtu" in dev:                                                   # #8
+        mtu, _, how = dev["wgpy_mtu"].partition(" ")
+        print(f"  mtu: {int(mtu) - (14 if l2 else 0)} ({'automatic: follows the smallest path MTU' if how == 'auto' else 'fixed'})")
     _show_transport_device(dev)     # --- #7 transports
     now = time.time()
     peers.sort(key=lambda p: -int(p.get("last_handshake_time_sec", "0")))
@@ -252,6 +261,10 @@ def _show_one(name: str, field: str | None) -> int:
         ka = int(p.get("persistent_keepalive_interval", "0"))
         if ka:
             print(f"  persistent keepalive: every {ka} second{'s' if ka != 1 else ''}")
+        if "wgpy_path_mtu" in p:                                            # #8
+            pm, _, src = p["wgpy_path_mtu"].partition(" ")
+            how = {"link": "link MTU, not yet lowered", "icmp": "from ICMP", "probe": "probed"}.get(src, src)
+            print(f"  path mtu: {pm} ({how}{', peer is wgpy' if 'wgpy_peer_wgpy' in p else ''})")
     if l2:
         rows = _mac_table(dev, peers)
         print()

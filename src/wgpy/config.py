@@ -12,7 +12,8 @@ in Endpoint are kept as written, never resolved. The format, as wg-quick(8)/wg(8
   and keep their order; every other key may be given once per interface or peer.
 
 [Interface]: PrivateKey (required), ListenPort, FwMark, Address, DNS, MTU, Table, PreUp, PostUp,
-PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto``, ``Mode = tun|tap``, ``Masquerade = <uplink
+PreDown, PostDown, SaveConfig; wgpy extensions: ``MTU = auto`` (also the default: the path MTU to each
+peer is discovered and the interface MTU follows the smallest), ``MTUProbeInterval = <seconds>|off``, ``Mode = tun|tap``, ``Masquerade = <uplink
 interface>[, ...]`` (forward and NAT the tunnel's traffic out of those interfaces), ``User = <name or uid>``
 (drop to that user once the interface is set up) and, with Mode = tap, ``Relay = on|off``.
 [Peer]: PublicKey (required), PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive; wgpy extension, with
@@ -90,6 +91,7 @@ class InterfaceConfig:
     masquerade: list[str] = field(default_factory=list)  # uplink interface names
     user: str | None = None  # user name or numeric uid to run as after setup
     relay: bool = False  # Mode = tap: forward frames between peers (the hub of a star)
+    mtu_probe_interval: float | None = None  # #8: seconds between path MTU re-probes (None: default, 0: off)
     peers: list[PeerConfig] = field(default_factory=list)
     # --- #7 transports
     listen_tcp: int | None = None
@@ -271,6 +273,9 @@ _INTERFACE_KEYS: dict[str, _Spec] = {
     "masquerade": ("masquerade", "extend", _ifnames),
     "user": ("user", "set", _user),
     "relay": ("relay", "set", _on_off),
+    # --- #8 path MTU ---
+    "mtuprobeinterval": ("mtu_probe_interval", "set",
+                         lambda s: 0.0 if s.lower() == "off" else float(_uint(s, 0, 86400, "MTUProbeInterval"))),
 }
 _PEER_KEYS: dict[str, _Spec] = {
     "publickey": ("public_key", "set", _key),

@@ -86,6 +86,36 @@ MAC_AGING_TIME = 300.0
 # Ethernet header (destination MAC, source MAC, EtherType): the TAP's MTU is the tunnel MTU minus this.
 ETHERNET_HEADER_LEN = 14
 
+# --- #8 path MTU ---------------------------------------------------------------------------------------------------
+# Path MTU = the largest outer IP packet that crosses the path to a peer unfragmented (docs/pmtu.md).
+# Never assumed below the minimum every IPv4 host must accept (RFC 791) / the IPv6 minimum link MTU (RFC 8200).
+PMTU_FLOOR_V4 = 576
+PMTU_FLOOR_V6 = 1280
+# The local link MTU toward an endpoint when it cannot be found out (Ethernet's).
+PMTU_DEFAULT_LINK_MTU = 1500
+# Encapsulation overhead: outer IP header, UDP header, WireGuard data header (16) + Poly1305 tag (16).
+# TCP/TLS transports (#7) carry frames on a byte stream: no per-packet size limit, so they do not constrain the
+# tunnel MTU; their per-packet overhead (outer IP + TCP header 20 + options + the 2-byte frame length, + TLS
+# record overhead) is documented in docs/pmtu.md.
+IPV4_HEADER_LEN = 20
+IPV6_HEADER_LEN = 40
+UDP_HEADER_LEN = 8
+WIREGUARD_DATA_OVERHEAD = 32
+# Re-probe every peer's path upward (and check it did not shrink) this often; config `MTUProbeInterval`.
+PMTU_PROBE_INTERVAL = 300.0
+# A probe size counts as lost (too big) after this many unanswered tries, each waiting the probe timeout.
+PMTU_PROBE_TRIES = 3
+# Sizes probed at once in one search step (the interval between known-good and known-bad is cut in as many).
+PMTU_PROBES_PER_STEP = 5
+# Probe timeout: 4 x the smoothed probe round-trip time, within these bounds; the first before any sample.
+PMTU_PROBE_TIMEOUT_INITIAL = 1.0
+PMTU_PROBE_TIMEOUT_MIN = 0.3
+PMTU_PROBE_TIMEOUT_MAX = 3.0
+# HELLOs sent to a peer that never answered one (a standard WireGuard peer drops them).
+PMTU_HELLO_ATTEMPTS = 3
+# ICMP "fragmentation needed" / "packet too big" written into the TUN: token bucket per device.
+ICMP_TOO_BIG_PER_SECOND = 100
+ICMP_TOO_BIG_BURST = 50
 # --- #7 transports ---
 # TCP and TLS transports (io/stream.py) and the automatic fallback to them (protocol/fallback.py); see
 # docs/transports.md. On a stream each WireGuard message is one frame: a 2-byte big-endian length, then the message.

@@ -24,6 +24,7 @@ import time
 
 from .io.batch import BatchSender, enable_gro, receive_batch
 from .io.offload import coalesce, split
+from .io.pmtu import PathMtuIO
 from .io.stream import StreamManager
 from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
@@ -55,6 +56,10 @@ class Interface:
         self.tun_write_errors = 0
         self.tun_read_drops = 0
         self.offload = os.environ.get("WGPY_TUN_OFFLOAD", "1") != "0"
+        # #8 path MTU: the control channel on, the error queue read, the interface MTU in automatic mode
+        self.device.control_enabled = True
+        self.pmtu = PathMtuIO(name, self.device, mode == "tap")
+        self.device.link_mtu = self.pmtu.link_mtu
         # --- #7 transports: TCP/TLS listeners and connections (io/stream.py), in the same epoll
         self.streams = StreamManager(self.epoll)
         self.device.fallback_log = lambda peer, text: log.info("peer %s: %s", peer, text)
@@ -81,6 +86,7 @@ class Interface:
 
     def _register_sockets(self) -> None:
         self._sock_by_fd = {s.fileno(): s for s in self.bind.sockets()}
+        self.pmtu.configure(list(self._sock_by_fd.values()))   # #8: IP_RECVERR, PMTU discovery mode
         for fd, sock in self._sock_by_fd.items():
             enable_gro(sock)
             self.epoll.register(fd, select.EPOLLIN)
@@ -102,6 +108,7 @@ class Interface:
         if self.tun is not None:
             self.tun.close()
             self.tun = None
+        self.pmtu.close()
         self.device.zero_all()
 
     # ---- uapi.Host ----------------------------------------------------------------------------------------
@@ -169,7 +176,7 @@ class Interface:
             now = monotonic()
             out_net: list = []
             out_tun: list = []
-            for fd, _ev in events:
+            for fd, ev in events:
                 if fd == tun_fd:
                     packets: list = []
                     count = 0
@@ -202,8 +209,10 @@ class Interface:
                 else:
                     sock = self._sock_by_fd.get(fd)
                     if sock is None:
-                        streams.event(fd, _ev, now)     # --- #7 transports: a stream socket
+                        streams.event(fd, ev, now)      # --- #7 transports: a stream socket
                         continue
+                    if ev & select.EPOLLERR:
+                        self.pmtu.drain(sock, now)     # #8: ICMP/EMSGSIZE from the error queue
                     datagrams: list = []
                     receive_batch(sock, BATCH, datagrams)
                     if datagrams:
@@ -215,6 +224,11 @@ class Interface:
                 dev.tick(now, out_net)
             if out_net:
                 self.flush(out_net)
+            if dev.to_tun:                             # #8: ICMP too-big answers for the local stack
+                out_tun.extend(dev.to_tun)
+                dev.to_tun.clear()
+            if dev.pmtu_dirty:                         # #8: a path MTU changed: the interface MTU follows
+                self.pmtu.apply()
             if out_tun:
                 if vnet:
                     bufs: list = []

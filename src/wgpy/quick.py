@@ -245,6 +245,7 @@ class Session:
             else:
                 self.nl = netlink.NetlinkSetup(cfg.name)
                 self._configure_netlink(resolved)
+                self._enable_auto_mtu()
                 if cfg.masquerade:
                     self.masq = nft.Masquerade(cfg.name, cfg.masquerade,
                                                ipv6=any(a.version == 6 for a in cfg.addresses))
@@ -304,6 +305,22 @@ class Session:
             else:
                 plain.append(net)
         netlink.add_routes(plain, nl.index(), table)
+
+    def _enable_auto_mtu(self) -> None:
+        """#8: no MTU (or `MTU = auto`) in the file: the interface MTU follows the peers' path MTUs (io/pmtu.py).
+        An explicit MTU is left alone (path MTUs are still learned from ICMP and reported). Not in attach mode:
+        without CAP_NET_ADMIN the MTU is root's (it counts as explicit)."""
+        cfg = self.cfg
+        iface = self.iface
+        if cfg.mtu_probe_interval is not None:
+            iface.device.pmtu_interval = cfg.mtu_probe_interval
+        if cfg.mtu is not None:
+            return
+        l2 = cfg.mode == "tap"
+        # Linux removes every IPv6 address of a device whose MTU goes below 1280: not below that with IPv6
+        min_mtu = 1280 if any(a.version == 6 for a in cfg.addresses) else 576
+        current = iface.device.mtu - (ETHERNET_HEADER_LEN if l2 else 0)
+        iface.pmtu.enable_auto(iface.bind.sockets(), min_mtu, cfg.mtu_probe_interval, current)
 
     def _set_dns(self) -> None:
         """As wg-quick: `resolvconf -a tun.IFACE -m 0 -x` when resolvconf is installed. Without it, wgpy writes

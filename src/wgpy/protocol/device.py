@@ -56,6 +56,8 @@ from .messages import (
     Initiation, Response, message_type,
 )
 from .peer import INF, Peer
+from .pmtu import PmtuMixin
+from .control import CONTROL_MARKER, L2_CONTROL_ETHERTYPE
 from .ratelimiter import RateLimiter
 from .timers import TimersMixin
 
@@ -88,10 +90,13 @@ class ConfigurationError(ValueError):
     """Local misuse of the device API (bad key, too many peers); carries no secret."""
 
 
-class Device(TimersMixin):
+class Device(TimersMixin, PmtuMixin):
     def __init__(self, private_key: bytes | None = None, *, rand: Callable[[int], bytes],
                  wall: Callable[[], float], mtu: int = 1420, l2: bool = False) -> None:
+        self._pmtu_init()                  # #8: control channel and path MTU (protocol/pmtu.py)
         self._rand = rand
+        self._jitter_pool = b""            # timer jitter bytes, refilled from rand (see TimersMixin._jitter)
+        self._jitter_pos = 0
         self._wall = wall
         self.mtu = mtu
         self.identity: noise.StaticIdentity | None = None
@@ -164,6 +169,7 @@ class Device(TimersMixin):
         if len(self.peers) >= MAX_PEERS:
             raise ConfigurationError("too many peers")
         peer = Peer(public_key, self._new_handshake(public_key, None))
+        peer.mtu = self._peer_limit(peer)
         self.peers[public_key] = peer
         return peer
 
@@ -267,15 +273,22 @@ class Device(TimersMixin):
         if ep is None:
             self.drops["no_endpoint"] += len(pkts)
             return
-        mtu = self.mtu
+        mtu = peer.mtu                     # the interface MTU, or less when this peer's path is smaller (#8)
         encrypt = kp.send.encrypt
         prefix = kp.header_prefix
         pack = _Q.pack
         ctr = kp.send_counter
         nbytes = 0
         append = out.append
+        big = None
         for pkt in pkts:
             n = len(pkt)
+            if n > mtu:                    # too big for this peer: handled below, once the counter is stored
+                if big is None:
+                    big = [pkt]
+                else:
+                    big.append(pkt)
+                continue
             pad = -n & 15
             if pad:
                 if n + pad > mtu:
@@ -298,6 +311,8 @@ class Device(TimersMixin):
         # keep the key fresh
         if ctr > REKEY_AFTER_MESSAGES or (kp.is_initiator and now - kp.created >= REKEY_AFTER_TIME):
             self.initiate_handshake(peer, now, out, retry=False)
+        if big is not None:
+            self.packets_too_big(peer, big, mtu, now, out)   # #8: ICMP / fragments / unpadded (pmtu.py)
 
     def _stage(self, peer: Peer, pkts: list[bytes]) -> None:
         """Queue packets until the peer has a session: per peer the oldest go beyond MAX_STAGED_PACKETS, over
@@ -384,6 +399,9 @@ class Device(TimersMixin):
             else:
                 peer.need_another_keepalive = True
             if src_lookup(pt) is not peer:
+                if pt[0] == CONTROL_MARKER:       # #8: a wgpy control message, not an IP packet (control.py)
+                    self.receive_control(peer, pt, len(pt), now, out_net)
+                    continue
                 drops["dishonest_peer"] += 1
                 continue
             v = pt[0] >> 4
@@ -410,6 +428,7 @@ class Device(TimersMixin):
         peer.next = None
         self.timers_handshake_complete(peer)
         self.send_staged(peer, now, out)
+        self.control_handshake_complete(peer, now, out)    # #8: HELLO, path MTU state
 
     def _under_load(self, now: float) -> bool:
         if now - self._hs_window_start >= 1.0:
@@ -507,6 +526,7 @@ class Device(TimersMixin):
         self.timers_session_derived(peer, now)
         self.timers_handshake_complete(peer)
         self.send_keepalive(peer, now, out)
+        self.control_handshake_complete(peer, now, out)    # #8: HELLO, path MTU state
 
     # ------------------------------------------------------------------------------------------------------
     # handshake initiation
@@ -664,6 +684,9 @@ class Device(TimersMixin):
                 continue
             smac = pt[6:12]
             if pt[6] & 1 or smac == _ZERO_MAC:
+                if smac == _ZERO_MAC and pt[12:14] == L2_CONTROL_ETHERTYPE:   # #8: control frame (control.py)
+                    self.receive_control(peer, pt[14:], len(pt), now, out_net)
+                    continue
                 drops["l2_bad_src_mac"] += 1
                 continue
             allowed = peer.allowed_macs

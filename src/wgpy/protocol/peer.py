@@ -37,6 +37,8 @@ class Peer:
         "t_retransmit", "t_send_keepalive", "t_new_handshake", "t_zero_keys", "t_persistent",
         "handshake_attempts", "last_sent_handshake", "sent_lastminute_handshake", "need_another_keepalive",
         "scheduled", "removed", "allowed_macs",
+        # #8 path MTU (protocol/pmtu.py): plaintext limit, path state, its timer, what HELLO told us
+        "mtu", "pmtu", "t_pmtu", "wgpy", "hellos_sent",
         "fallback",     # --- #7 transports: FallbackState (protocol/fallback.py) or None
     )
 
@@ -65,6 +67,12 @@ class Peer:
         self.scheduled = INF          # earliest deadline this peer has in the device's timer heap
         self.removed = False
         self.allowed_macs: frozenset[bytes] | None = None   # L2 mode: source MACs accepted (None: any)
+        # #8 path MTU
+        self.mtu = 65535               # largest plaintext sent to this peer (the device sets it)
+        self.pmtu = None               # PathMTU for a UDP endpoint, made once a handshake completed
+        self.t_pmtu: float | None = None   # next probe step / retry / re-probe round
+        self.wgpy = 0                  # extensions announced by the peer's HELLO (0: not known to be wgpy)
+        self.hellos_sent = 0           # HELLOs sent without having received one
         self.fallback = None          # --- #7 transports: FallbackState when a FallbackEndpoint is set
 
     def keypairs(self) -> list[Keypair]:
@@ -72,7 +80,7 @@ class Peer:
 
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.t_retransmit, self.t_send_keepalive, self.t_new_handshake, self.t_zero_keys,
-                          self.t_persistent) if d is not None]
+                          self.t_persistent, self.t_pmtu) if d is not None]
         if self.fallback is not None and self.fallback.deadline is not None:   # --- #7 transports
             ds.append(self.fallback.deadline)
         return min(ds) if ds else None

@@ -26,7 +26,8 @@ from .peer import INF, Peer
 
 
 class TimersMixin:
-    """Timer bookkeeping for Device (needs self._heap, self._heap_seq, self._rand and the send methods)."""
+    """Timer bookkeeping for Device (needs self._heap, self._heap_seq, self._rand, self._jitter_pool,
+    self._jitter_pos and the send methods)."""
 
     def _schedule(self, peer: Peer, when: float) -> None:
         if when < peer.scheduled:
@@ -35,7 +36,15 @@ class TimersMixin:
             heapq.heappush(self._heap, (when, self._heap_seq, peer))
 
     def _jitter(self) -> float:
-        return int.from_bytes(self._rand(2), "little") / 65536.0 * REKEY_TIMEOUT_JITTER_MAX
+        # two bytes of a pool drawn from `rand` 512 bytes at a time: a getrandom() call per jitter cost ~18 us
+        # on the ping path after the process had been idle (it runs for the first data packet of every exchange)
+        i = self._jitter_pos
+        pool = self._jitter_pool
+        if i >= len(pool):
+            pool = self._jitter_pool = self._rand(512)
+            i = 0
+        self._jitter_pos = i + 2
+        return (pool[i] | pool[i + 1] << 8) / 65536.0 * REKEY_TIMEOUT_JITTER_MAX
 
     def _set_timer_new_handshake(self, peer: Peer, now: float) -> None:
         peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
@@ -115,6 +124,9 @@ class TimersMixin:
             peer.t_persistent = None
             if peer.persistent_keepalive:
                 self.send_keepalive(peer, now, out)
+        if peer.t_pmtu is not None and peer.t_pmtu <= now:     # #8: path MTU probes (protocol/pmtu.py)
+            peer.t_pmtu = None
+            self.pmtu_timer(peer, now, out)
         # --- #7 transports: the fallback's own deadline (protocol/fallback.py)
         fb = peer.fallback
         if fb is not None and fb.deadline is not None and fb.deadline <= now:

@@ -24,6 +24,10 @@ allowed_ip (frames are switched by MAC address; a source restriction must not be
     get, peer:    wgpy_allowed_mac=<mac>, wgpy_mac=<mac> <age s>                 (MACs learned behind it)
 `wg` (wireguard-tools, checked with v1.0.20210914) skips keys it does not know in a get reply, so `wg show`
 and `wg showconf` work on L2 interfaces; it never sends the set keys.
+
+#8 path MTU, get only: device `wgpy_mtu=<interface MTU in plaintext bytes> auto` in the automatic MTU mode;
+per peer with a UDP path `wgpy_path_mtu=<outer packet bytes> <link|icmp|probe>` (how it was learned) and
+`wgpy_peer_wgpy=<extension bits>` once the peer's HELLO said it is wgpy.
 """
 
 from __future__ import annotations
@@ -300,6 +304,8 @@ def handle_get(host: Host) -> str:
         for mac, port, age in dev.macs.snapshot(host.now()):
             learned.setdefault(port, []).append(f"{format_mac(mac)} {int(age)}")
         lines.extend(f"wgpy_local_mac={entry}" for entry in learned.get(LOCAL, ()))
+    if dev.pmtu_auto:                                                       # #8
+        lines.append(f"wgpy_mtu={dev.mtu} auto")
     for peer in dev.peers.values():
         lines.append(f"public_key={peer.public_key.hex()}")
         lines.append(f"preshared_key={peer.handshake.preshared_key.hex()}")
@@ -318,6 +324,11 @@ def handle_get(host: Host) -> str:
         if dev.macs is not None:
             lines.extend(f"wgpy_allowed_mac={format_mac(mac)}" for mac in sorted(peer.allowed_macs or ()))
             lines.extend(f"wgpy_mac={entry}" for entry in learned.get(peer, ()))
+        st = peer.pmtu                                                      # #8 path MTU
+        if st is not None and type(peer.endpoint) is tuple:
+            lines.append(f"wgpy_path_mtu={st.mtu} {st.source}")
+        if peer.wgpy:
+            lines.append(f"wgpy_peer_wgpy={peer.wgpy & 0x7FFFFFFF}")
         lines.extend(_transport.peer_lines(peer))       # --- #7 transports
     return "".join(line + "\n" for line in lines)
 

@@ -1,0 +1,471 @@
+"""Path MTU in the sans-IO core (#8): control messages, the PathMTU search, two devices over a simulated path
+with a fake clock (black holes, ICMP, growth), ICMP "too big" and fragmentation for oversized packets."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+
+import pytest
+
+from wgpy.constants import PMTU_PROBE_TRIES
+from wgpy.protocol import control
+from wgpy.protocol.pmtu import PathMTU, fragment_ipv4, icmp_too_big, overhead
+
+from helpers import A_IP4, A_IP6, B_IP4, B_IP6, Pair, ipv4, ipv6, udp4
+
+EP_A = ("192.0.2.1", 51820)
+EP_B = ("192.0.2.2", 51821)
+EP6_A = ("2001:db8::1", 51820, 0, 0)
+EP6_B = ("2001:db8::2", 51821, 0, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# message format
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_control_messages_are_never_ip_packets():
+    for msg in (control.hello(True), control.probe(7, 1400, 1340), control.probe_reply(7, 1400, 1340)):
+        assert msg[0] >> 4 not in (4, 6)
+    assert control.parse(control.hello(True)) == (control.HELLO, 1, control.FLAG_REPLY_WANTED, control.EXT_PMTU)
+    assert control.parse(control.hello(False))[2] == 0
+    p = control.probe(0xDEADBEEF, 1400, 1340)
+    assert len(p) == 1340 and p[10:] == bytes(1330)
+    assert control.parse(p) == (control.PROBE, 0xDEADBEEF, 1400)
+    assert control.parse(control.probe_reply(5, 1400, 1344)) == (control.PROBE_REPLY, 5, 1400, 1344)
+    assert control.parse(b"\x57\x09") == (9,)
+    for short in (b"", b"\x57", control.hello(True)[:7], control.probe(1, 2, 10)[:9],
+                  control.probe_reply(1, 2, 3)[:11], b"\x45" + bytes(30)):
+        assert control.parse(short) is None
+
+
+def test_l2_control_frame_header_is_an_invalid_source():
+    h = control.L2_CONTROL_HEADER
+    assert len(h) == 14 and h[6:12] == bytes(6) and h[12:14] == b"\x88\xb5"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PathMTU alone: a simulated path answering every probe up to `path`
+# ---------------------------------------------------------------------------------------------------------------
+
+def run_search(st: PathMTU, path: int, now: float = 0.0, rtt: float = 0.01, lose=lambda size, n: False):
+    """Drive one round to its end; returns (end time, number of probes sent)."""
+    out: list = []
+    st.start_round(now, out)
+    sent = 0
+    for _ in range(10_000):
+        sent += len(out)
+        batch, out = out, []
+        t = now + rtt
+        for i, size in enumerate(batch):
+            if size <= path and not lose(size, sent + i):
+                st.answered(size, t, out)
+        if not st.searching:
+            return t, sent
+        if out:
+            now = t
+            continue
+        now = st.deadline
+        st.expired(now, out)
+        if not st.searching:
+            return now, sent
+    raise AssertionError("search does not end")
+
+
+@pytest.mark.parametrize("path", [576, 577, 1000, 1279, 1280, 1281, 1400, 1499, 1500])
+def test_search_finds_the_exact_path_mtu_v4(path):
+    st = PathMTU(EP_B, 1500, 0.0, 300.0)
+    end, sent = run_search(st, path)
+    assert st.mtu == path and st.source == "probe"
+    assert st.usable == path - 60
+    assert end < 30 and sent < 80
+
+
+@pytest.mark.parametrize("path", [1280, 1281, 1400, 1500])
+def test_search_finds_the_exact_path_mtu_v6(path):
+    st = PathMTU(EP6_B, 1500, 0.0, 300.0)
+    assert st.floor == 1280 and st.overhead == 80
+    run_search(st, path)
+    assert st.mtu == path
+
+
+def test_search_time_is_bounded_by_steps_times_tries():
+    st = PathMTU(EP_B, 1500, 0.0, 300.0)
+    end, _ = run_search(st, 1280, rtt=0.001)
+    # after the first answers the timeout is 4 x RTT, at least 0.3 s: a few steps of 3 tries each
+    assert end < 8 * PMTU_PROBE_TRIES * 0.3 + 2
+
+
+def test_path_equal_to_link_mtu_takes_one_round_trip():
+    st = PathMTU(EP_B, 1500, 0.0, 300.0)
+    end, sent = run_search(st, 1500)
+    assert st.mtu == 1500 and end == pytest.approx(0.01) and sent <= 6
+
+
+def test_black_hole_lowers_the_estimate_before_the_search_ends():
+    st = PathMTU(EP_B, 1500, 0.0, 300.0)
+    out: list = []
+    st.start_round(0.0, out)
+    assert 1500 in out and 576 in out
+    for size in out:
+        if size <= 1280:
+            st.answered(size, 0.01, [])
+    assert st.mtu == 1500                          # not yet: 1500 may just be late
+    for _ in range(PMTU_PROBE_TRIES):
+        st.expired(st.deadline, out)
+    assert st.mtu <= 1280 and st.searching         # the largest answered size, while the search goes on
+
+
+def test_unresponsive_peer_keeps_its_estimate():
+    st = PathMTU(EP_B, 1500, 0.0, 300.0)
+    st.kernel(1400)
+    end, sent = run_search(st, 0)                   # nothing is ever answered
+    assert st.mtu == 1400 and st.unanswered_rounds == 1
+    assert sent == 7 * PMTU_PROBE_TRIES and st.next_round == pytest.approx(end + 300.0)
+
+
+def test_random_loss_does_not_make_the_estimate_too_big():
+    st = PathMTU(EP_B, 1500, 0.0, 300.0)
+    run_search(st, 1350, lose=lambda size, n: n % 3 == 0)
+    assert 576 <= st.mtu <= 1350
+
+
+def test_kernel_reports_are_clamped_and_never_raise():
+    st = PathMTU(EP_B, 1400, 0.0, 300.0)
+    assert st.ceiling == 1400 and st.mtu == 1400 and st.source == "link"
+    st.kernel(9000)
+    assert st.mtu == 1400
+    st.kernel(1300)
+    assert st.mtu == 1300 and st.source == "icmp"
+    st.kernel(100)
+    assert st.mtu == 576
+    st6 = PathMTU(EP6_B, None, 0.0, 300.0)
+    assert st6.ceiling == 1500
+    st6.kernel(600)
+    assert st6.mtu == 1280
+
+
+def test_kernel_report_during_a_search_narrows_it():
+    st = PathMTU(EP_B, 1500, 0.0, 300.0)
+    out: list = []
+    st.start_round(0.0, out)
+    st.kernel(1280)
+    assert st.hi == 1281 and all(s <= 1280 for s in st.pending)
+    for s in list(st.pending):
+        st.answered(s, 0.01, out)
+    while st.searching:
+        batch, out = out, []
+        for s in batch:
+            if s <= 1280:
+                st.answered(s, st.sent_at + 0.01, out)
+        if st.searching and not out:
+            st.expired(st.deadline, out)
+    assert st.mtu == 1280
+
+
+def test_reset_goes_back_to_the_link_mtu():
+    st = PathMTU(EP_B, 1500, 0.0, 60.0)
+    st.kernel(1280)
+    st.reset(10.0)
+    assert st.mtu == 1500 and st.source == "link" and st.next_round == 70.0
+    assert overhead(False) == 60 and overhead(True) == 80
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two devices over a simulated path
+# ---------------------------------------------------------------------------------------------------------------
+
+class Path:
+    """The underlay between A and B: outer packets above `mtu` are lost (a black hole: no ICMP)."""
+
+    def __init__(self, mtu: int, v6: bool = False) -> None:
+        self.mtu = mtu
+        self.ip = 40 if v6 else 20
+        self.lost = 0
+
+    def __call__(self, sender: str, datagram: bytes) -> bool:
+        if len(datagram) + 8 + self.ip > self.mtu:
+            self.lost += 1
+            return True
+        return False
+
+
+def pmtu_pair(path: Path, *, control_b: bool = True, auto: bool = True, interval: float = 30.0,
+              v6: bool = False, l2: bool = False, link: int = 1500) -> Pair:
+    p = Pair(5)
+    if l2:   # rebuild both devices in L2 mode with the same keys
+        from wgpy.protocol.device import Device
+        from helpers import seeded_rand
+        p.a = Device(p.priv_a, rand=seeded_rand(1), wall=p.clock.wall, l2=True)
+        p.b = Device(p.priv_b, rand=seeded_rand(2), wall=p.clock.wall, l2=True)
+        p.pa, p.pb = p.a.add_peer(p.pub_b), p.b.add_peer(p.pub_a)
+    ea, eb = (EP6_A, EP6_B) if v6 else (EP_A, EP_B)
+    p.addr = {"A": ea, "B": eb}
+    p.route = {ea: "A", eb: "B"}
+    p.pa.endpoint, p.pb.endpoint = eb, ea
+    for dev, on in ((p.a, True), (p.b, control_b)):
+        dev.control_enabled = on
+        dev.pmtu_interval = interval
+        dev.link_mtu = lambda ep: link
+        dev.mtu = 1500 - overhead(v6)
+        dev.set_pmtu_auto(auto)
+    p.drop = path
+    return p
+
+
+def settle(p: Pair, until: float) -> None:
+    p.advance(until)
+
+
+def test_hello_exchange_then_probes_find_a_black_hole_path():
+    path = Path(1280)
+    p = pmtu_pair(path)
+    p.handshake(0.0)
+    assert p.pa.wgpy and p.pb.wgpy                 # both sides said HELLO
+    hellos = [e for e in p.log if len(e[3]) == 16 + control.HELLO_SIZE + 16]
+    assert 2 <= len(hellos) <= 4
+    settle(p, 20.0)
+    assert p.pa.pmtu.mtu == 1280 and p.pb.pmtu.mtu == 1280
+    assert p.pa.pmtu.source == "probe"
+    assert p.pa.mtu == 1280 - 60 and p.pb.mtu == 1220
+    assert p.a.pmtu_dirty and p.a.smallest_usable_mtu() == 1220
+    # the tunnel now carries exactly 1220-byte packets and nothing larger reaches the wire
+    pkt = udp4(A_IP4, B_IP4, bytes(1220 - 28))
+    n = path.lost
+    p.send("A", [pkt], 21.0)
+    assert p.tun["B"][-1] == pkt and path.lost == n
+    assert not p.a.drops.get("control_malformed") and not p.b.drops.get("control_unknown")
+
+
+def test_oversized_packet_with_df_is_answered_with_icmp_frag_needed():
+    p = pmtu_pair(Path(1280))
+    p.handshake(0.0)
+    settle(p, 20.0)
+    big = bytearray(udp4(A_IP4, B_IP4, bytes(1300)))
+    big[6] |= 0x40                                   # DF
+    sent = len(p.log)
+    p.send("A", [bytes(big)], 21.0)
+    assert len(p.log) == sent                        # nothing on the wire
+    (icmp,) = p.a.to_tun
+    assert icmp[9] == 1 and icmp[12:16] == ipaddress.IPv4Address(B_IP4).packed
+    assert icmp[16:20] == ipaddress.IPv4Address(A_IP4).packed
+    assert icmp[20:22] == b"\x03\x04" and struct.unpack("!H", icmp[26:28])[0] == 1220
+    assert icmp[28:48] == bytes(big[:20])
+    assert p.a.drops["too_big_icmp_sent"] == 1
+
+
+def test_oversized_packet_without_df_is_fragmented():
+    p = pmtu_pair(Path(1280))
+    p.handshake(0.0)
+    settle(p, 20.0)
+    pkt = udp4(A_IP4, B_IP4, bytes(range(256)) * 10)   # 2588 bytes, DF clear
+    p.send("A", [pkt], 21.0)
+    frags = p.tun["B"][-3:]
+    assert all(len(f) <= 1220 for f in frags)
+    assert b"".join(f[20:] for f in frags) == pkt[20:]
+    assert [struct.unpack("!H", f[6:8])[0] & 0x2000 for f in frags] == [0x2000, 0x2000, 0]
+
+
+def test_oversized_ipv6_packet_gets_packet_too_big():
+    p = pmtu_pair(Path(1400))
+    p.handshake(0.0)
+    settle(p, 20.0)
+    assert p.pa.mtu == 1340
+    big = ipv6(A_IP6, B_IP6, bytes(1400))
+    p.send("A", [big], 21.0)
+    (icmp,) = p.a.to_tun
+    assert icmp[6] == 58 and icmp[40] == 2 and struct.unpack("!I", icmp[44:48])[0] == 1340
+    assert icmp[8:24] == ipaddress.IPv6Address(B_IP6).packed
+
+
+def test_icmp_is_rate_limited():
+    p = pmtu_pair(Path(1280))
+    p.handshake(0.0)
+    settle(p, 20.0)
+    big = bytearray(udp4(A_IP4, B_IP4, bytes(1300)))
+    big[6] |= 0x40
+    p.send("A", [bytes(big)] * 200, 21.0)
+    assert 40 <= len(p.a.to_tun) <= 60
+    assert p.a.drops["too_big_icmp_ratelimited"] >= 140
+
+
+def test_path_grows_back_within_the_reprobe_interval():
+    path = Path(1280)
+    p = pmtu_pair(path, interval=10.0)
+    p.handshake(0.0)
+    settle(p, 8.0)
+    assert p.pa.pmtu.mtu == 1280
+    path.mtu = 1500
+    p.send("A", [udp4(A_IP4, B_IP4, b"x")], 9.0)     # keep the session alive
+    settle(p, 25.0)
+    assert p.pa.pmtu.mtu == 1500 and p.pa.mtu == 1440
+
+
+def test_path_shrinking_silently_is_found_at_the_next_round():
+    path = Path(1500)
+    p = pmtu_pair(path, interval=10.0)
+    p.handshake(0.0)
+    settle(p, 5.0)
+    assert p.pa.pmtu.mtu == 1500
+    path.mtu = 1400
+    settle(p, 25.0)
+    assert p.pa.pmtu.mtu == 1400 and p.pa.mtu == 1340
+
+
+def test_kernel_icmp_lowers_at_once_and_peers_are_matched_by_address():
+    p = pmtu_pair(Path(1500))
+    p.handshake(0.0)
+    p.a.pmtu_dirty = False
+    assert p.a.path_mtu_learned("192.0.2.99", 0, 1280, 1.0) == 0
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1] + 1, 1280, 1.0) == 0
+    assert p.a.path_mtu_learned(EP_B[0], 0, 1300, 1.0) == 1
+    assert p.pa.pmtu.mtu == 1300 and p.pa.pmtu.source == "icmp" and p.pa.mtu == 1240 and p.a.pmtu_dirty
+
+
+def test_a_plain_wireguard_peer_gets_three_hellos_and_no_probes():
+    path = Path(1280)
+    p = pmtu_pair(path, control_b=False)
+    for t in range(0, 600, 130):                    # several sessions
+        p.send("A", [udp4(A_IP4, B_IP4, b"x")], float(t))
+        settle(p, t + 125.0)
+    from_a = [e for e in p.log if e[1] == "A" and e[3][0] == 4]
+    probes = [e for e in from_a if len(e[3]) > 200]
+    hellos = [e for e in from_a if len(e[3]) == 40]
+    assert probes == [] and len(hellos) == 3
+    assert p.b.drops["control_disabled"] == 3 and not p.pa.wgpy
+    # passive: the kernel's report is what counts, and the estimate returns to the link MTU each interval
+    p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 700.0)
+    assert p.pa.pmtu.mtu == 1280
+    settle(p, 700.0 + 31.0)
+    assert p.pa.pmtu.mtu == 1500
+
+
+def test_explicit_mtu_mode_limits_by_the_interface_only():
+    p = pmtu_pair(Path(1280), auto=False)
+    p.handshake(0.0)
+    settle(p, 20.0)
+    sent = [e for e in p.log if e[3][0] == 4 and len(e[3]) > 200]
+    assert sent == []                                # no probes
+    p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 21.0)
+    assert p.pa.pmtu.mtu == 1280 and p.pa.mtu == p.a.mtu == 1440   # reported, not enforced
+
+
+def test_ipv6_underlay_black_hole():
+    p = pmtu_pair(Path(1400, v6=True), v6=True)
+    p.handshake(0.0)
+    settle(p, 20.0)
+    assert p.pa.pmtu.mtu == 1400 and p.pa.mtu == 1400 - 80
+
+
+def test_probe_lost_does_not_start_a_handshake_or_count_as_data():
+    p = pmtu_pair(Path(600))
+    p.handshake(0.0)
+    settle(p, 60.0)
+    assert p.pa.pmtu.mtu == 600
+    inits = [e for e in p.log if e[3][0] == 1]
+    assert len(inits) == 1
+
+
+def test_l2_control_frames_and_oversized_frames():
+    p = pmtu_pair(Path(1280), l2=True)
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + bytes(100)
+    p.send("A", [frame], 0.0)
+    assert p.pa.wgpy and p.pb.wgpy
+    settle(p, 20.0)
+    assert p.pa.pmtu.mtu == 1280 and p.pa.mtu == 1220
+    assert p.tun["B"][0].startswith(frame) and all(f[6:12] != bytes(6) for f in p.tun["B"])
+    assert not p.b.drops.get("l2_bad_src_mac")
+    big = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + bytes(1300)
+    p.send("A", [big], 21.0)
+    assert p.a.drops["l2_frame_too_big"] == 1 and p.a.to_tun == []
+
+
+def test_garbage_control_messages_are_counted_not_answered():
+    p = pmtu_pair(Path(1500))
+    p.handshake(0.0)
+    n = len(p.log)
+    for msg in (b"\x57", b"\x57\x01\x01", b"\x57\x03" + bytes(10), b"\x57\x7f" + bytes(30)):
+        out: list = []
+        p.a._send_control(p.pa, msg, 1.0, out)
+        p.deliver("A", out, 1.0)
+    assert p.b.drops["control_malformed"] == 2
+    assert p.b.drops["control_unknown"] == 1 and p.b.drops["control_stale_reply"] == 1
+    assert [e for e in p.log[n:] if e[1] == "B"] == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ICMP and fragments alone
+# ---------------------------------------------------------------------------------------------------------------
+
+def _csum_ok(data: bytes) -> bool:
+    if len(data) & 1:
+        data += b"\x00"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s == 0xFFFF
+
+
+def test_icmp_checksums_and_no_errors_about_errors():
+    pkt = udp4(A_IP4, B_IP4, bytes(1400))
+    icmp = icmp_too_big(pkt, 1220)
+    assert _csum_ok(icmp[:20]) and _csum_ok(icmp[20:])
+    assert icmp_too_big(icmp, 1000) is None                       # never an error about an error
+    assert icmp_too_big(ipv4("224.0.0.1", B_IP4, bytes(10)), 1000) is None
+    frag = bytearray(pkt)
+    frag[6:8] = b"\x00\x10"
+    assert icmp_too_big(bytes(frag), 1000) is None                # not the first fragment
+    v6 = ipv6(A_IP6, B_IP6, bytes(1400))
+    icmp6 = icmp_too_big(v6, 1280)
+    pseudo = icmp6[8:24] + icmp6[24:40] + struct.pack("!II", len(icmp6) - 40, 58)
+    assert _csum_ok(pseudo + icmp6[40:]) and len(icmp6) <= 1280
+    assert icmp_too_big(icmp6, 1280) is None
+
+
+def test_fragments_have_valid_headers():
+    pkt = udp4(A_IP4, B_IP4, bytes(3000))
+    frags = fragment_ipv4(pkt, 1000)
+    assert all(len(f) <= 1000 and _csum_ok(f[:20]) for f in frags)
+    offs = [(struct.unpack("!H", f[6:8])[0] & 0x1FFF) * 8 for f in frags]
+    assert offs == [0, 976, 1952, 2928][:len(frags)]
+    assert fragment_ipv4(pkt, 20) == []
+
+
+def test_mixed_batch_with_fragments_uses_every_counter_once():
+    p = pmtu_pair(Path(1280))
+    p.handshake(0.0)
+    settle(p, 20.0)
+    small = [udp4(A_IP4, B_IP4, bytes([i]) * 100) for i in range(3)]
+    big = udp4(A_IP4, B_IP4, bytes(2000))
+    n = len(p.log)
+    p.send("A", [small[0], big, small[1], big, small[2]], 21.0)
+    counters = [struct.unpack_from("<Q", e[3], 8)[0] for e in p.log[n:] if e[1] == "A" and e[3][0] == 4]
+    assert len(counters) == len(set(counters)) == 3 + 4
+    assert not p.b.drops.get("replay") and not p.b.drops.get("invalid_tag")
+    assert [t for t in p.tun["B"] if len(t) == 128] == small
+
+
+def test_explicit_mtu_sends_larger_packets_unpadded_as_before():
+    p = pmtu_pair(Path(1500), auto=False)
+    p.a.mtu = 1420
+    p.handshake(0.0)
+    pkt = udp4(A_IP4, B_IP4, bytes(1430 - 28))
+    n = len(p.log)
+    p.send("A", [pkt, udp4(A_IP4, B_IP4, b"y")], 1.0)
+    sizes = sorted(len(e[3]) for e in p.log[n:] if e[1] == "A")
+    assert sizes == [16 + 32 + 16, 16 + 1430 + 16]
+    assert p.tun["B"][-2:] == [udp4(A_IP4, B_IP4, b"y"), pkt] or pkt in p.tun["B"]
+
+
+def test_a_round_due_while_idle_runs_right_after_the_next_handshake():
+    path = Path(1500)
+    p = pmtu_pair(path, interval=200.0)
+    p.handshake(0.0)
+    settle(p, 5.0)
+    assert p.pa.pmtu.mtu == 1500
+    path.mtu = 1300                                  # shrinks while the tunnel is idle and the session expires
+    settle(p, 700.0)
+    assert p.pa.current is None and p.pa.pmtu.mtu == 1500 and p.pa.pmtu.due
+    p.send("A", [udp4(A_IP4, B_IP4, b"again")], 701.0)
+    settle(p, 720.0)
+    assert p.pa.pmtu.mtu == 1300 and not p.pa.pmtu.due
