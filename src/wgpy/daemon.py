@@ -2,7 +2,7 @@
 
 Event loop (one thread, epoll):
     1. wait for the TUN, a UDP socket or the UAPI socket to be readable, or for the core's next deadline
-    2. TUN readable: read until about BATCH packets are in hand (with TSO one read returns a TCP super-packet,
+    2. TUN readable: read until about BATCH packets are in hand, or just one after a quiet spell (with TSO one read returns a TCP super-packet,
        cut into MTU-sized packets by offload.split), hand them to Device.send_packets as one batch
     3. UDP readable: read up to BATCH datagrams (UDP GRO lets one read return several), hand them to
        Device.receive_datagrams as one batch
@@ -34,6 +34,7 @@ from .uapi.server import UapiServer
 
 log = logging.getLogger("wgpy")
 BATCH = 64
+QUIET = 0.002      # seconds without reads after which a read is taken alone (see run)
 _EAGAIN = (BlockingIOError, InterruptedError)
 
 
@@ -161,6 +162,7 @@ class Interface:
         monotonic = time.monotonic
         streams = self.streams
         next_check = monotonic() + 1.0
+        tun_last = net_last = -1.0
         while self.running:
             now = monotonic()
             deadline = dev.next_deadline()
@@ -180,7 +182,12 @@ class Interface:
                 if fd == tun_fd:
                     packets: list = []
                     count = 0
-                    while count < BATCH:
+                    # after a quiet spell take one read and skip the draining read that would fail with EAGAIN
+                    # (a syscall after idle costs tens of us here): level-triggered epoll reports the TUN again
+                    # at once if more is queued, and then it is no longer quiet
+                    limit = BATCH if now - tun_last < QUIET else 1
+                    tun_last = now
+                    while count < limit:
                         try:
                             buf = read(tun_fd, read_size)
                         except _EAGAIN:
@@ -214,7 +221,8 @@ class Interface:
                     if ev & select.EPOLLERR:
                         self.pmtu.drain(sock, now)     # #8: ICMP/EMSGSIZE from the error queue
                     datagrams: list = []
-                    receive_batch(sock, BATCH, datagrams)
+                    receive_batch(sock, BATCH if now - net_last < QUIET else 1, datagrams)   # as for the TUN
+                    net_last = now
                     if datagrams:
                         dev.receive_datagrams(datagrams, now, out_net, out_tun)
             if streams.active:          # --- #7 transports: received frames to the core, timers
