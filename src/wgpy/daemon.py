@@ -2,8 +2,9 @@
 
 Event loop (one thread, epoll):
     1. wait for the TUN, a UDP socket or the UAPI socket to be readable, or for the core's next deadline
-    2. TUN readable: read until about BATCH packets are in hand, or just one after a quiet spell (with TSO one read returns a TCP super-packet,
-       cut into MTU-sized packets by offload.split), hand them to Device.send_packets as one batch
+    2. TUN readable: read until about BATCH packets are in hand, or just one after a quiet spell (with TSO one
+       read returns a TCP super-packet, cut into MTU-sized packets by offload.split), hand them to
+       Device.send_packets as one batch
     3. UDP readable: read up to BATCH datagrams (UDP GRO lets one read return several), hand them to
        Device.receive_datagrams as one batch
     4. carry out what the core returned: datagrams in as few sendmsg() calls as UDP GSO allows; packets for the
