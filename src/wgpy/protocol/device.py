@@ -532,6 +532,17 @@ class Device(TimersMixin, PmtuMixin):
     # handshake initiation
     # ------------------------------------------------------------------------------------------------------
 
+    def new_initiation(self, peer: Peer, now: float) -> bytes | None:
+        """A fresh initiation to `peer` with its MACs, its index registered (the previous one dropped); None if
+        the handshake state cannot make one. Sends nothing and touches no timer."""
+        self._drop_handshake_index(peer)
+        idx = self._new_index()
+        msg = noise.create_initiation(self.identity, peer.handshake, idx, self._wall(), self._rand(32))
+        if msg is None:
+            return None
+        self.handshakes_by_index[idx] = peer
+        return peer.cookie.add_macs(msg.pack(), INITIATION_MAC1_OFFSET, now)
+
     def initiate_handshake(self, peer: Peer, now: float, out: list, retry: bool) -> None:
         """Send a handshake initiation unless one went out less than REKEY_TIMEOUT ago."""
         if not retry:
@@ -539,18 +550,15 @@ class Device(TimersMixin, PmtuMixin):
         if now - peer.last_sent_handshake < REKEY_TIMEOUT or self.identity is None or peer.removed:
             return
         peer.last_sent_handshake = now
-        self._drop_handshake_index(peer)
-        idx = self._new_index()
-        msg = noise.create_initiation(self.identity, peer.handshake, idx, self._wall(), self._rand(32))
-        if msg is None:
+        data = self.new_initiation(peer, now)
+        if data is None:
             return
-        self.handshakes_by_index[idx] = peer
         # timers: any authenticated packet traversal / sent
         if peer.persistent_keepalive:
             self._set_timer_persistent(peer, now)
         peer.t_send_keepalive = None
         if peer.endpoint is not None:
-            out.append((peer.cookie.add_macs(msg.pack(), INITIATION_MAC1_OFFSET, now), peer.endpoint))
+            out.append((data, peer.endpoint))
         else:
             self.drops["no_endpoint"] += 1
         self.timers_handshake_initiated(peer, now)

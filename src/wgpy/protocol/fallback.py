@@ -28,8 +28,6 @@ fallback target is compared by identity.
 from __future__ import annotations
 
 from ..constants import FALLBACK_AFTER, FALLBACK_PROBE_ANSWER, FALLBACK_PROBE_INTERVAL, REJECT_AFTER_TIME
-from . import noise
-from .messages import INITIATION_MAC1_OFFSET
 from .peer import Peer
 
 
@@ -187,14 +185,11 @@ def _probe(dev, peer: Peer, now: float, out: list) -> None:
     if (fb.primary is None or dev.identity is None or peer.removed or kp is None
             or now - kp.created >= REJECT_AFTER_TIME or peer.t_retransmit is not None):
         return      # no session (or a handshake under way): probing would disturb the handshake on the stream
-    dev._drop_handshake_index(peer)
-    idx = dev._new_index()
-    msg = noise.create_initiation(dev.identity, peer.handshake, idx, dev._wall(), dev._rand(32))
-    if msg is None:
+    data = dev.new_initiation(peer, now)
+    if data is None:
         return
-    dev.handshakes_by_index[idx] = peer
     peer.last_sent_handshake = now
     fb.probes += 1
-    out.append((peer.cookie.add_macs(msg.pack(), INITIATION_MAC1_OFFSET, now), fb.primary))
+    out.append((data, fb.primary))
     dev.send_keepalive(peer, now, out)
     fb.probe_check = now + FALLBACK_PROBE_ANSWER
