@@ -138,6 +138,34 @@ def interfaces() -> list[str]:
     return sorted(names)
 
 
+def _psk(p: dict) -> str:
+    psk = p.get("preshared_key", "0" * 64)
+    return "(none)" if psk == "0" * 64 else _b64(psk)
+
+
+def _keepalive(p: dict) -> str:
+    ka = p.get("persistent_keepalive_interval", "0")
+    return "off" if ka == "0" else ka
+
+
+def _path_mtu(p: dict) -> str:
+    mtu, _, source = p.get("wgpy_path_mtu", "(none)").partition(" ")
+    return f"{mtu}\t{source or '-'}"
+
+
+# `wgpy show IFACE FIELD` for these fields: one line per peer, its public key, a tab, then this (as wg does)
+_PEER_FIELDS = {
+    "latest-handshakes": lambda p: p.get("last_handshake_time_sec", "0"),
+    "transfer": lambda p: f"{p.get('rx_bytes', '0')}\t{p.get('tx_bytes', '0')}",
+    "preshared-keys": _psk,
+    "persistent-keepalive": _keepalive,
+    "endpoints": lambda p: p.get("endpoint", "(none)"),
+    "allowed-ips": lambda p: " ".join(p["allowed_ips"]) or "(none)",
+    "path-mtu": _path_mtu,                                                  # #8
+    "allowed-macs": lambda p: " ".join(p.get("wgpy_allowed_mac", ())) or "(any)",
+}
+
+
 def _show_one(name: str, field: str | None) -> int:
     from .uapi.server import request
     try:
@@ -159,21 +187,15 @@ def _show_one(name: str, field: str | None) -> int:
         mark = int(dev.get("fwmark", "0"))
         print(f"{priv}\t{pub}\t{dev.get('listen_port', '0')}\t{f'{mark:#x}' if mark else 'off'}")   # as wg: hex
         for p in peers:
-            psk = p.get("preshared_key", "0" * 64)
             print("\t".join([
-                _b64(p["public_key"]), "(none)" if psk == "0" * 64 else _b64(psk), p.get("endpoint", "(none)"),
-                ",".join(p["allowed_ips"]) or "(none)", p.get("last_handshake_time_sec", "0"),
-                p.get("rx_bytes", "0"), p.get("tx_bytes", "0"),
-                p.get("persistent_keepalive_interval", "0").replace("0", "off") if
-                p.get("persistent_keepalive_interval", "0") == "0" else p["persistent_keepalive_interval"]]))
+                _b64(p["public_key"]), _psk(p), p.get("endpoint", "(none)"), ",".join(p["allowed_ips"]) or "(none)",
+                p.get("last_handshake_time_sec", "0"), p.get("rx_bytes", "0"), p.get("tx_bytes", "0"),
+                _keepalive(p)]))
         return 0
-    if field == "latest-handshakes":
+    column = _PEER_FIELDS.get(field)
+    if column is not None:
         for p in peers:
-            print(f"{_b64(p['public_key'])}\t{p.get('last_handshake_time_sec', '0')}")
-        return 0
-    if field == "transfer":
-        for p in peers:
-            print(f"{_b64(p['public_key'])}\t{p.get('rx_bytes', '0')}\t{p.get('tx_bytes', '0')}")
+            print(f"{_b64(p['public_key'])}\t{column(p)}")
         return 0
     if field == "public-key":
         print(pub)
@@ -181,31 +203,13 @@ def _show_one(name: str, field: str | None) -> int:
     if field == "private-key":
         print(_b64(dev["private_key"]) if "private_key" in dev else "(none)")
         return 0
-    if field == "preshared-keys":
-        for p in peers:
-            psk = p.get("preshared_key", "0" * 64)
-            print(f"{_b64(p['public_key'])}\t{'(none)' if psk == '0' * 64 else _b64(psk)}")
-        return 0
     if field == "fwmark":
         print(f"{int(dev['fwmark']):#x}" if dev.get("fwmark", "0") != "0" else "off")
-        return 0
-    if field == "persistent-keepalive":
-        for p in peers:
-            ka = p.get("persistent_keepalive_interval", "0")
-            print(f"{_b64(p['public_key'])}\t{'off' if ka == '0' else ka}")
         return 0
     if field == "stats":
         return _show_stats(name)
     if field == "listen-port":
         print(dev.get("listen_port", "0"))
-        return 0
-    if field == "endpoints":
-        for p in peers:
-            print(f"{_b64(p['public_key'])}\t{p.get('endpoint', '(none)')}")
-        return 0
-    if field == "allowed-ips":
-        for p in peers:
-            print(f"{_b64(p['public_key'])}\t{' '.join(p['allowed_ips']) or '(none)'}")
         return 0
     if field == "peers":
         for p in peers:
@@ -215,15 +219,6 @@ def _show_one(name: str, field: str | None) -> int:
     if field == "macs":
         for row in _mac_table(dev, peers):
             print("\t".join(row))
-        return 0
-    if field == "path-mtu":                                                 # #8
-        for p in peers:
-            pm = p.get("wgpy_path_mtu", "(none)").partition(" ")
-            print(f"{_b64(p['public_key'])}\t{pm[0]}\t{pm[2] or '-'}")
-        return 0
-    if field == "allowed-macs":
-        for p in peers:
-            print(f"{_b64(p['public_key'])}\t{' '.join(p.get('wgpy_allowed_mac', ())) or '(any)'}")
         return 0
     print(f"interface: {name}")
     print(f"  public key: {pub}")

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import struct
 
+from ..routing.ip import checksum
+
 try:
     import numpy as _np
 except ImportError:     # pragma: no cover - numpy is a dependency; the scalar path stays correct without it
@@ -63,13 +65,6 @@ _H = struct.Struct(">H")
 _HH = struct.Struct(">HH")
 _I = struct.Struct(">I")
 _from_bytes = int.from_bytes
-
-
-def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """The Internet checksum (RFC 1071) of `data` plus a prior 16-bit-word sum, ready to store (never 0)."""
-    n = len(data)
-    s = _from_bytes(data, "big") << 8 if n & 1 else _from_bytes(data, "big")
-    return 0xFFFF - (s + initial) % 0xFFFF
 
 
 def _pseudo_sum(pkt: bytes, v6: bool) -> int:

@@ -40,6 +40,7 @@ from ..constants import (
     PMTU_PROBE_TIMEOUT_MAX, PMTU_PROBE_TIMEOUT_MIN, PMTU_PROBE_TRIES, PMTU_PROBES_PER_STEP, REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME, UDP_HEADER_LEN, WIREGUARD_DATA_OVERHEAD,
 )
+from ..routing.ip import checksum
 from . import control
 
 _Q = struct.Struct("<Q")
@@ -213,14 +214,6 @@ class PathMTU:
 # ICMP "too big" and IPv4 fragmentation (what a router does with a packet that does not fit the next link)
 # ---------------------------------------------------------------------------------------------------------------
 
-def _csum(data: bytes, initial: int = 0) -> int:
-    if len(data) & 1:
-        data += b"\x00"
-    s = int.from_bytes(data, "big") % 0xFFFF + initial
-    s %= 0xFFFF
-    return 0xFFFF - s if s else 0xFFFF
-
-
 _ICMP_ERROR_TYPES_V4 = frozenset((3, 4, 5, 11, 12))
 
 
@@ -244,10 +237,10 @@ def icmp_too_big(pkt: bytes, mtu: int) -> bytes | None:
             return None
         quote = pkt[:548]
         body = struct.pack("!BBHHH", 3, 4, 0, 0, mtu) + quote
-        body = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+        body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
         total = 20 + len(body)
         hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, total, 0, 0, 64, 1, 0, dst, src)
-        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
         return hdr + body
     if v == 6 and len(pkt) >= 40:
         if pkt[6] == 58 and len(pkt) > 40 and pkt[40] < 128:
@@ -259,7 +252,7 @@ def icmp_too_big(pkt: bytes, mtu: int) -> bytes | None:
         quote = pkt[:1280 - 48]
         body = struct.pack("!BBHI", 2, 0, 0, mtu) + quote
         pseudo = dst + src + struct.pack("!II", len(body), 58)
-        body = body[:2] + struct.pack("!H", _csum(pseudo + body)) + body[4:]
+        body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
         hdr = struct.pack("!IHBB16s16s", 6 << 28, len(body), 58, 64, dst, src)
         return hdr + body
     return None
@@ -287,7 +280,7 @@ def fragment_ipv4(pkt: bytes, mtu: int) -> list[bytes]:
         struct.pack_into("!H", hdr, 2, ihl + len(chunk))
         struct.pack_into("!H", hdr, 6, fo)
         struct.pack_into("!H", hdr, 10, 0)
-        struct.pack_into("!H", hdr, 10, _csum(bytes(hdr)))
+        struct.pack_into("!H", hdr, 10, checksum(hdr))
         out.append(bytes(hdr) + chunk)
     return out
 
