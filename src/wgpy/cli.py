@@ -243,6 +243,8 @@ def _show_one(name: str, field: str | None) -> int:
         if "endpoint" in p:
             print(f"  endpoint: {p['endpoint']}")
         _show_transport_peer(p)     # --- #7 transports
+        if "wgpy_last_error" in p:  # issue 20: a wrong key, a refused certificate ... (uapi/protocol.py)
+            print(f"  last error: {p['wgpy_last_error']}")
         if l2:
             print(f"  allowed macs: {', '.join(p.get('wgpy_allowed_mac', ())) or '(any)'}")
         else:

@@ -74,6 +74,10 @@ REPLAY_WINDOW = 8192 - 64
 MAX_PEERS = 1 << 20
 # Default tunnel MTU when nothing else is known (1500 - 80, as wg-quick).
 DEFAULT_MTU = 1420
+# A peer's handshake is reported as failing ("no answer to N handshake initiations", UAPI wgpy_last_error) once
+# this many initiations went out without a completed handshake since: one is normal (every rekey and first
+# handshake has one in flight for a round trip), two means a retransmission, REKEY_TIMEOUT without an answer.
+UNANSWERED_INITIATIONS_REPORTED = 2
 
 # L2 mode (Mode = tap): the learning switch's MAC table (routing/mactable.py).
 # At most this many MAC addresses are known at once (local and behind peers together); a new address beyond it

@@ -176,7 +176,7 @@ class StreamEndpoint:
         self.retry_at = 0.0
         self.retry_armed = False
         self.last_used = -1e18
-        self.last_error: str | None = None
+        self.last_error: str | None = None     # the last failure in words; cleared when a connection comes up
         self.connects = 0
 
     @property
@@ -253,13 +253,35 @@ def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return ctx
 
 
-def _tls_reason(e: BaseException) -> str:
+# Failures are remembered per endpoint in words (StreamEndpoint.last_error, shown by `wgpy show` through the UAPI
+# key wgpy_last_error) and logged with the same words: the socket errors a user meets most by a short name, the
+# rest by the C library's text; TLS failures start with "TLS: ".
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset", errno.EPIPE: "connection reset",
+    errno.ECONNABORTED: "connection aborted", errno.ETIMEDOUT: "connection timed out",
+    errno.EHOSTUNREACH: "host unreachable", errno.ENETUNREACH: "network unreachable",
+}
+PIN_MISMATCH = "TLS: certificate does not match the pinned fingerprint"
+
+
+def _os_reason(code: int | None, e: BaseException | None = None) -> str:
+    words = _ERRNO_WORDS.get(code or 0)
+    if words is None:
+        words = os.strerror(code) if code else (getattr(e, "strerror", None) or str(e))
+        words = words[:1].lower() + words[1:]
+    return words
+
+
+def _reason(e: BaseException) -> str:
+    """A connection's exception in words: 'TLS: ...' for TLS errors, else the socket error ('connection reset')."""
     if isinstance(e, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {e.verify_message}"
+        return f"TLS: certificate verify failed: {e.verify_message}"
+    if isinstance(e, ssl.SSLEOFError):
+        return "TLS: closed by the other side"
     if isinstance(e, ssl.SSLError):
-        return e.reason or str(e)
+        return f"TLS: {e.reason.lower().replace('_', ' ') if e.reason else e}"
     if isinstance(e, OSError):
-        return e.strerror or str(e)
+        return _os_reason(e.errno, e)
     return str(e)
 
 
@@ -499,11 +521,11 @@ class StreamManager:
             rc = sock.connect_ex((ep.host, ep.port))
         except OSError as e:
             sock.close()
-            self._failed(ep, f"connect: {e.strerror or e}", now)
+            self._failed(ep, _os_reason(e.errno, e), now)
             return None
         if rc not in (0, errno.EINPROGRESS):
             sock.close()
-            self._failed(ep, f"connect: {os.strerror(rc)}", now)
+            self._failed(ep, _os_reason(rc), now)
             return None
         conn = Conn(sock, ep, False, now)
         ep.conn = conn
@@ -517,7 +539,7 @@ class StreamManager:
     def _connected(self, conn: Conn, now: float) -> None:
         err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._close(conn, f"connect: {os.strerror(err)}", now)
+            self._close(conn, _os_reason(err), now)
             return
         if not conn.tls:
             self._up(conn, now)
@@ -527,7 +549,8 @@ class StreamManager:
         try:
             conn.sock = ep.context.wrap_socket(conn.sock, server_hostname=name, do_handshake_on_connect=False)
         except (OSError, ValueError) as e:
-            self._close(conn, f"TLS: {_tls_reason(e)}", now)
+            reason = _reason(e)
+            self._close(conn, reason if reason.startswith("TLS") else f"TLS: {reason}", now)
             return
         conn.state = HANDSHAKE
         self._handshake(conn, now)
@@ -543,15 +566,17 @@ class StreamManager:
             return
         except (ssl.SSLError, OSError, ValueError) as e:
             self.counters["stream_tls_handshake_failed"] += 1
-            self._close(conn, f"TLS handshake failed: {_tls_reason(e)}", now)
+            reason = _reason(e)
+            self._close(conn, reason if reason.startswith("TLS") else f"TLS: {reason}", now)
             return
         ep = conn.ep
         if not conn.inbound and ep.pin is not None:
             der = conn.sock.getpeercert(binary_form=True) or b""
             if hashlib.sha256(der).digest() != ep.pin:
                 self.counters["stream_tls_handshake_failed"] += 1
-                self._close(conn, "TLS handshake failed: the server's certificate does not match the pinned "
-                                  f"SHA-256 fingerprint (it has {hashlib.sha256(der).hexdigest()})", now)
+                self._log(f"pin {ep.label}", "stream %s: the server's certificate has the SHA-256 fingerprint %s",
+                          ep.label, hashlib.sha256(der).hexdigest())
+                self._close(conn, PIN_MISMATCH, now)
                 return
         self._up(conn, now)
 
@@ -607,6 +632,8 @@ class StreamManager:
             self.counters["stream_unsent_bytes_dropped"] += len(conn.wbuf)
             conn.wbuf = bytearray()
         if conn.inbound:
+            if reason is not None:
+                ep.last_error = reason           # the endpoint is this connection's alone: no clearing needed
             if not conn.authenticated:
                 self.unauthenticated -= 1
             if conn.peer is not None and self.by_peer.get(conn.peer) is conn:
@@ -656,7 +683,7 @@ class StreamManager:
         except _WOULD_BLOCK:
             self.again.discard(conn)
         except (ssl.SSLError, OSError) as e:
-            eof = _tls_reason(e)
+            eof = _reason(e)
         frames: list = []
         bad = None
         try:
@@ -694,7 +721,7 @@ class StreamManager:
         except _WOULD_BLOCK:
             pass
         except (ssl.SSLError, OSError) as e:
-            self._close(conn, _tls_reason(e), now)
+            self._close(conn, _reason(e), now)
             return
         self._want(conn, EPOLLIN | EPOLLOUT if wbuf else EPOLLIN)
 
@@ -814,9 +841,10 @@ class StreamManager:
                 if conn.inbound:
                     if not conn.authenticated:
                         self.counters["stream_unauthenticated_timeout"] += 1
-                        self._close(conn, "TLS handshake timed out" if conn.state == HANDSHAKE else None, now)
+                        self._close(conn, "TLS: handshake timed out" if conn.state == HANDSHAKE else None, now)
                 else:
-                    self._close(conn, f"timed out ({conn.state})", now)
+                    self._close(conn, "TLS: handshake timed out" if conn.state == HANDSHAKE else "connect timed out",
+                                now)
             else:
                 ep = obj
                 ep.retry_armed = False

@@ -152,6 +152,7 @@ class Device(TimersMixin, PmtuMixin):
             self._drop_handshake_index(peer)
             peer.handshake = self._new_handshake(peer.public_key, psk)
             self._clear_keypairs(peer)
+            peer.unanswered_initiations = 0      # a new identity: earlier initiations say nothing about it
 
     def _new_handshake(self, public_key: bytes, psk: bytes | None) -> noise.Handshake:
         if self.identity is None:
@@ -559,6 +560,7 @@ class Device(TimersMixin, PmtuMixin):
         peer.t_send_keepalive = None
         if peer.endpoint is not None:
             out.append((data, peer.endpoint))
+            peer.unanswered_initiations += 1     # until a handshake completes (timers_handshake_complete)
         else:
             self.drops["no_endpoint"] += 1
         self.timers_handshake_initiated(peer, now)

@@ -15,13 +15,17 @@ Timers (whitepaper 6.2 - 6.5; each is an absolute monotonic deadline or None; se
     t_new_handshake   new handshake when data was sent but nothing came back for KEEPALIVE + REKEY_TIMEOUT
     t_zero_keys       erase all key material REJECT_AFTER_TIME * 3 after the last session was derived
     t_persistent      persistent keepalive, `persistent_keepalive` seconds after the last packet either way
+
+Handshake health: `unanswered_initiations` counts the initiations sent to the peer (by initiate_handshake, not
+the fallback's UDP probes) since the last completed handshake, either role; handshake_error() puts it in words
+once it reaches UNANSWERED_INITIATIONS_REPORTED. It is touched on the handshake paths only, never per packet.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from ..constants import MAX_STAGED_PACKETS
+from ..constants import MAX_STAGED_PACKETS, UNANSWERED_INITIATIONS_REPORTED
 from .cookie import CookieGenerator
 from .keypair import Keypair
 from .noise import Handshake
@@ -36,6 +40,7 @@ class Peer:
         "rx_bytes", "tx_bytes", "last_handshake_wall",
         "t_retransmit", "t_send_keepalive", "t_new_handshake", "t_zero_keys", "t_persistent",
         "handshake_attempts", "last_sent_handshake", "sent_lastminute_handshake", "need_another_keepalive",
+        "unanswered_initiations",
         "scheduled", "removed", "allowed_macs",
         # #8 path MTU (protocol/pmtu.py): plaintext limit, path state, its timer, what HELLO told us
         "mtu", "pmtu", "t_pmtu", "wgpy", "hellos_sent",
@@ -64,6 +69,7 @@ class Peer:
         self.last_sent_handshake = -INF
         self.sent_lastminute_handshake = False
         self.need_another_keepalive = False
+        self.unanswered_initiations = 0   # initiations sent since the last completed handshake
         self.scheduled = INF          # earliest deadline this peer has in the device's timer heap
         self.removed = False
         self.allowed_macs: frozenset[bytes] | None = None   # L2 mode: source MACs accepted (None: any)
@@ -84,6 +90,15 @@ class Peer:
         if self.fallback is not None and self.fallback.deadline is not None:   # --- #7 transports
             ds.append(self.fallback.deadline)
         return min(ds) if ds else None
+
+    def handshake_error(self) -> str | None:
+        """What is wrong with the handshake, in words, or None. Initiations that keep going unanswered mean the
+        peer never accepted them (a wrong public key on either side, a wrong preshared key, the peer down or
+        unreachable, the endpoint wrong); the text names no key."""
+        n = self.unanswered_initiations
+        if n >= UNANSWERED_INITIATIONS_REPORTED:
+            return f"no answer to {n} handshake initiations"
+        return None
 
     def __repr__(self) -> str:
         from ..crypto import encode_key

@@ -7,7 +7,8 @@ cost of timer bookkeeping to attribute stores, and tick() to O(expired peers * l
 
 Hooks (call after ...):
     timers_handshake_initiated   an initiation was sent
-    timers_handshake_complete    a handshake completed (response consumed, or first packet on `next`)
+    timers_handshake_complete    a handshake completed (response consumed, or first packet on `next`);
+                                 also resets the peer's count of unanswered initiations
     timers_session_derived       a new keypair was derived
 Data-path hooks are inlined in device.py: data sent arms t_new_handshake if unset; any authenticated packet
 sent cancels t_send_keepalive; any authenticated packet received cancels t_new_handshake; data received arms
@@ -66,6 +67,7 @@ class TimersMixin:
     def timers_handshake_complete(self, peer: Peer) -> None:
         peer.t_retransmit = None
         peer.handshake_attempts = 0
+        peer.unanswered_initiations = 0
         peer.sent_lastminute_handshake = False
         peer.last_handshake_wall = self._wall()
 

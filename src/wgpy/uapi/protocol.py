@@ -28,6 +28,13 @@ and `wg showconf` work on L2 interfaces; it never sends the set keys.
 #8 path MTU, get only: device `wgpy_mtu=<interface MTU in plaintext bytes> auto` in the automatic MTU mode;
 per peer with a UDP path `wgpy_path_mtu=<outer packet bytes> <link|icmp|probe>` (how it was learned) and
 `wgpy_peer_wgpy=<extension bits>` once the peer's HELLO said it is wgpy.
+
+Failures that look like success (issue 20), get only, per peer, only when there is one:
+`wgpy_last_error=<text>`, what is wrong in words, parts joined by "; ": the stream endpoint's last failure
+("TLS: certificate does not match the pinned fingerprint", "connection refused", ...; io/stream.py), then
+"no answer to N handshake initiations" once N >= UNANSWERED_INITIATIONS_REPORTED (2) initiations went out since
+the last completed handshake (Peer.handshake_error). One line of printable text, at most LAST_ERROR_MAX
+characters, never key material; `wg show` skips it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ EIO = -errno.EIO
 EADDRINUSE = -errno.EADDRINUSE
 UNSET = object()
 ZERO_KEY = b"\x00" * 32
+LAST_ERROR_MAX = 300
 
 
 class UapiError(Exception):
@@ -287,6 +295,17 @@ def apply_set(plan: SetPlan, host: Host) -> None:
         host.flush(out)
 
 
+def last_error(peer) -> str | None:
+    """The peer's wgpy_last_error text (see the module docstring), or None when nothing looks wrong."""
+    parts = [t for t in (_transport.endpoint_error(peer), peer.handshake_error()) if t]
+    if not parts:
+        return None
+    text = "; ".join(parts)
+    # one line of printable text whatever an error message carried (a reply line must not end early or hold
+    # control characters)
+    return "".join(c if c.isprintable() else " " for c in text)[:LAST_ERROR_MAX]
+
+
 def handle_get(host: Host) -> str:
     dev = host.device
     lines = []
@@ -330,6 +349,9 @@ def handle_get(host: Host) -> str:
         if peer.wgpy:
             lines.append(f"wgpy_peer_wgpy={peer.wgpy & 0x7FFFFFFF}")
         lines.extend(_transport.peer_lines(peer))       # --- #7 transports
+        err = last_error(peer)                          # issue 20: what is wrong, in words
+        if err is not None:
+            lines.append(f"wgpy_last_error={err}")
     return "".join(line + "\n" for line in lines)
 
 

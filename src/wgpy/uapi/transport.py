@@ -20,7 +20,8 @@ set, peer section:
 get: device `wgpy_listen_tcp`, `wgpy_listen_tls`; peer `wgpy_endpoint=URL` and `wgpy_endpoint_state=` (up,
 connecting, tls-handshake, backoff, idle, closed) when its endpoint is a stream (there is no `endpoint=` line
 then: `wg` would try to resolve the URL), `wgpy_fallback_endpoint`, `wgpy_fallback=active|standby`,
-`wgpy_fallback_switches`, `wgpy_fallback_returns`, `wgpy_fallback_probes`. Stats: the stream_* counters.
+`wgpy_fallback_switches`, `wgpy_fallback_returns`, `wgpy_fallback_probes`; the endpoint's last failure goes into
+the peer's `wgpy_last_error` (uapi/protocol.py, endpoint_error below). Stats: the stream_* counters.
 """
 
 from __future__ import annotations
@@ -234,6 +235,13 @@ def peer_lines(peer) -> list[str]:
         lines.append(f"wgpy_fallback_returns={fb.returns}")
         lines.append(f"wgpy_fallback_probes={fb.probes}")
     return lines
+
+
+def endpoint_error(peer) -> str | None:
+    """The last failure of the peer's stream endpoint in words (None: a UDP endpoint, or the connection came up
+    since). Only the endpoint in use: a fallback on standby is not being tried."""
+    ep = peer.endpoint
+    return ep.last_error if isinstance(ep, StreamEndpoint) else None
 
 
 def stats_lines(host) -> list[str]:
