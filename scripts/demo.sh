@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$(pwd)
 
-[[ $(id -u) -eq 0 ]] || { echo "demo.sh: run as root (sudo $0): it creates namespaces and TUN devices" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "demo.sh: run as root: it creates namespaces and TUN devices" >&2; exit 1; }
 
 bash scripts/setup.sh
 

@@ -5,7 +5,7 @@
 #      20 MB per impaired-path transfer, 20 s flood phases, a 30 s underlay outage, a 10-minute soak (~5 rekeys)
 # Figures go to a JSON-lines file (default: reliability-<date>.jsonl in the current directory) and to stdout.
 #
-#   sudo scripts/reliability.sh [--quick] [--out FILE] [--fuzz-inputs N] [--soak-seconds S]
+#   (as root) scripts/reliability.sh [--quick] [--out FILE] [--fuzz-inputs N] [--soak-seconds S]
 #
 # --quick uses the CI sample sizes (the same as the normal test suite). Takes ~20 minutes in full on 2 cores.
 set -euo pipefail
