@@ -73,6 +73,8 @@ class Interface:
         try:
             self.tun = Tun(self.name, self.mode, offload=self.offload)
             self.name = self.tun.name
+            if self.mode == "tun":
+                _no_link_local(self.name)
             self.bind.open(0)
             self.listen_port = self.bind.port
             self.uapi = UapiServer(self.name, self.handle_uapi)
@@ -256,6 +258,18 @@ class Interface:
 
     def stop(self, *_args) -> None:
         self.running = False
+
+
+def _no_link_local(name: str) -> None:
+    """An L3 tunnel gets no IPv6 link-local address, as kernel WireGuard's interfaces have none: with one, the
+    kernel sends router solicitations and MLD reports into the tunnel (drops counted on an idle tunnel, and
+    `wg-quick save` would record the address). Set before the link goes up (by `up`, or by wg-quick after
+    wgpyd returns); a host without IPv6, or a user without CAP_NET_ADMIN (attach mode), keeps what it has."""
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode", "w") as f:
+            f.write("1\n")           # IN6_ADDR_GEN_MODE_NONE
+    except OSError:
+        pass
 
 
 def install_signal_handlers(iface: Interface) -> None:

@@ -80,11 +80,28 @@ def user_runtime_dir(create: bool = False) -> str:
     return _own_dir(path) if create else path
 
 
+SYSTEM_DIR_MODE = 0o755   # /run/wireguard, /run/wgpy: others must reach a socket chown'd to them (User =)
+
+
+def make_dir(path: str, mode: int) -> None:
+    """Create `path` and any missing parents with exactly `mode`, whatever the umask (the umask only ever takes
+    bits away: under `umask 077` a plain makedirs(0o755) gives 0700, and a daemon that dropped to another user
+    could then not reach its own socket). Directories that already exist are left as they are."""
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and not os.path.isdir(parent):
+        make_dir(parent, SYSTEM_DIR_MODE)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return
+    os.chmod(path, mode)
+
+
 def runtime_dir(system_dir: str, create: bool = False) -> str:
     """`system_dir` (e.g. /run/wgpy) for root or when it is writable for us, else user_runtime_dir()."""
     if os.geteuid() == 0 or os.access(system_dir, os.W_OK | os.X_OK):
         if create:
-            os.makedirs(system_dir, mode=0o755, exist_ok=True)
+            make_dir(system_dir, SYSTEM_DIR_MODE)
         return system_dir
     return user_runtime_dir(create)
 

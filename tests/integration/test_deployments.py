@@ -35,6 +35,28 @@ def _nobody_can_run_wgpy() -> bool:
     return res.returncode == 0
 
 
+def _require_nobody_can_run_wgpy() -> None:
+    """Skip, saying why, where the checkout or its interpreter is out of reach of other users (a clone or a
+    Python under root's 0700 home): then no daemon can drop to another user (scripts/setup.sh warns too)."""
+    if not _nobody_can_run_wgpy():
+        pytest.skip(f"user nobody cannot run {netlab.WGPY.parent / 'python'} or import wgpy from this checkout "
+                    "(a directory on the way is closed to other users)")
+
+
+def _tun_node_for_nobody(lab) -> list[str]:
+    """A prefix that runs a command as nobody with a /dev/net/tun that nobody may open (0666, the Debian
+    default), in a private mount namespace: machines of this kind ship a 0600 node, and the test must not
+    change the machine's own."""
+    node_dir = Path(tempfile.mkdtemp(prefix="wgpyt-tun-"))
+    lab.defer(f"rm -r {node_dir}", lambda: shutil.rmtree(node_dir, ignore_errors=True))
+    os.chmod(node_dir, 0o755)
+    node = node_dir / "tun"
+    os.mknod(node, 0o666 | __import__("stat").S_IFCHR, os.makedev(10, 200))
+    os.chmod(node, 0o666)
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            'mount --bind "$0" /dev/net/tun && exec "$@"', str(node), *SETPRIV_NOBODY]
+
+
 def _wgpy_config(lab, name: str, text: str, *, readable_by_nobody: bool = False) -> Path:
     if not readable_by_nobody:
         return write_config(lab.tmp, name, text)
@@ -163,8 +185,8 @@ def test_exit_gateway_full_tunnel(lab, run_as):
       (the client reaches the server only through its default route; the host has no route to the tunnel)
     """
     lab.require_real_wgpy("Masquerade and full-tunnel routing")
-    if run_as == "user" and not _nobody_can_run_wgpy():
-        pytest.skip("user nobody cannot run the venv's python here")
+    if run_as == "user":
+        _require_nobody_can_run_wgpy()
     client, router, server, host = (lab.netns() for _ in range(4))
     client_wire, _ = lab.veth(client, router, "192.0.2.2/24", "192.0.2.1/24")
     lab.veth(server, router, "203.0.113.1/24", "203.0.113.254/24")
@@ -283,8 +305,8 @@ def test_masquerade_failure_half_way_leaves_nothing(lab, netns):
 
 def test_user_attaches_to_persistent_tun(lab, two_ns):
     lab.require_real_wgpy("running wgpy without root")
-    if not _nobody_can_run_wgpy():
-        pytest.skip("user nobody cannot run the venv's python here")
+    _require_nobody_can_run_wgpy()
+    as_nobody = _tun_node_for_nobody(lab)   # the attaching daemon opens /dev/net/tun as nobody
     ns_root, ns_user = two_ns.ns
     k_root, k_user = gen_keypair(), gen_keypair()
     peer = lab.node(netlab.WGPY_KIND, ns_root, keys=k_root, listen_port=51820, addresses=["10.99.0.1/24"],
@@ -315,7 +337,7 @@ def test_user_attaches_to_persistent_tun(lab, two_ns):
 
     # in the foreground, as a service manager would run it for the user (the background mode re-executes
     # sys.executable, which here lives under root's 0700 home: nobody could not start it)
-    daemon = lab.popen(ns_user, *SETPRIV_NOBODY, netlab.WGPY, "up", "--foreground", conf, name="wgpy-nobody")
+    daemon = lab.popen(ns_user, *as_nobody, netlab.WGPY, "up", "--foreground", conf, name="wgpy-nobody")
     lab.ifaces[iface] = ns_user
     wait_for(lambda: (user_dir / f"{iface}.sock").exists() or not daemon.alive(), 20, what="the daemon to start")
     assert daemon.alive(), daemon.describe()

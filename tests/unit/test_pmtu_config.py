@@ -59,6 +59,23 @@ def test_uapi_get_reports_path_mtu_and_show_parses_it():
     assert "wgpy_" not in handle_get(Host(q.b))
 
 
+def test_show_marks_a_path_mtu_still_being_probed():
+    from wgpy.cli import _parse_get, _path_mtu
+    p = pmtu_pair(Path(1280))
+    p.handshake(0.0)
+    settle(p, 0.3)                          # HELLOs exchanged, the first probe round is out, none answered yet
+    assert p.pa.pmtu.searching
+    text = handle_get(Host(p.a))
+    assert "wgpy_path_mtu=1500 link probing\n" in text
+    _dev, peers = _parse_get(text)
+    assert _path_mtu(peers[0]) == "1500\tlink (probing)"
+    settle(p, 20.0)                         # the search is over: no mark
+    text = handle_get(Host(p.a))
+    assert "wgpy_path_mtu=1280 probe\n" in text
+    _dev, peers = _parse_get(text)
+    assert _path_mtu(peers[0]) == "1280\tprobe"
+
+
 def test_random_control_messages_from_a_peer():
     rng = random.Random(8)
     p = pmtu_pair(Path(1500))

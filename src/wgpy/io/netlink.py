@@ -157,6 +157,28 @@ class NetlinkSetup:
         return None
 
 
+def link_kind(name: str) -> str | None:
+    """The kind of interface `name` as `ip -d link` names it ("tun", "tap", "bridge", "veth", "loopback", ...;
+    "device" for one without a kind, e.g. a physical NIC), or None if there is no such interface."""
+    with IPRoute() as ipr:
+        try:
+            links = ipr.get_links(ifname=name)
+        except NetlinkError:
+            return None
+        if not links:
+            return None
+        link = links[0]
+        info = link.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        if kind == "tun":
+            data = info.get_attr("IFLA_INFO_DATA")
+            tun_type = data.get_attr("IFLA_TUN_TYPE") if data is not None else None
+            return "tap" if tun_type == 2 else "tun"
+        if kind:
+            return kind
+        return "loopback" if link["flags"] & 0x8 else "device"     # IFF_LOOPBACK
+
+
 def link_exists(name: str) -> bool:
     try:
         socket.if_nametoindex(name)

@@ -28,6 +28,24 @@ class TunError(OSError):
     pass
 
 
+def _node_denied() -> str:
+    """Why opening /dev/net/tun was refused: its mode and owner (a capability does not open a file; only the
+    node's permissions, or CAP_DAC_OVERRIDE as root has, do)."""
+    import pwd
+    try:
+        st = os.stat("/dev/net/tun")
+    except OSError:
+        return "cannot open /dev/net/tun: permission denied"
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    mode = st.st_mode & 0o7777
+    return (f"cannot open /dev/net/tun: permission denied: the device node is mode {mode:04o}, owned by {owner}, "
+            f"and this user (uid {os.geteuid()}) may not read and write it; as root, `chmod 0666 /dev/net/tun` "
+            f"(Debian's default) lets every user open it, or run wgpy as root")
+
+
 class Tun:
     """A TUN or TAP device.  With `offload` (TUN only) reads and writes carry a virtio_net_hdr (`vnet`) and,
     when the kernel accepts TUNSETOFFLOAD, reads may return TCP super-packets (`tso`); see io/offload.py."""
@@ -37,8 +55,8 @@ class Tun:
         vnet = offload and mode == "tun"
         try:
             fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-        except PermissionError:
-            raise TunError(errno.EPERM, "cannot open /dev/net/tun: needs CAP_NET_ADMIN (run as root)") from None
+        except PermissionError as e:
+            raise TunError(e.errno, _node_denied()) from None
         except FileNotFoundError:
             raise TunError(errno.ENODEV, "/dev/net/tun is missing: load the tun module") from None
         try:
