@@ -26,7 +26,8 @@ allowed_ip (frames are switched by MAC address; a source restriction must not be
 and `wg showconf` work on L2 interfaces; it never sends the set keys.
 
 #8 path MTU, get only: device `wgpy_mtu=<interface MTU in plaintext bytes> auto` in the automatic MTU mode;
-per peer with a UDP path `wgpy_path_mtu=<outer packet bytes> <link|icmp|probe>` (how it was learned) and
+per peer with a UDP path `wgpy_path_mtu=<outer packet bytes> <link|icmp|probe>[ probing]` (how it was learned;
+`probing` while a probe search is still under way) and
 `wgpy_peer_wgpy=<extension bits>` once the peer's HELLO said it is wgpy.
 
 Failures that look like success (issue 20), get only, per peer, only when there is one:
@@ -345,7 +346,7 @@ def handle_get(host: Host) -> str:
             lines.extend(f"wgpy_mac={entry}" for entry in learned.get(peer, ()))
         st = peer.pmtu                                                      # #8 path MTU
         if st is not None and type(peer.endpoint) is tuple:
-            lines.append(f"wgpy_path_mtu={st.mtu} {st.source}")
+            lines.append(f"wgpy_path_mtu={st.mtu} {st.source}{' probing' if st.searching else ''}")
         if peer.wgpy:
             lines.append(f"wgpy_peer_wgpy={peer.wgpy & 0x7FFFFFFF}")
         lines.extend(_transport.peer_lines(peer))       # --- #7 transports
