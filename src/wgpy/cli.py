@@ -338,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("genpsk", help="print a new preshared key (base64)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     p_up = sub.add_parser("up", help="bring an interface up from a wg-quick style config file")
-    p_up.add_argument("config")
+    p_up.add_argument("config", help="config file, or an interface name: NAME is /etc/wireguard/NAME.conf, "
+                                     "else /etc/wgpy/NAME.conf (as wg-quick)")
     p_up.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p_up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p_up.add_argument("-v", "--verbose", action="store_true")
@@ -365,10 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         from .quick import UpError, up_background, up_foreground
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s wgpy: %(message)s")
-        if args.foreground or args.ready_fd is not None:
-            return up_foreground(args.config, args.ready_fd)
         try:
-            return up_background(args.config)
+            path = cfgmod.find_config(args.config)
+        except cfgmod.ConfigError as e:
+            print(f"wgpy: {e}", file=sys.stderr)
+            return 1
+        if args.foreground or args.ready_fd is not None:
+            return up_foreground(path, args.ready_fd)
+        try:
+            return up_background(path)
         except (cfgmod.ConfigError, UpError) as e:
             print(f"wgpy: {e}", file=sys.stderr)
             return 1

@@ -1,7 +1,8 @@
 """wg-quick style configuration files (``/etc/wireguard/wg0.conf``): parsing, checks and UAPI rendering.
 
 Pure: ``parse()`` turns text into dataclasses; nothing here touches the network or the clock, and only
-``load()`` (reads the file) and ``check_permissions()`` (stats it) touch the file system. Host names
+``load()`` (reads the file and, through ``check_files()``, the TLS files it names), ``check_permissions()``
+(stats it) and ``find_config()`` (looks for ``NAME.conf``) touch the file system. Host names
 in Endpoint are kept as written, never resolved. The format, as wg-quick(8)/wg(8) accept it:
 
 * sections ``[Interface]`` and ``[Peer]`` (one per peer); section names and keys are case-insensitive;
@@ -19,11 +20,13 @@ interface>[, ...]`` (forward and NAT the tunnel's traffic out of those interface
 [Peer]: PublicKey (required), PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive; wgpy extension, with
 Mode = tap: AllowedMACs. With Mode = tap a peer takes no AllowedIPs: frames are switched by MAC address, and
 silently ignoring a source restriction the file asks for would be worse than refusing it.
-Errors are ``ConfigError``s naming file, line and key; they never contain key material.
+Errors are ``ConfigError``s naming file, line and key (an unknown key or section also names the closest known
+one: "did you mean ListenPort?"); they never contain key material, nor the value of an unknown key.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -35,7 +38,7 @@ from wgpy.routing.mactable import format_mac, parse_mac
 
 __all__ = [
     "ConfigError", "PeerConfig", "InterfaceConfig", "parse", "load", "interface_name_from_path",
-    "check_permissions", "to_uapi",
+    "check_permissions", "check_files", "find_config", "parse_pin", "to_uapi",
 ]
 
 
@@ -68,6 +71,8 @@ class PeerConfig:
     tls_server_name: str | None = None
     tls_ca_file: str | None = None
     tls_pin: str | None = None
+    # the line and the key as written of every key given: attribute -> (line, key); for errors found after parse()
+    where: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -98,6 +103,7 @@ class InterfaceConfig:
     listen_tls: int | None = None
     certificate_file: str | None = None
     key_file: str | None = None
+    where: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False, compare=False)  # as in PeerConfig
 
 
 # ------------------------------------------------------------------------------------------ value parsers
@@ -254,38 +260,39 @@ def _command(s: str) -> list[str]:
     return [s] if s else []
 
 
-# lower-case key -> (attribute, how to store, value parser); "set" keys may appear once per section
+# key as documented -> (attribute, how to store, value parser); "set" keys may appear once per section. Keys are
+# case-insensitive (looked up in _BY_LOWER); the spelling here is the one "did you mean" suggests.
 _Spec = tuple[str, str, Callable[[str], Any]]
 _INTERFACE_KEYS: dict[str, _Spec] = {
-    "privatekey": ("private_key", "set", _key),
-    "listenport": ("listen_port", "set", lambda s: _uint(s, 0, 65535, "port")),
-    "fwmark": ("fwmark", "set", _fwmark),
-    "address": ("addresses", "extend", lambda s: _ip_list(s, ipaddress.ip_interface, True, "address")),
-    "dns": ("dns", "dns", _dns),
-    "mtu": ("mtu", "set", lambda s: None if s.lower() == "auto" else _uint(s, 576, 65535, "MTU")),
-    "table": ("table", "set", _table),
-    "preup": ("pre_up", "extend", _command),
-    "postup": ("post_up", "extend", _command),
-    "predown": ("pre_down", "extend", _command),
-    "postdown": ("post_down", "extend", _command),
-    "saveconfig": ("save_config", "set", lambda s: _choice(s, ("true", "false"), "boolean") == "true"),
-    "mode": ("mode", "set", lambda s: _choice(s, ("tun", "tap"), "mode")),
-    "masquerade": ("masquerade", "extend", _ifnames),
-    "user": ("user", "set", _user),
-    "relay": ("relay", "set", _on_off),
+    "PrivateKey": ("private_key", "set", _key),
+    "ListenPort": ("listen_port", "set", lambda s: _uint(s, 0, 65535, "port")),
+    "FwMark": ("fwmark", "set", _fwmark),
+    "Address": ("addresses", "extend", lambda s: _ip_list(s, ipaddress.ip_interface, True, "address")),
+    "DNS": ("dns", "dns", _dns),
+    "MTU": ("mtu", "set", lambda s: None if s.lower() == "auto" else _uint(s, 576, 65535, "MTU")),
+    "Table": ("table", "set", _table),
+    "PreUp": ("pre_up", "extend", _command),
+    "PostUp": ("post_up", "extend", _command),
+    "PreDown": ("pre_down", "extend", _command),
+    "PostDown": ("post_down", "extend", _command),
+    "SaveConfig": ("save_config", "set", lambda s: _choice(s, ("true", "false"), "boolean") == "true"),
+    "Mode": ("mode", "set", lambda s: _choice(s, ("tun", "tap"), "mode")),
+    "Masquerade": ("masquerade", "extend", _ifnames),
+    "User": ("user", "set", _user),
+    "Relay": ("relay", "set", _on_off),
     # --- #8 path MTU ---
-    "mtuprobeinterval": ("mtu_probe_interval", "set",
+    "MTUProbeInterval": ("mtu_probe_interval", "set",
                          lambda s: 0.0 if s.lower() == "off" else float(_uint(s, 0, 86400, "MTUProbeInterval"))),
 }
 _PEER_KEYS: dict[str, _Spec] = {
-    "publickey": ("public_key", "set", _key),
-    "presharedkey": ("preshared_key", "set", _key),
-    "allowedips": ("allowed_ips", "extend",
+    "PublicKey": ("public_key", "set", _key),
+    "PresharedKey": ("preshared_key", "set", _key),
+    "AllowedIPs": ("allowed_ips", "extend",
                    lambda s: _ip_list(s, lambda x: ipaddress.ip_network(x, strict=False), False, "CIDR")),
-    "endpoint": ("endpoint", "set", _endpoint),
-    "persistentkeepalive": ("persistent_keepalive", "set",
+    "Endpoint": ("endpoint", "set", _endpoint),
+    "PersistentKeepalive": ("persistent_keepalive", "set",
                             lambda s: 0 if s.lower() == "off" else _uint(s, 0, 65535, "persistent keepalive")),
-    "allowedmacs": ("allowed_macs", "extend", _mac_list),
+    "AllowedMACs": ("allowed_macs", "extend", _mac_list),
 }
 
 
@@ -326,7 +333,9 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
                 section, current, seen = "peer", {"line": lineno}, set()
                 peers.append(current)
             else:
-                raise ConfigError(path, lineno, None, f"unknown section [{m.group(1)}]")
+                hint = _did_you_mean(m.group(1), _SECTIONS)
+                raise ConfigError(path, lineno, None, f"unknown section [{m.group(1)}]"
+                                                      + (f" (did you mean [{hint}]?)" if hint else ""))
             continue
         if "=" not in line:
             raise ConfigError(path, lineno, None, "expected 'Key = Value'")
@@ -336,9 +345,9 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
             raise ConfigError(path, lineno, None, "missing key before '='" if not key else "malformed key")
         if section is None:
             raise ConfigError(path, lineno, key, "key outside any section")
-        spec = (_INTERFACE_KEYS if section == "interface" else _PEER_KEYS).get(key.lower())
+        spec = _BY_LOWER[section].get(key.lower())
         if spec is None:
-            raise ConfigError(path, lineno, key, "unknown key")
+            raise ConfigError(path, lineno, key, _unknown_key(key, section))  # never the value: it may be a key
         attr, how, parser = spec
         if how == "set" and attr in seen:
             raise ConfigError(path, lineno, key, "duplicate key")
@@ -346,7 +355,7 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
             parsed = parser(value)
         except _Bad as e:
             raise ConfigError(path, lineno, key, str(e)) from None
-        current.setdefault("_where", {}).setdefault(attr, (lineno, key))
+        current.setdefault("where", {}).setdefault(attr, (lineno, key))
         if how == "set":
             seen.add(attr)
             current[attr] = parsed
@@ -365,10 +374,25 @@ def parse(text: str, path: str = "<string>", name: str | None = None) -> Interfa
         raise ConfigError(path, None, "PrivateKey", "missing")
     _check_mode(path, iface, peers)
     _check_transports(path, iface, peers)     # --- #7 transports
-    iface.pop("_where", None)
-    for p in peers:
-        p.pop("_where", None)
     return InterfaceConfig(name=name, path=path, **iface, peers=[PeerConfig(**p) for p in peers])
+
+
+_SECTIONS = ("Interface", "Peer")
+
+
+def _did_you_mean(word: str, names: Any) -> str | None:
+    """The known name closest to ``word`` (case-insensitive, difflib), or None."""
+    by_lower = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return by_lower[close[0]] if close else None
+
+
+def _unknown_key(key: str, section: str) -> str:
+    other = "peer" if section == "interface" else "interface"
+    if key.lower() in _BY_LOWER[other]:
+        return f"unknown key in [{section.title()}] (it belongs in the [{other.title()}] section)"
+    hint = _did_you_mean(key, _INTERFACE_KEYS if section == "interface" else _PEER_KEYS)
+    return f"unknown key (did you mean {hint}?)" if hint else "unknown key"
 
 
 def _check_mode(path: str, iface: dict[str, Any], peers: list[dict[str, Any]]) -> None:
@@ -376,16 +400,16 @@ def _check_mode(path: str, iface: dict[str, Any], peers: list[dict[str, Any]]) -
     if iface.get("mode") == "tap":
         for p in peers:
             if p.get("allowed_ips"):
-                line, key = p["_where"]["allowed_ips"]
+                line, key = p["where"]["allowed_ips"]
                 raise ConfigError(path, line, key, "not used with Mode = tap (frames are switched by MAC "
                                                    "address); restrict a peer's sources with AllowedMACs")
         return
     if "relay" in iface:
-        line, key = iface["_where"]["relay"]
+        line, key = iface["where"]["relay"]
         raise ConfigError(path, line, key, "needs Mode = tap")
     for p in peers:
         if "allowed_macs" in p:
-            line, key = p["_where"]["allowed_macs"]
+            line, key = p["where"]["allowed_macs"]
             raise ConfigError(path, line, key, "needs Mode = tap")
 
 
@@ -406,8 +430,30 @@ def interface_name_from_path(path: str) -> str:
     return stem
 
 
+# where `wgpy up NAME` looks for NAME.conf, in this order: wg-quick's directory first
+CONFIG_DIRS = ("/etc/wireguard", "/etc/wgpy")
+
+
+def find_config(name_or_path: str, search_dirs: tuple[str, ...] = CONFIG_DIRS) -> str:
+    """The file `wgpy up` reads. As wg-quick, it takes a path or an interface name: an argument with a '/' or
+    ending in ``.conf`` (``./wg0.conf``, ``wg0.conf``) is a path and returned as is; a bare interface name
+    (``wg0``) is the first ``DIR/wg0.conf`` that exists, DIR in ``search_dirs``. Raises ConfigError listing
+    where it looked when there is none."""
+    if "/" in name_or_path or name_or_path.endswith(".conf") or not _valid_name(name_or_path):
+        return name_or_path
+    tried = [os.path.join(d, f"{name_or_path}.conf") for d in search_dirs]
+    for candidate in tried:
+        if os.path.lexists(candidate):
+            return candidate
+    here = f" (for the file {name_or_path} in this directory, write ./{name_or_path})" \
+        if os.path.lexists(name_or_path) else ""
+    raise ConfigError(name_or_path, None, None,
+                      f"no configuration file for interface {name_or_path}: looked for {', '.join(tried)}{here}")
+
+
 def load(path: str) -> InterfaceConfig:
-    """Read and parse a configuration file; unreadable files raise ConfigError."""
+    """Read and parse a configuration file, then check the files it names (check_files); unreadable files
+    raise ConfigError."""
     try:
         with open(path, encoding="utf-8-sig") as f:
             text = f.read()
@@ -415,16 +461,23 @@ def load(path: str) -> InterfaceConfig:
         raise ConfigError(path, None, None, f"cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, None, None, "cannot read: not valid UTF-8") from None
-    return parse(text, path)
+    cfg = parse(text, path)
+    check_files(cfg)
+    return cfg
 
 
 def check_permissions(path: str) -> str | None:
-    """wg-quick's warning if the file is accessible by others (mode & 0o007), else None."""
+    """wg-quick's warning if the file (it holds the private key) is accessible by others (mode & 0o007), and the
+    same for its group (mode & 0o070), as `wg` would warn about a key file; else None."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return None
-    return f"Warning: `{path}' is world accessible" if mode & 0o007 else None
+    if mode & 0o007:
+        return f"Warning: `{path}' is world accessible"
+    if mode & 0o070:
+        return f"Warning: `{path}' is group accessible"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------- UAPI
@@ -515,13 +568,26 @@ def _file(s: str) -> str:
     return s
 
 
+_PIN_PREFIX = re.compile(r"sha-?256(?:\s*fingerprint)?\s*[=:]\s*", re.IGNORECASE)
+
+
+def parse_pin(text: str) -> bytes:
+    """A certificate's SHA-256 fingerprint, for TLSPin and the UAPI's wgpy_tls_pin (one parser for both): as
+    `openssl x509 -noout -fingerprint -sha256 -in cert.pem` prints it (``sha256 Fingerprint=AB:CD:...``, older
+    versions ``SHA256 Fingerprint=...``), or its 64 hex digits alone, in any case, colons optional, a
+    ``sha256:`` prefix allowed. Raises ValueError saying how to write one (never echoing the text)."""
+    t = text.strip()
+    m = _PIN_PREFIX.match(t)
+    t = t[m.end():] if m else t
+    t = t.replace(":", "")
+    if len(t) != 64 or any(c not in "0123456789abcdefABCDEF" for c in t):
+        raise _Bad("expected the certificate's SHA-256 fingerprint, as `openssl x509 -noout -fingerprint -sha256 "
+                   "-in cert.pem` prints it (or its 64 hex digits)")
+    return bytes.fromhex(t)
+
+
 def _pin(s: str) -> str:
-    t = s.strip()
-    t = t[7:] if t.lower().startswith("sha256:") else t
-    t = t.replace(":", "").lower()
-    if len(t) != 64 or any(c not in "0123456789abcdef" for c in t):
-        raise _Bad("expected a SHA-256 certificate fingerprint (64 hex digits, colons allowed)")
-    return t
+    return parse_pin(s).hex()
 
 
 def _server_name(s: str) -> str:
@@ -531,19 +597,19 @@ def _server_name(s: str) -> str:
 
 
 _INTERFACE_KEYS.update({
-    "listentcp": ("listen_tcp", "set", lambda s: _uint(s, 1, 65535, "port")),
-    "listentls": ("listen_tls", "set", lambda s: _uint(s, 1, 65535, "port")),
-    "certificatefile": ("certificate_file", "set", _file),
-    "keyfile": ("key_file", "set", _file),
+    "ListenTCP": ("listen_tcp", "set", lambda s: _uint(s, 1, 65535, "port")),
+    "ListenTLS": ("listen_tls", "set", lambda s: _uint(s, 1, 65535, "port")),
+    "CertificateFile": ("certificate_file", "set", _file),
+    "KeyFile": ("key_file", "set", _file),
 })
 _PEER_KEYS.update({
-    "endpoint": ("endpoint", "set", _any_endpoint),
-    "fallbackendpoint": ("fallback_endpoint", "set", _stream_url),
-    "fallbackafter": ("fallback_after", "set", _seconds),
-    "fallbackprobeinterval": ("fallback_probe_interval", "set", _seconds),
-    "tlsservername": ("tls_server_name", "set", _server_name),
-    "tlscafile": ("tls_ca_file", "set", _file),
-    "tlspin": ("tls_pin", "set", _pin),
+    "Endpoint": ("endpoint", "set", _any_endpoint),
+    "FallbackEndpoint": ("fallback_endpoint", "set", _stream_url),
+    "FallbackAfter": ("fallback_after", "set", _seconds),
+    "FallbackProbeInterval": ("fallback_probe_interval", "set", _seconds),
+    "TLSServerName": ("tls_server_name", "set", _server_name),
+    "TLSCAFile": ("tls_ca_file", "set", _file),
+    "TLSPin": ("tls_pin", "set", _pin),
 })
 
 
@@ -551,7 +617,7 @@ def _check_transports(path: str, iface: dict[str, Any], peers: list[dict[str, An
     base = os.path.dirname(os.path.abspath(path)) if not path.startswith("<") else None
 
     def where(d: dict[str, Any], attr: str) -> tuple[int | None, str | None]:
-        return d.get("_where", {}).get(attr, (None, None))
+        return d.get("where", {}).get(attr, (None, None))
 
     for attr in ("certificate_file", "key_file"):
         if attr in iface and base and not os.path.isabs(iface[attr]):
@@ -626,3 +692,123 @@ def transport_uapi_peer(peer: PeerConfig, resolved: dict[str, str] | None = None
     if peer.tls_pin:
         out.append(f"wgpy_tls_pin={peer.tls_pin}")
     return out
+
+
+# ---------------------------------------------------------------------------------- #7 transports: TLS files
+# load() reads the files the config names, so that a missing, unreadable or wrong one is reported with the line and
+# key naming it before anything is set up (the daemon could only answer errno=-22 to the UAPI set). The checks are
+# the ones the daemon's ssl calls make (io/stream.py server_context, client_context), done first with the same
+# calls; when one fails, the files are examined to say which is wrong and how. Nothing read is ever echoed: a key
+# file is a secret.
+
+_PEM_MAX = 1 << 20      # bytes read of one PEM file (a certificate chain is a few KB)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
+_SWAPPED = "are KeyFile and CertificateFile swapped?"
+
+
+def check_files(cfg: InterfaceConfig) -> None:
+    """Check the TLS files ``cfg`` names: with ListenTLS, CertificateFile and KeyFile (readable, a PEM certificate
+    and an unencrypted PEM private key of that certificate); each peer's TLSCAFile (readable, PEM certificates).
+    Raises ConfigError naming the config file, the line and the key."""
+    if cfg.listen_tls is not None and cfg.certificate_file and cfg.key_file:
+        _check_server_files(cfg)
+    for peer in cfg.peers:
+        if peer.tls_ca_file:
+            _check_ca_file(cfg.path, peer)
+
+
+def _where(where: dict[str, tuple[int, str]], attr: str, key: str) -> tuple[int | None, str]:
+    return where.get(attr, (None, key))
+
+
+def _read_pem(path: str, at: tuple[int | None, str], file: str) -> tuple[bytes, list[bytes]]:
+    """The file's bytes and the labels of its PEM blocks ("CERTIFICATE", "PRIVATE KEY", ...)."""
+    try:
+        with open(file, "rb") as f:
+            data = f.read(_PEM_MAX + 1)
+    except OSError as e:
+        raise ConfigError(path, *at, f"cannot read {file!r}: {e.strerror or e}") from None
+    if len(data) > _PEM_MAX:
+        raise ConfigError(path, *at, f"{file!r} is too large for a PEM file (over {_PEM_MAX >> 20} MiB)")
+    return data, [m.group(1) for m in _PEM_BLOCK.finditer(data)]
+
+
+def _ssl_reason(e: OSError) -> str:
+    reason = getattr(e, "reason", None)
+    return reason.lower().replace("_", " ") if isinstance(reason, str) else (e.strerror or str(e))
+
+
+def _check_server_files(cfg: InterfaceConfig) -> None:
+    import ssl
+    cert_at = _where(cfg.where, "certificate_file", "CertificateFile")
+    key_at = _where(cfg.where, "key_file", "KeyFile")
+    cert_file, key_file = cfg.certificate_file, cfg.key_file
+    cert_data, cert_labels = _read_pem(cfg.path, cert_at, cert_file)
+    key_data, key_labels = _read_pem(cfg.path, key_at, key_file)
+    if b"ENCRYPTED PRIVATE KEY" in key_labels or b"Proc-Type: 4,ENCRYPTED" in key_data:
+        raise ConfigError(cfg.path, *key_at, f"{key_file!r} is encrypted with a passphrase, which the daemon cannot "
+                                             f"ask for; decrypt it: openssl pkey -in {key_file} -out key.pem")
+    if not any(label.endswith(b"PRIVATE KEY") for label in key_labels):
+        hint = f" (it holds a certificate: {_SWAPPED})" if b"CERTIFICATE" in key_labels else ""
+        raise ConfigError(cfg.path, *key_at, f"{key_file!r} is not a PEM private key "
+                                             f"(no -----BEGIN PRIVATE KEY----- block){hint}")
+    if b"CERTIFICATE" not in cert_labels:
+        hint = f" (it holds a private key: {_SWAPPED})" \
+            if any(label.endswith(b"PRIVATE KEY") for label in cert_labels) else ""
+        raise ConfigError(cfg.path, *cert_at, f"{cert_file!r} is not a PEM certificate "
+                                              f"(no -----BEGIN CERTIFICATE----- block){hint}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        ctx.load_cert_chain(cert_file, key_file, password=lambda: b"")   # never a passphrase prompt
+        return
+    except OSError as e:     # ssl.SSLError included
+        reason = _ssl_reason(e)
+    raise ConfigError(cfg.path, *_diagnose_server_files(cert_file, cert_data, key_file, key_data,
+                                                        cert_at, key_at, reason))
+
+
+def _diagnose_server_files(cert_file: str, cert_data: bytes, key_file: str, key_data: bytes,
+                           cert_at: tuple[int | None, str], key_at: tuple[int | None, str],
+                           reason: str) -> tuple[int | None, str, str]:
+    """Why ssl refused the pair, as (line, key, message): which file cannot be read as what it should be, or
+    that the key is not the certificate's."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key_pem = next(m.group(0) for m in _PEM_BLOCK.finditer(key_data) if m.group(1).endswith(b"PRIVATE KEY"))
+    cert_pem = next(m.group(0) for m in _PEM_BLOCK.finditer(cert_data) if m.group(1) == b"CERTIFICATE")  # the leaf
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None).public_key().public_bytes(*spki)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return (*key_at, f"{key_file!r}: the private key in it cannot be read (damaged, or of an unsupported type)")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem).public_key().public_bytes(*spki)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return (*cert_at, f"{cert_file!r}: the certificate in it cannot be read (damaged, or of an unsupported "
+                          f"type)")
+    if key != cert:
+        line = f", line {cert_at[0]}" if cert_at[0] else ""
+        return (*key_at, f"{key_file!r} does not match the certificate {cert_file!r} (CertificateFile{line}): "
+                         f"they are not one key pair")
+    return (*cert_at, f"{cert_file!r} and {key_file!r} cannot be used for TLS ({reason})")
+
+
+def _check_ca_file(path: str, peer: PeerConfig) -> None:
+    import ssl
+    at = _where(peer.where, "tls_ca_file", "TLSCAFile")
+    _, labels = _read_pem(path, at, peer.tls_ca_file)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=peer.tls_ca_file)
+    except OSError as e:
+        hint = "" if labels else " (no -----BEGIN CERTIFICATE----- block)"
+        raise ConfigError(path, *at, f"{peer.tls_ca_file!r} is not a file of PEM CA certificates{hint}: "
+                                     f"{_ssl_reason(e)}") from None
+
+
+# every key of both tables (with #7's), by lower-case name: what parse() looks keys up in
+_BY_LOWER: dict[str, dict[str, _Spec]] = {
+    "interface": {k.lower(): v for k, v in _INTERFACE_KEYS.items()},
+    "peer": {k.lower(): v for k, v in _PEER_KEYS.items()},
+}

@@ -67,6 +67,11 @@ def _unknown_key(lines):
     return lines[:3] + ["Colour = blue"] + lines[3:], "Colour = blue", "Colour"
 
 
+def _misspelt_key(lines):
+    return [("ListenPrt = 51820" if ln.startswith("ListenPort") else ln) for ln in lines], "ListenPrt = 51820", \
+        "ListenPrt: unknown key (did you mean ListenPort?)"
+
+
 def _bad_base64_private_key(lines):
     return [("PrivateKey = this-is-not*base64!" if ln.startswith("PrivateKey") else ln) for ln in lines], \
         "PrivateKey = this-is-not*base64!", "PrivateKey"
@@ -94,6 +99,7 @@ def _missing_private_key(lines):
 MALFORMED = {
     "unknown-section": _unknown_section,
     "unknown-key": _unknown_key,
+    "misspelt-key": _misspelt_key,
     "bad-base64-key": _bad_base64_private_key,
     "wrong-length-key": _short_public_key,
     "bad-cidr-allowedips": _bad_cidr_allowed_ips,
@@ -242,14 +248,15 @@ def test_listen_port_in_use_rolls_back(lab, netns, keys):
 
 # -- permissions ----------------------------------------------------------------------------------------------------
 
-def test_world_accessible_config_warns_but_works(lab, netns, keys):
+@pytest.mark.parametrize("mode,who", [(0o644, "world"), (0o640, "group")])
+def test_world_accessible_config_warns_but_works(lab, netns, keys, mode, who):
     ns = netns()
     iface = unique_iface()
-    path = write_config(lab.tmp, iface, "\n".join(base_lines(keys)) + "\n", mode=0o644)
+    path = write_config(lab.tmp, iface, "\n".join(base_lines(keys)) + "\n", mode=mode)
     res = lab.try_wgpy_up(ns, path)
     assert res.returncode == 0, res.stderr
-    assert re.search(r"world[- ]?(accessible|readable)", res.stderr, re.IGNORECASE), res.stderr
-    assert str(path) in res.stderr, res.stderr
+    assert re.search(rf"{who}[- ]?(accessible|readable)", res.stderr, re.IGNORECASE), res.stderr
+    assert f"Warning: `{path}' is {who} accessible" in res.stderr, res.stderr
     assert link_exists(ns, iface)
     dump = netlab.wg_dump(ns, iface)
     assert dump["listen_port"] == 51820 and dump["public_key"] == keys[0].public
@@ -265,4 +272,93 @@ def test_private_config_gives_no_warning(lab, netns, keys):
     path = write_config(lab.tmp, iface, "\n".join(base_lines(keys)) + "\n", mode=0o600)
     res = lab.try_wgpy_up(ns, path)
     assert res.returncode == 0, res.stderr
-    assert not re.search(r"world[- ]?(accessible|readable)", res.stderr, re.IGNORECASE), res.stderr
+    assert not re.search(r"(world|group)[- ]?(accessible|readable)", res.stderr, re.IGNORECASE), res.stderr
+
+
+# -- the files a config names, and names instead of files -------------------------------------------------------
+
+def _openssl_cert(directory: Path, stem: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{stem}-cert.pem", directory / f"{stem}-key.pem"
+    run(None, "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=vpn.wgpy.test", timeout=30)
+    return cert, key
+
+
+@pytest.mark.parametrize("case", ["missing-key", "missing-certificate", "not-a-key", "mismatch"])
+def test_tls_file_errors_name_the_line_and_key(lab, netns, keys, case):
+    """Before: `configuring the interface failed (errno=-22)`; now the line, the key and what is wrong, before
+    anything is set up."""
+    ns = netns()
+    iface = unique_iface()
+    cert, key = _openssl_cert(lab.tmp, "a")
+    missing = lab.tmp / "nowhere" / "server.pem"
+    junk = lab.tmp / "junk.key"
+    junk.write_text("not a key\n")
+    other_cert, other_key = _openssl_cert(lab.tmp, "b")
+    cert, key, line, token, what = {
+        "missing-key": (cert, missing, 6, "KeyFile", f"cannot read '{missing}': No such file or directory"),
+        "missing-certificate": (missing, key, 5, "CertificateFile",
+                                f"cannot read '{missing}': No such file or directory"),
+        "not-a-key": (cert, junk, 6, "KeyFile", f"'{junk}' is not a PEM private key"),
+        "mismatch": (cert, other_key, 6, "KeyFile", f"'{other_key}' does not match the certificate '{cert}'"),
+    }[case]
+    lines = base_lines(keys)
+    lines = lines[:3] + ["ListenTLS = 8443", f"CertificateFile = {cert}", f"KeyFile = {key}"] + lines[3:]
+    path = write_config(lab.tmp, iface, "\n".join(lines) + "\n")
+    assert lines[line - 1].startswith(token)
+
+    res = lab.try_wgpy_up(ns, path)
+    assert res.returncode != 0, f"`wgpy up` accepted {case}:\n{res.stderr}"
+    assert f"wgpy: {path}:{line}: {token}: {what}" in res.stderr, res.stderr
+    assert "errno" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+    for k in (key, other_key):
+        if k.exists():
+            secret = [ln for ln in k.read_text().splitlines() if "-----" not in ln]
+            assert not any(ln in res.stderr for ln in secret), "stderr shows key material"
+    assert_nothing_left(ns, iface)
+
+
+def test_tls_ca_file_missing(lab, netns, keys):
+    ns = netns()
+    iface = unique_iface()
+    missing = lab.tmp / "nowhere" / "ca.pem"
+    lines = [("Endpoint = tls://10.201.0.2:8443" if ln.startswith("Endpoint") else ln) for ln in base_lines(keys)]
+    lines.append(f"TLSCAFile = {missing}")
+    path = write_config(lab.tmp, iface, "\n".join(lines) + "\n")
+    res = lab.try_wgpy_up(ns, path)
+    assert res.returncode != 0
+    assert f"wgpy: {path}:{len(lines)}: TLSCAFile: cannot read '{missing}': No such file or directory" \
+        in res.stderr, res.stderr
+    assert_nothing_left(ns, iface)
+
+
+def test_up_by_name_without_a_file_says_where_it_looked(lab, netns):
+    ns = netns()
+    iface = unique_iface()
+    assert not any(Path(d, f"{iface}.conf").exists() for d in ("/etc/wireguard", "/etc/wgpy"))
+    res = lab.try_wgpy_up(ns, iface)
+    assert res.returncode != 0
+    assert res.stderr == (f"wgpy: {iface}: no configuration file for interface {iface}: looked for "
+                          f"/etc/wireguard/{iface}.conf, /etc/wgpy/{iface}.conf\n"), res.stderr
+    assert_nothing_left(ns, iface)
+
+
+def test_up_by_name_finds_etc_wgpy(lab, netns, keys):
+    """`wgpy up NAME` as `wg-quick up NAME`: /etc/wireguard/NAME.conf, else /etc/wgpy/NAME.conf (this test writes
+    the second, under a name of its own, and removes it)."""
+    ns = netns()
+    iface = unique_iface()
+    etc = Path("/etc/wgpy")
+    if not etc.exists():
+        etc.mkdir(mode=0o700)
+        lab.defer(f"rmdir {etc}", lambda: etc.rmdir() if etc.exists() and not any(etc.iterdir()) else None)
+    path = etc / f"{iface}.conf"
+    lab.defer(f"rm {path}", lambda: path.unlink(missing_ok=True))
+    write_config(etc, iface, "\n".join(base_lines(keys)) + "\n")
+    res = lab.try_wgpy_up(ns, iface)
+    assert res.returncode == 0, res.stderr
+    assert link_exists(ns, iface)
+    assert netlab.wg_dump(ns, iface)["public_key"] == keys[0].public
+    down = lab.wgpy(ns, "down", iface, timeout=20)
+    assert down.returncode == 0, down.stderr
+    assert_nothing_left(ns, iface)

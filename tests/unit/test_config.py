@@ -6,8 +6,8 @@ import pytest
 
 from wgpy import crypto
 from wgpy.config import (
-    ConfigError, InterfaceConfig, PeerConfig, check_permissions, interface_name_from_path, load, parse,
-    to_uapi,
+    ConfigError, InterfaceConfig, PeerConfig, check_permissions, find_config, interface_name_from_path, load,
+    parse, to_uapi,
 )
 
 N = ipaddress.ip_network
@@ -277,13 +277,58 @@ def test_malformed_section_header():
 def test_unknown_key():
     e = parse_err(MINIMAL + "ListenPrt = 1\n", P)
     assert_err(e, P, 3, "ListenPrt", "unknown key")
-    assert e.message == "unknown key"
-    assert str(e) == f"{P}:3: ListenPrt: unknown key"
+    assert e.message == "unknown key (did you mean ListenPort?)"
+    assert str(e) == f"{P}:3: ListenPrt: unknown key (did you mean ListenPort?)"
+    e = parse_err(MINIMAL + "Colour = blue\n", P)          # nothing close: no suggestion
+    assert e.message == "unknown key" and str(e) == f"{P}:3: Colour: unknown key"
+
+
+@pytest.mark.parametrize("section,written,meant", [
+    ("interface", "listenprt", "ListenPort"),       # case-insensitive, suggested as documented
+    ("interface", "Adress", "Address"),
+    ("interface", "PrivKey", "PrivateKey"),
+    ("interface", "MTUProbeIntervall", "MTUProbeInterval"),
+    ("interface", "CertFile", "CertificateFile"),
+    ("interface", "ListenTSL", "ListenTLS"),
+    ("peer", "AllowedIP", "AllowedIPs"),
+    ("peer", "PubKey", "PublicKey"),
+    ("peer", "PersistentKeepAlve", "PersistentKeepalive"),
+    ("peer", "EndPont", "Endpoint"),
+    ("peer", "TLSPinn", "TLSPin"),
+    ("peer", "TLSCaFil", "TLSCAFile"),
+])
+def test_unknown_key_did_you_mean(section, written, meant):
+    text = MINIMAL + (peer_text() if section == "peer" else "") + f"{written} = 1\n"
+    line = 5 if section == "peer" else 3
+    e = parse_err(text, P)
+    assert_err(e, P, line, written, f"unknown key (did you mean {meant}?)")
+    assert e.message == f"unknown key (did you mean {meant}?)"
+
+
+def test_unknown_key_never_echoes_the_value():
+    secret = b64(os.urandom(32))
+    for text in (MINIMAL + f"PrivKey = {secret}\n", MINIMAL + peer_text() + f"PresharedKy = {secret}\n",
+                 MINIMAL + f"Bogus = {secret}\n"):
+        e = parse_err(text, P)
+        assert "unknown key" in e.message and secret not in str(e) and secret[:12] not in repr(e.args)
 
 
 def test_key_in_wrong_section_is_unknown():
-    assert_err(parse_err(MINIMAL + "PublicKey = x\n", P), P, 3, "PublicKey", "unknown key")
-    assert_err(parse_err(MINIMAL + peer_text() + "ListenPort = 1\n", P), P, 5, "ListenPort", "unknown key")
+    e = parse_err(MINIMAL + "PublicKey = x\n", P)
+    assert_err(e, P, 3, "PublicKey", "unknown key")
+    assert e.message == "unknown key in [Interface] (it belongs in the [Peer] section)"
+    e = parse_err(MINIMAL + peer_text() + "ListenPort = 1\n", P)
+    assert_err(e, P, 5, "ListenPort", "unknown key")
+    assert e.message == "unknown key in [Peer] (it belongs in the [Interface] section)"
+
+
+@pytest.mark.parametrize("written,meant", [("Peers", "Peer"), ("interfaces", "Interface"), ("Intreface", "Interface"),
+                                           ("Foo", None)])
+def test_unknown_section_did_you_mean(written, meant):
+    e = parse_err(MINIMAL + f"[{written}]\n", P)
+    hint = f" (did you mean [{meant}]?)" if meant else ""
+    assert_err(e, P, 3, None, f"unknown section [{written}]{hint}")
+    assert e.message == f"unknown section [{written}]{hint}"
 
 
 def test_key_outside_section():
@@ -490,13 +535,72 @@ def test_check_permissions(tmp_path):
     p.write_text(MINIMAL)
     os.chmod(p, 0o600)
     assert check_permissions(str(p)) is None
-    os.chmod(p, 0o640)
+    os.chmod(p, 0o400)
     assert check_permissions(str(p)) is None
     os.chmod(p, 0o644)
     assert check_permissions(str(p)) == f"Warning: `{p}' is world accessible"
     os.chmod(p, 0o602)
     assert check_permissions(str(p)) == f"Warning: `{p}' is world accessible"
     assert check_permissions(str(tmp_path / "missing.conf")) is None
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o620, 0o660, 0o610, 0o440])
+def test_check_permissions_group(tmp_path, mode):
+    """Readable or writable by the group draws the warning too (README: group or others), in wg-quick's words."""
+    p = tmp_path / "wg0.conf"
+    p.write_text(MINIMAL)
+    os.chmod(p, mode)
+    assert check_permissions(str(p)) == f"Warning: `{p}' is group accessible"
+    os.chmod(p, mode | 0o004)                      # others too: the world warning, as wg-quick's
+    assert check_permissions(str(p)) == f"Warning: `{p}' is world accessible"
+
+
+# ------------------------------------------------------------------------------------- finding NAME.conf
+
+@pytest.fixture
+def conf_dirs(tmp_path):
+    dirs = (tmp_path / "etc-wireguard", tmp_path / "etc-wgpy")
+    for d in dirs:
+        d.mkdir()
+    return tuple(str(d) for d in dirs)
+
+
+def test_find_config_bare_name_looks_in_order(conf_dirs):
+    first, second = conf_dirs
+    with open(os.path.join(second, "wg0.conf"), "w") as f:
+        f.write(MINIMAL)
+    assert find_config("wg0", conf_dirs) == os.path.join(second, "wg0.conf")
+    with open(os.path.join(first, "wg0.conf"), "w") as f:
+        f.write(MINIMAL)
+    assert find_config("wg0", conf_dirs) == os.path.join(first, "wg0.conf")   # /etc/wireguard wins, as wg-quick
+    assert load(find_config("wg0", conf_dirs)).name == "wg0"
+
+
+def test_find_config_missing_name_lists_where_it_looked(conf_dirs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        find_config("office", conf_dirs)
+    e = info.value
+    tried = [os.path.join(d, "office.conf") for d in conf_dirs]
+    assert (e.path, e.line, e.key) == ("office", None, None)
+    assert str(e) == f"office: no configuration file for interface office: looked for {tried[0]}, {tried[1]}"
+    (tmp_path / "office").write_text(MINIMAL)      # a file of that name here: say how to use it
+    with pytest.raises(ConfigError, match=r"write \./office\)$"):
+        find_config("office", conf_dirs)
+
+
+def test_find_config_default_dirs_are_wg_quicks_then_wgpys():
+    from wgpy import config
+    assert config.CONFIG_DIRS == ("/etc/wireguard", "/etc/wgpy")
+
+
+@pytest.mark.parametrize("arg", ["./wg0", "wg0.conf", "/x/wg0.conf", "rel/dir/wg0", "../wg0", "a" * 16])
+def test_find_config_paths_are_taken_as_they_are(conf_dirs, arg):
+    """A '/' or a .conf ending makes it a path (wgpy up wg0.conf keeps reading ./wg0.conf), and so does
+    anything that cannot be an interface name; load() then reports what is wrong with it."""
+    with open(os.path.join(conf_dirs[0], "wg0.conf"), "w") as f:
+        f.write(MINIMAL)
+    assert find_config(arg, conf_dirs) == arg
 
 
 # -------------------------------------------------------------------------------------- interface names

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
+import subprocess
 import time
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from wgpy.config import ConfigError, parse, to_uapi
+from wgpy.config import ConfigError, load, parse, to_uapi
 from wgpy.crypto import encode_key
 from wgpy.io import udp
 from wgpy.io.stream import StreamEndpoint, StreamManager
 from wgpy.protocol.device import Device
+from wgpy.io.stream import parse_pin
 from wgpy.uapi.protocol import handle_request
+
+from test_transport_stream import make_cert
 
 KEY = encode_key(b"\x01" * 32)
 PEER = encode_key(b"\x02" * 32)
@@ -200,3 +206,199 @@ def test_uapi_without_streams_refuses_the_keys():
     assert req(host, "set=1", "wgpy_listen_tcp=443") == "errno=-22\n\n"
     assert req(host, "set=1", f"public_key={PUB}", "wgpy_endpoint=tcp://192.0.2.1:443") == "errno=-22\n\n"
     assert "wgpy_" not in req(host, "get=1")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TLSPin: what openssl prints (issue 20); config and UAPI share io/stream.parse_pin = config.parse_pin
+# ---------------------------------------------------------------------------------------------------------------
+
+HEX = bytes(range(32)).hex()
+COLONS = ":".join(HEX[i:i + 2] for i in range(0, 64, 2)).upper()
+
+
+@pytest.mark.parametrize("written", [
+    HEX, HEX.upper(), COLONS, COLONS.lower(), "sha256:" + COLONS, "SHA256:" + HEX,
+    "sha256 Fingerprint=" + COLONS,            # openssl 3: `openssl x509 -noout -fingerprint -sha256 -in cert.pem`
+    "SHA256 Fingerprint=" + COLONS,            # openssl 1.1
+    "  sha256 Fingerprint=" + COLONS + "  ",
+])
+def test_pin_forms_config_and_uapi_agree(written):
+    cfg = parse(conf(peer=f"Endpoint = tls://vpn.example.net:443\nTLSPin = {written}"))
+    assert cfg.peers[0].tls_pin == HEX
+    assert parse_pin(written) == bytes(range(32))
+    host = Host()
+    try:
+        assert req(host, "set=1", f"public_key={PUB}", "wgpy_endpoint=tls://192.0.2.1:443",
+                   f"wgpy_tls_pin={written}") == "errno=0\n\n"
+        assert host.device.peers[b"\x02" * 32].endpoint.pin == bytes(range(32))
+    finally:
+        host.streams.close()
+
+
+def test_pin_is_the_one_parser():
+    import wgpy.config
+    import wgpy.io.stream
+    assert wgpy.io.stream.parse_pin is wgpy.config.parse_pin
+
+
+@pytest.mark.parametrize("bad", [HEX[:-2], HEX + "00", "zz" + HEX[2:], "sha1 Fingerprint=" + COLONS[:59],
+                                 "sha256 Fingerprint=", "Fingerprint=" + COLONS + "x"])
+def test_bad_pin_says_how_to_write_it(bad):
+    with pytest.raises(ConfigError) as info:
+        parse(conf(peer=f"Endpoint = tls://vpn.example.net:443\nTLSPin = {bad}"), "/x/wg0.conf")
+    e = info.value
+    assert (e.line, e.key) == (8, "TLSPin")
+    assert "openssl x509 -noout -fingerprint -sha256 -in cert.pem" in e.message and bad not in str(e)
+    with pytest.raises(ValueError, match="openssl x509 -noout -fingerprint -sha256"):
+        parse_pin(bad)
+    host = Host()
+    try:
+        assert req(host, "set=1", f"public_key={PUB}", "wgpy_endpoint=tls://192.0.2.1:443",
+                   f"wgpy_tls_pin={bad}") == "errno=-22\n\n"
+    finally:
+        host.streams.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_pin_as_openssl_prints_it(tmp_path):
+    cert, _, digest = make_cert(tmp_path)
+    out = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(cert)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    cfg = parse(conf(peer=f"Endpoint = tls://vpn.example.net:443\nTLSPin = {out}"))
+    assert cfg.peers[0].tls_pin == digest.hex()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TLS files: checked by load() before anything is set up (issue 20), never by parse()
+# ---------------------------------------------------------------------------------------------------------------
+
+def write_conf(tmp_path, iface: str = "", peer: str = ""):
+    path = tmp_path / "wg0.conf"
+    path.write_text(conf(iface, peer))
+    return str(path)
+
+
+def tls_conf(tmp_path, cert, key) -> str:
+    return write_conf(tmp_path, f"ListenTLS = 8443\nCertificateFile = {cert}\nKeyFile = {key}")
+
+
+def load_err(path: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    return info.value
+
+
+CERT_LINE, KEY_LINE = 4, 5      # lines of CertificateFile and KeyFile in tls_conf()
+
+
+def test_tls_files_good(tmp_path):
+    cert, key, _ = make_cert(tmp_path)
+    cfg = load(tls_conf(tmp_path, cert.name, key.name))          # relative to the config file's directory
+    assert (cfg.certificate_file, cfg.key_file) == (str(cert), str(key))
+    chain = tmp_path / "chain.pem"                                 # leaf, then another certificate
+    other, _, _ = make_cert(tmp_path, "ca.example.test")
+    chain.write_bytes(cert.read_bytes() + other.read_bytes())
+    load(tls_conf(tmp_path, chain, key))
+    both = tmp_path / "both.pem"                                    # key and certificate in one file
+    both.write_bytes(key.read_bytes() + cert.read_bytes())
+    load(tls_conf(tmp_path, both, both))
+
+
+def test_parse_does_not_touch_the_files(tmp_path):
+    cfg = parse(conf("ListenTLS = 8443\nCertificateFile = /nonexistent/c.pem\nKeyFile = /nonexistent/k.pem"),
+                str(tmp_path / "wg0.conf"))
+    assert cfg.key_file == "/nonexistent/k.pem"
+
+
+@pytest.mark.parametrize("which", ["KeyFile", "CertificateFile"])
+def test_tls_file_missing(tmp_path, which):
+    cert, key, _ = make_cert(tmp_path)
+    missing = tmp_path / "x" / "server.pem"
+    path = tls_conf(tmp_path, missing if which == "CertificateFile" else cert, missing if which == "KeyFile" else key)
+    e = load_err(path)
+    line = KEY_LINE if which == "KeyFile" else CERT_LINE
+    assert (e.path, e.line, e.key) == (path, line, which)
+    assert str(e) == f"{path}:{line}: {which}: cannot read '{missing}': No such file or directory"
+
+
+def test_tls_file_unreadable(tmp_path):
+    cert, _, _ = make_cert(tmp_path)
+    (tmp_path / "dir.key").mkdir()
+    e = load_err(tls_conf(tmp_path, cert, "dir.key"))
+    assert e.key == "KeyFile" and e.message == f"cannot read '{tmp_path / 'dir.key'}': Is a directory"
+
+
+def test_tls_key_file_not_a_key(tmp_path):
+    cert, key, _ = make_cert(tmp_path)
+    junk = tmp_path / "junk.key"
+    junk.write_text("hello\n")
+    e = load_err(tls_conf(tmp_path, cert, junk))
+    assert (e.line, e.key) == (KEY_LINE, "KeyFile")
+    assert e.message == f"'{junk}' is not a PEM private key (no -----BEGIN PRIVATE KEY----- block)"
+    e = load_err(tls_conf(tmp_path, key, cert))                    # swapped
+    assert e.key == "KeyFile" and "it holds a certificate: are KeyFile and CertificateFile swapped?" in e.message
+
+
+def test_tls_certificate_file_not_a_certificate(tmp_path):
+    _, key, _ = make_cert(tmp_path)
+    junk = tmp_path / "junk.crt"
+    junk.write_text("hello\n")
+    e = load_err(tls_conf(tmp_path, junk, key))
+    assert (e.line, e.key) == (CERT_LINE, "CertificateFile")
+    assert e.message == f"'{junk}' is not a PEM certificate (no -----BEGIN CERTIFICATE----- block)"
+    e = load_err(tls_conf(tmp_path, key, key))
+    assert e.key == "CertificateFile" and "it holds a private key: are KeyFile" in e.message
+
+
+def test_tls_key_and_certificate_do_not_match(tmp_path):
+    cert, _, _ = make_cert(tmp_path)
+    _, other_key, _ = make_cert(tmp_path, "other.example.test")
+    e = load_err(tls_conf(tmp_path, cert, other_key))
+    assert (e.line, e.key) == (KEY_LINE, "KeyFile")
+    assert e.message == (f"'{other_key}' does not match the certificate '{cert}' (CertificateFile, line {CERT_LINE}): "
+                         f"they are not one key pair")
+
+
+def test_tls_damaged_files(tmp_path):
+    cert, key, _ = make_cert(tmp_path)
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    e = load_err(tls_conf(tmp_path, cert, bad_key))
+    assert e.key == "KeyFile" and "the private key in it cannot be read" in e.message
+    bad_cert = tmp_path / "bad.crt"
+    bad_cert.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    e = load_err(tls_conf(tmp_path, bad_cert, key))
+    assert e.key == "CertificateFile" and "the certificate in it cannot be read" in e.message
+
+
+def test_tls_encrypted_key(tmp_path):
+    cert, key, _ = make_cert(tmp_path)
+    k = serialization.load_pem_private_key(key.read_bytes(), None)
+    enc = tmp_path / "enc.key"
+    enc.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.BestAvailableEncryption(b"secret")))
+    e = load_err(tls_conf(tmp_path, cert, enc))
+    assert e.key == "KeyFile" and "encrypted with a passphrase" in e.message and "openssl pkey" in e.message
+
+
+def test_tls_errors_never_show_the_key(tmp_path):
+    cert, key, _ = make_cert(tmp_path)
+    _, other_key, _ = make_cert(tmp_path, "other.example.test")
+    body = [ln for ln in key.read_text().splitlines() + other_key.read_text().splitlines() if "-----" not in ln]
+    for c, k in ((cert, other_key), (key, key), (key, cert), (cert, cert)):
+        e = load_err(tls_conf(tmp_path, c, k))
+        assert not any(ln in str(e) or ln in repr(e.args) for ln in body), str(e)
+
+
+def test_tls_ca_file(tmp_path):
+    cert, _, _ = make_cert(tmp_path)
+    peer = "Endpoint = tls://vpn.example.net:443\nTLSCAFile = {}"
+    assert load(write_conf(tmp_path, peer=peer.format(cert.name))).peers[0].tls_ca_file == str(cert)
+    path = write_conf(tmp_path, peer=peer.format("missing-ca.pem"))
+    e = load_err(path)
+    assert (e.line, e.key) == (8, "TLSCAFile")
+    assert str(e) == f"{path}:8: TLSCAFile: cannot read '{tmp_path / 'missing-ca.pem'}': No such file or directory"
+    junk = tmp_path / "junk.pem"
+    junk.write_text("hello\n")
+    e = load_err(write_conf(tmp_path, peer=peer.format(junk)))
+    assert e.key == "TLSCAFile" and e.message.startswith(f"'{junk}' is not a file of PEM CA certificates")

@@ -49,6 +49,7 @@ import struct
 import time
 from collections import Counter
 
+from ..config import parse_pin  # noqa: F401  (the one TLSPin / wgpy_tls_pin parser; uapi/transport.py uses it)
 from ..constants import (
     STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_KEEPCNT, STREAM_KEEPIDLE,
     STREAM_KEEPINTVL, STREAM_MAX_FRAME, STREAM_MAX_UNAUTHENTICATED, STREAM_MIN_FRAME, STREAM_NOTSENT_LOWAT,
@@ -135,18 +136,6 @@ def parse_url(text: str) -> tuple[str, str, int]:
 
 def format_url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
-def parse_pin(text: str) -> bytes:
-    """A SHA-256 certificate fingerprint: 64 hex digits, colons and a 'sha256:' prefix allowed (as `openssl x509
-    -fingerprint -sha256` prints it). Raises ValueError."""
-    t = text.strip()
-    if t.lower().startswith("sha256:"):
-        t = t[7:]
-    t = t.replace(":", "")
-    if len(t) != 64:
-        raise ValueError("expected a SHA-256 fingerprint (64 hex digits)")
-    return bytes.fromhex(t)
 
 
 _ids = itertools.count(1)
