@@ -150,7 +150,8 @@ def _keepalive(p: dict) -> str:
 
 def _path_mtu(p: dict) -> str:
     mtu, _, source = p.get("wgpy_path_mtu", "(none)").partition(" ")
-    return f"{mtu}\t{source or '-'}"
+    source, _, probing = source.partition(" ")
+    return f"{mtu}\t{source or '-'}{' (probing)' if probing else ''}"
 
 
 # `wgpy show IFACE FIELD` for these fields: one line per peer, its public key, a tab, then this (as wg does)
@@ -260,8 +261,10 @@ def _show_one(name: str, field: str | None) -> int:
             print(f"  persistent keepalive: every {ka} second{'s' if ka != 1 else ''}")
         if "wgpy_path_mtu" in p:                                            # #8
             pm, _, src = p["wgpy_path_mtu"].partition(" ")
+            src, _, probing = src.partition(" ")
             how = {"link": "link MTU, not yet lowered", "icmp": "from ICMP", "probe": "probed"}.get(src, src)
-            print(f"  path mtu: {pm} ({how}{', peer is wgpy' if 'wgpy_peer_wgpy' in p else ''})")
+            print(f"  path mtu: {pm} ({how}{', probing' if probing else ''}"
+                  f"{', peer is wgpy' if 'wgpy_peer_wgpy' in p else ''})")
     if l2:
         rows = _mac_table(dev, peers)
         print()
@@ -332,7 +335,9 @@ def _show(name: str | None, field: str | None) -> int:
 # ---- entry points -------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    from . import __version__
     ap = argparse.ArgumentParser(prog="wgpy", description="userspace WireGuard-compatible VPN")
+    ap.add_argument("--version", action="version", version=f"wgpy {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("genkey", help="print a new private key (base64)")
     sub.add_parser("genpsk", help="print a new preshared key (base64)")
