@@ -33,18 +33,16 @@ import sys
 import time
 
 from . import config as cfgmod
-from . import privileges
 from .constants import DEFAULT_MTU, ETHERNET_HEADER_LEN
 from .daemon import Interface, install_signal_handlers
-from .harden import is_dumpable, no_core_dumps
-from .io import netlink, nft
+from .host import netlink, nft, privileges
+from .host.harden import is_dumpable, no_core_dumps
+from .host.privileges import RUN_DIR, has_net_admin
 from .io.udp import make_endpoint, format_endpoint
-from .privileges import has_net_admin
 from .uapi import protocol as uapi
 from .uapi.server import socket_path as uapi_socket_path
 
 log = logging.getLogger("wgpy")
-RUN_DIR = "/run/wgpy"
 RESOLV_CONF = "/etc/resolv.conf"
 
 __all__ = ["UpError", "has_net_admin", "preflight", "Session", "up_foreground", "up_background", "down"]

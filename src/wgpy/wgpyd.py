@@ -17,11 +17,9 @@ import sys
 
 from . import __version__
 from .daemon import Interface, install_signal_handlers
-from .harden import no_core_dumps
-from .io import netlink
-from . import privileges
-from .privileges import has_net_admin
-from .quick import RUN_DIR
+from .host import netlink, privileges
+from .host.harden import no_core_dumps
+from .host.privileges import RUN_DIR, has_net_admin
 
 log = logging.getLogger("wgpy")
 

@@ -6,7 +6,7 @@ import pytest
 
 from wgpy import config as cfgmod
 from wgpy import quick
-from wgpy.io import nft
+from wgpy.host import nft
 
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 PUB = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="

@@ -127,7 +127,7 @@ def test_no_core_dumps_in_a_fresh_process():
     """harden.no_core_dumps(): RLIMIT_CORE 0 and PR_GET_DUMPABLE 0 afterwards, read back in the process."""
     code = textwrap.dedent("""
         import resource
-        from wgpy import harden
+        from wgpy.host import harden
         assert harden.is_dumpable()
         harden.no_core_dumps()
         print(resource.getrlimit(resource.RLIMIT_CORE), harden.is_dumpable())

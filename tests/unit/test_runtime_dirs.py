@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from wgpy import privileges
+from wgpy.host import privileges
 
 
 def test_make_dir_ignores_the_umask(tmp_path):

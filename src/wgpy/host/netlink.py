@@ -1,4 +1,4 @@
-"""Interface addresses, MTU, routes and policy rules through netlink (pyroute2), the way wg-quick sets them.
+"""Interface addresses, link MTU, routes and policy rules through netlink (pyroute2), the way wg-quick sets them.
 
 Every change made is recorded in a NetlinkSetup so that a failure half way, or `down`, undoes exactly what was
 done. Addresses and routes bound to the TUN device vanish with the device; policy rules do not, so they are
@@ -177,6 +177,15 @@ def link_kind(name: str) -> str | None:
         if kind:
             return kind
         return "loopback" if link["flags"] & 0x8 else "device"     # IFF_LOOPBACK
+
+
+def link_mtu(name: str) -> int | None:
+    """The MTU of interface `name` (from sysfs, which needs no privilege), or None."""
+    try:
+        with open(f"/sys/class/net/{name}/mtu") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def link_exists(name: str) -> bool:
