@@ -50,6 +50,7 @@ import time
 from collections import Counter
 
 from ..config import parse_pin  # noqa: F401  (the one TLSPin / wgpy_tls_pin parser; uapi/transport.py uses it)
+from ..protocol.transport import receiver_index
 from ..constants import (
     STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_KEEPCNT, STREAM_KEEPIDLE,
     STREAM_KEEPINTVL, STREAM_MAX_FRAME, STREAM_MAX_UNAUTHENTICATED, STREAM_MIN_FRAME, STREAM_NOTSENT_LOWAT,
@@ -281,12 +282,12 @@ def authenticated_peer(dev, ep: object, frames: list, out_net: list, start: int)
     kps = dev.keypairs_by_index
     for data, _ in frames:
         if data[0] == 4:
-            kp = kps.get(int.from_bytes(data[4:8], "little"))
+            kp = kps.get(receiver_index(data))
             if kp is not None and kp.peer.endpoint is ep:
                 return kp.peer
     for data, dst in out_net[start:]:
         if dst is ep and data[0] == 2:
-            kp = kps.get(int.from_bytes(data[4:8], "little"))
+            kp = kps.get(receiver_index(data))
             if kp is not None and kp.peer.endpoint is ep:
                 return kp.peer
     return None

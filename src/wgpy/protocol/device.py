@@ -36,7 +36,6 @@ Allowed IPs play no part in L2: neither for forwarding nor as a source check. Fr
 from __future__ import annotations
 
 import ipaddress
-import struct
 from collections import Counter
 from typing import Callable, Iterable
 
@@ -60,12 +59,9 @@ from .pmtu import PmtuMixin
 from .control import CONTROL_MARKER, L2_CONTROL_ETHERTYPE
 from .ratelimiter import RateLimiter
 from .timers import TimersMixin
+from .transport import TRANSPORT_WORD, parse_header, receiver_index, seal_batch
 
-_IQ = struct.Struct("<IQ")
-_Q = struct.Struct("<Q")
 _ZERO4 = b"\x00" * 4
-_ZEROS16 = b"\x00" * 16
-_TRANSPORT_WORD = b"\x04\x00\x00\x00"
 _REKEY_RECV_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 _ZERO_MAC = b"\x00" * 6
 _ETH_HLEN = 14
@@ -274,34 +270,9 @@ class Device(TimersMixin, PmtuMixin):
         if ep is None:
             self.drops["no_endpoint"] += len(pkts)
             return
-        mtu = peer.mtu                     # the interface MTU, or less when this peer's path is smaller (#8)
-        encrypt = kp.send.encrypt
-        prefix = kp.header_prefix
-        pack = _Q.pack
+        mtu = peer.mtu                     # the interface MTU, or less when this peer's path is smaller
+        nbytes, big = seal_batch(kp, pkts, mtu, ep, out)
         ctr = kp.send_counter
-        nbytes = 0
-        append = out.append
-        big = None
-        for pkt in pkts:
-            n = len(pkt)
-            if n > mtu:                    # too big for this peer: handled below, once the counter is stored
-                if big is None:
-                    big = [pkt]
-                else:
-                    big.append(pkt)
-                continue
-            pad = -n & 15
-            if pad:
-                if n + pad > mtu:
-                    pad = mtu - n if n < mtu else 0
-                if pad:
-                    pkt = pkt + _ZEROS16[:pad]
-            cb = pack(ctr)
-            ct = encrypt(_ZERO4 + cb, pkt, None)
-            append((prefix + cb + ct, ep))
-            ctr += 1
-            nbytes += len(ct) + 16
-        kp.send_counter = ctr
         peer.tx_bytes += nbytes
         # timers: data sent, any authenticated packet sent / traversal
         if peer.t_new_handshake is None and any(pkts):
@@ -352,14 +323,22 @@ class Device(TimersMixin, PmtuMixin):
     # inbound
     # ------------------------------------------------------------------------------------------------------
 
-    def receive_datagrams(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
-                          out_tun: list) -> None:
+    def open_transport(self, datagrams: Iterable[tuple[bytes, object]], now: float,
+                       out_net: list) -> list[tuple[Peer, bytes]]:
+        """Inbound, step 1 for both forwarding strategies: open every transport message of a batch.
+
+        Handshake messages go to receive_handshake as they come. A transport message is checked in this order,
+        each failure dropped and counted: known receiver index, keypair not expired, AEAD tag, replay window.
+        Then it is authenticated: the peer's endpoint becomes the source, a `next` keypair is confirmed, and the
+        timer hooks of an authenticated packet (and of data, for a non-empty one) run. Returns the non-empty
+        plaintexts with their peers, in order, for the forwarding step (route_inbound / switch_inbound)."""
         kps = self.keypairs_by_index
-        unpack = _IQ.unpack_from
-        src_lookup = self.allowed_ips.lookup_src
+        unpack = parse_header
         drops = self.drops
+        opened: list[tuple[Peer, bytes]] = []
+        append = opened.append
         for data, src in datagrams:
-            if data[:4] != _TRANSPORT_WORD or len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
+            if data[:4] != TRANSPORT_WORD or len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
                 self.receive_handshake(data, src, now, out_net)
                 continue
             idx, ctr = unpack(data, 4)
@@ -371,7 +350,7 @@ class Device(TimersMixin, PmtuMixin):
                 drops["expired_keypair"] += 1
                 continue
             try:
-                pt = kp.recv.decrypt(_ZERO4 + data[8:16], data[16:], None)
+                pt = kp.recv.decrypt(_ZERO4 + data[8:16], data[16:], None)   # transport.open_body, inlined
             except InvalidTag:
                 drops["invalid_tag"] += 1
                 continue
@@ -399,8 +378,26 @@ class Device(TimersMixin, PmtuMixin):
                 self._set_timer_send_keepalive(peer, now)
             else:
                 peer.need_another_keepalive = True
+            append((peer, pt))
+        return opened
+
+    def receive_datagrams(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
+                          out_tun: list) -> None:
+        """L3: open a batch, then route it (the router strategy; L2 installs receive_datagrams_l2 instead)."""
+        opened = self.open_transport(datagrams, now, out_net)
+        if opened:
+            self.route_inbound(opened, now, out_net, out_tun)
+
+    def route_inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
+        """L3 forwarding of opened plaintexts: the inner source must be allowed for the peer whose key opened it
+        (cryptokey routing: "dishonest peer" otherwise), the inner length must fit; wgpy control messages, which
+        are no IP packets (control.py), go to the control channel."""
+        src_lookup = self.allowed_ips.lookup_src
+        drops = self.drops
+        append = out_tun.append
+        for peer, pt in opened:
             if src_lookup(pt) is not peer:
-                if pt[0] == CONTROL_MARKER:       # #8: a wgpy control message, not an IP packet (control.py)
+                if pt[0] == CONTROL_MARKER:
                     self.receive_control(peer, pt, len(pt), now, out_net)
                     continue
                 drops["dishonest_peer"] += 1
@@ -417,7 +414,7 @@ class Device(TimersMixin, PmtuMixin):
             if length > n or length < 20:
                 drops["bad_inner_packet"] += 1
                 continue
-            out_tun.append(pt if length == n else pt[:length])
+            append(pt if length == n else pt[:length])
 
     def _received_with_keypair(self, peer: Peer, kp: Keypair, now: float, out: list) -> None:
         """A transport message authenticated with `next` confirms the responder's new session."""
@@ -475,7 +472,7 @@ class Device(TimersMixin, PmtuMixin):
                 if not self.cookie_limiter.allow(ratelimit_key(src), now):
                     self.drops["cookie_ratelimited"] += 1
                     return
-                sender = struct.unpack_from("<I", data, 4)[0]
+                sender = receiver_index(data)                # the sender field sits where a receiver would
                 out.append((checker.create_reply(data, sender, mac1_off, source, now,
                                                  lambda: self._rand(32), self._rand(24)), src))
                 self.drops["cookie_sent"] += 1
@@ -632,14 +629,16 @@ class Device(TimersMixin, PmtuMixin):
 
     def receive_datagrams_l2(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
                              out_tun: list) -> None:
-        """receive_datagrams for L2: the same transport checks, then switch each frame.
+        """L2: open a batch (the same open_transport as L3), then switch each frame (the learning switch)."""
+        opened = self.open_transport(datagrams, now, out_net)
+        if opened:
+            self.switch_inbound(opened, now, out_net, out_tun)
 
-        The transport part repeats receive_datagrams line for line on purpose: a shared helper would cost a
-        function call per packet on both paths, and a mode test inside one loop a branch per packet.  A change
-        to one loop's checks or timers must be made to the other (tests/unit/test_l2_device.py and
-        test_device_pair.py cover both)."""
-        kps = self.keypairs_by_index
-        unpack = _IQ.unpack_from
+    def switch_inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
+        """L2 forwarding of opened frames: the source MAC must be unicast (and allowed, with AllowedMACs), it is
+        learnt at the peer; local or unknown or multi/broadcast destinations go to the TAP; with relay on,
+        frames for another peer (and floods) are re-encrypted to it. wgpy control frames go to the control
+        channel."""
         drops = self.drops
         macs = self.macs
         entries = macs.entries
@@ -647,48 +646,7 @@ class Device(TimersMixin, PmtuMixin):
         aging = macs.aging
         relay = self.relay
         groups: dict[Peer, list[bytes]] | None = None
-        for data, src in datagrams:
-            if data[:4] != _TRANSPORT_WORD or len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
-                self.receive_handshake(data, src, now, out_net)
-                continue
-            idx, ctr = unpack(data, 4)
-            kp = kps.get(idx)
-            if kp is None:
-                drops["unknown_index"] += 1
-                continue
-            if ctr >= REJECT_AFTER_MESSAGES or now - kp.created >= REJECT_AFTER_TIME:
-                drops["expired_keypair"] += 1
-                continue
-            try:
-                pt = kp.recv.decrypt(_ZERO4 + data[8:16], data[16:], None)
-            except InvalidTag:
-                drops["invalid_tag"] += 1
-                continue
-            if not kp.replay.check_and_update(ctr):
-                drops["replay"] += 1
-                continue
-            peer = kp.peer
-            peer.endpoint = src
-            if kp is not peer.current:
-                self._received_with_keypair(peer, kp, now, out_net)
-            peer.rx_bytes += len(data)
-            # timers: any authenticated packet received / traversal
-            peer.t_new_handshake = None
-            if peer.persistent_keepalive:
-                self._set_timer_persistent(peer, now)
-            cur = peer.current
-            if (cur is not None and cur.is_initiator and not peer.sent_lastminute_handshake
-                    and now - cur.created >= _REKEY_RECV_AGE):
-                peer.sent_lastminute_handshake = True
-                self.initiate_handshake(peer, now, out_net, retry=False)
-            if not pt:
-                continue   # keepalive
-            # timers: data received
-            if peer.t_send_keepalive is None:
-                self._set_timer_send_keepalive(peer, now)
-            else:
-                peer.need_another_keepalive = True
-            # switch the frame
+        for peer, pt in opened:
             if len(pt) < _ETH_HLEN:
                 drops["l2_short_frame"] += 1
                 continue

@@ -3,13 +3,9 @@ anti-replay window. A peer keeps up to three: `previous`, `current` and `next` (
 
 from __future__ import annotations
 
-import struct
-
 from ..crypto import ChaCha20Poly1305
-from ..constants import MESSAGE_TRANSPORT
 from .replay import ReplayWindow
-
-_PREFIX = struct.Struct("<II")
+from .transport import header_prefix
 
 
 class Keypair:
@@ -28,7 +24,7 @@ class Keypair:
         self.remote_index = remote_index
         self.peer = peer
         # the first 8 bytes of every transport message sent with this keypair
-        self.header_prefix = _PREFIX.pack(MESSAGE_TRANSPORT, remote_index)
+        self.header_prefix = header_prefix(remote_index)
 
     def __repr__(self) -> str:
         return (f"Keypair(local_index={self.local_index:#x}, initiator={self.is_initiator}, "

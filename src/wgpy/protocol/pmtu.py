@@ -42,9 +42,8 @@ from ..constants import (
 )
 from ..routing.ip import checksum
 from . import control
+from .transport import seal
 
-_Q = struct.Struct("<Q")
-_ZERO4 = b"\x00" * 4
 
 
 def overhead(v6: bool) -> int:
@@ -498,12 +497,9 @@ class PmtuMixin:
                 or kp.send_counter >= REJECT_AFTER_MESSAGES - 1):
             return False
         pt = control.L2_CONTROL_HEADER + msg if self.l2 else msg
-        ctr = kp.send_counter
-        kp.send_counter = ctr + 1
-        cb = _Q.pack(ctr)
-        ct = kp.send.encrypt(_ZERO4 + cb, pt, None)
-        out.append((kp.header_prefix + cb + ct, ep))
-        peer.tx_bytes += len(ct) + 16
+        m = seal(kp, pt)
+        out.append((m, ep))
+        peer.tx_bytes += len(m)
         if not probe:
             peer.t_send_keepalive = None            # any authenticated packet sent (a probe may be lost)
         if peer.persistent_keepalive:
@@ -559,11 +555,7 @@ class PmtuMixin:
     def _send_unpadded(self, peer, pkts: list[bytes], now: float, out: list) -> None:
         kp = peer.current
         ep = peer.endpoint
-        encrypt = kp.send.encrypt
         for pkt in pkts:
-            ctr = kp.send_counter
-            kp.send_counter = ctr + 1
-            cb = _Q.pack(ctr)
-            ct = encrypt(_ZERO4 + cb, pkt, None)
-            out.append((kp.header_prefix + cb + ct, ep))
-            peer.tx_bytes += len(ct) + 16
+            m = seal(kp, pkt)
+            out.append((m, ep))
+            peer.tx_bytes += len(m)
