@@ -46,14 +46,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+from wgpy_testkit.netns import (NETNS_DIR, cleanup_stale_namespaces, create_netns, destroy_netns, link_stats,
+                                new_netns_name, ns_pids)
+from wgpy_testkit.procs import CommandError, kill_group, ns_exec, run, wait_for
+from wgpy_testkit.wgconf import UAPI_DIR, WGPY_RUN_DIR, gen_keypair, unique_iface, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from netlab import destroy_netns, ns_pids, pid_alive  # noqa: E402  (the test harness's namespace helpers)
-UAPI_DIR = Path("/var/run/wireguard")
-WGPY_RUN_DIR = Path("/run/wgpy")
-NETNS_DIR = Path("/var/run/netns")
 NS_PREFIX = f"wgpyb-{os.getpid()}-"
 NS_RE = re.compile(r"^wgpyb-(\d+)-\d+$")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -77,63 +77,12 @@ def find_wgpy() -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Commands (always bounded)
+# Processes and the machine (commands, namespaces and configs are wgpy_testkit's, always bounded)
 # ----------------------------------------------------------------------------------------------------------------
 
 class BenchError(RuntimeError):
-    pass
-
-
-def in_ns(ns: str | None, argv: Sequence[Any]) -> list[str]:
-    argv = [str(a) for a in argv]
-    return ["ip", "netns", "exec", ns, *argv] if ns else argv
-
-
-def _killpg(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def run(ns: str | None, *argv: Any, timeout: float = 20.0, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run a command (in namespace `ns`) with a hard timeout.  Output goes through files, not pipes, so a daemon
-    that inherits our descriptors cannot make us wait for an EOF."""
-    full = in_ns(ns, argv)
-    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
-        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err_f,
-                                env={**os.environ, **env} if env else None, start_new_session=True)
-        try:
-            rc: Any = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _killpg(proc)
-            proc.wait()
-            rc = f"timed out after {timeout:.0f}s"
-        except BaseException:
-            _killpg(proc)
-            proc.wait()
-            raise
-        out_f.seek(0)
-        err_f.seek(0)
-        out, err = out_f.read().decode(errors="replace"), err_f.read().decode(errors="replace")
-    if check and rc != 0:
-        raise BenchError(f"{' '.join(full)} -> {rc}\n{out[-2000:]}{err[-2000:]}")
-    return subprocess.CompletedProcess(full, rc if isinstance(rc, int) else -1, out, err)
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = pred()
-        except Exception:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    """A system under test misbehaved (a daemon exited, a tool gave no result); commands that fail raise
+    wgpy_testkit's CommandError, wait_for's deadlines WaitTimeout."""
 
 
 def comm(pid: int) -> str:
@@ -174,26 +123,13 @@ def loadavg() -> str:
 # Lab: everything one system-under-test creates, and its teardown
 # ----------------------------------------------------------------------------------------------------------------
 
-_ns_counter = 0
 _open_labs: list["Lab"] = []
 
 
 def remove_stale_namespaces() -> None:
     """Namespaces of an earlier benchmark run whose process is gone (only `wgpyb-*`: nobody else uses it)."""
-    res = run(None, "ip", "netns", "list", timeout=10, check=False)
-    for line in res.stdout.splitlines():
-        name = line.split()[0] if line.strip() else ""
-        m = NS_RE.match(name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
-            print(f"bench: removing stale namespace {name}", file=sys.stderr)
-            destroy_netns(name)
-
-
-def unique_iface() -> str:
-    while True:
-        name = f"wgb{secrets.token_hex(3)}"
-        if not (UAPI_DIR / f"{name}.sock").exists() and not (WGPY_RUN_DIR / f"{name}.pid").exists():
-            return name
+    for name in cleanup_stale_namespaces(only_ours=False, pattern=NS_RE):
+        print(f"bench: removed stale namespace {name}", file=sys.stderr)
 
 
 class Lab:
@@ -208,12 +144,9 @@ class Lab:
         _open_labs.append(self)
 
     def netns(self) -> str:
-        global _ns_counter
-        _ns_counter += 1
-        name = f"{NS_PREFIX}{_ns_counter}"
+        name = new_netns_name(NS_PREFIX)
         self.namespaces.append(name)            # registered first: a half-made namespace is still removed
-        run(None, "ip", "netns", "add", name, timeout=10)
-        run(name, "ip", "link", "set", "lo", "up", timeout=10)
+        create_netns(name)
         return name
 
     def veth(self, ns_a: str, ns_b: str, cidr_a: str, cidr_b: str) -> tuple[str, str]:
@@ -230,7 +163,7 @@ class Lab:
         out = open(self.tmp / f"{name}.out", "wb")
         err = open(self.tmp / f"{name}.err", "wb")
         try:
-            proc = subprocess.Popen(in_ns(ns, argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            proc = subprocess.Popen(ns_exec(ns, *argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                     env={**os.environ, **env} if env else None, start_new_session=True)
         finally:
             out.close()
@@ -255,11 +188,11 @@ class Lab:
                 run(ns, self.wgpy, "down", iface, timeout=20, check=False)
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                _killpg(proc, signal.SIGTERM)
+                kill_group(proc, signal.SIGTERM)
                 try:
                     proc.wait(timeout=3)
                 except subprocess.TimeoutExpired:
-                    _killpg(proc)
+                    kill_group(proc)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -299,23 +232,6 @@ class Pair:
     daemon_pids: list[int] = field(default_factory=list)
 
 
-def genkey() -> tuple[str, str]:
-    private = run(None, "wg", "genkey", timeout=10).stdout.strip()
-    proc = subprocess.run(["wg", "pubkey"], input=private + "\n", capture_output=True, text=True, timeout=10,
-                          check=True)
-    return private, proc.stdout.strip()
-
-
-def write_private(path: Path, text: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    return path
-
-
 def wg_config(private: str, port: int, peer_public: str, endpoint: str | None, allowed: str,
               address: str | None = None, l2: bool = False, interface_extra: Sequence[str] = (),
               peer_extra: Sequence[str] = ()) -> str:
@@ -349,14 +265,14 @@ def setup_pair(lab: Lab, system: str, net: int) -> Pair:
     lab.veth(ns_a, ns_b, f"{under[0]}/24", f"{under[1]}/24")
     if system == "veth":
         return Pair(system, lab, (ns_a, ns_b), under[1])
-    keys = (genkey(), genkey())
+    keys = (gen_keypair(), gen_keypair())
     ports = (51820, 51821)
-    ifaces = (unique_iface(), unique_iface())
+    ifaces = (unique_iface("wgb"), unique_iface("wgb"))
     lab.ifaces.extend(ifaces)
     pair = Pair(system, lab, (ns_a, ns_b), inner[1], ifaces)
     for i, (ns, iface) in enumerate(zip(pair.ns, ifaces)):
         j = 1 - i
-        args = (keys[i][0], ports[i], keys[j][1], f"{under[j]}:{ports[j]}", f"{inner[j]}/32")
+        args = (keys[i].private, ports[i], keys[j].public, f"{under[j]}:{ports[j]}", f"{inner[j]}/32")
         extra: dict[str, Any] = {}
         if system in STREAM_SYSTEMS:      # node 0 connects to node 1's TCP/TLS port; no UDP endpoint at all
             scheme = STREAM_SYSTEMS[system]
@@ -372,7 +288,7 @@ def setup_pair(lab: Lab, system: str, net: int) -> Pair:
                 extra["interface_extra"] = [f"ListenTLS = {STREAM_PORT}", f"CertificateFile = {cert}",
                                             f"KeyFile = {key}"]
         if system in ("wgpy", "wgpy-l2") or system in STREAM_SYSTEMS:
-            conf = write_private(lab.tmp / f"{iface}.conf", wg_config(*args, address=f"{inner[i]}/24",
+            conf = write_config(lab.tmp, iface, wg_config(*args, address=f"{inner[i]}/24",
                                                                       l2=system == "wgpy-l2", **extra))
             lab.wgpy_ifaces.append((ns, iface))          # before `up`: a half-done up is undone too
             res = run(ns, lab.wgpy, "up", conf, timeout=60, check=False)
@@ -381,15 +297,15 @@ def setup_pair(lab: Lab, system: str, net: int) -> Pair:
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise BenchError(f"wgpy up {conf} failed ({res.returncode}):\n{res.stdout}{res.stderr}{tail}")
             pidfile = WGPY_RUN_DIR / f"{iface}.pid"
-            pid = int(wait_for(lambda: pidfile.read_text().strip(), 10, f"{pidfile}"))
+            pid = int(wait_for(lambda: pidfile.read_text().strip(), 10, what=f"{pidfile}", interval=0.05))
         else:
             proc = lab.popen(ns, "wireguard-go", "-f", iface, name=f"wireguard-go-{iface}",
                              env={"LOG_LEVEL": "error"})
             sock = UAPI_DIR / f"{iface}.sock"
-            wait_for(lambda: sock.exists() or proc.poll() is not None, 15, f"{sock}")
+            wait_for(lambda: sock.exists() or proc.poll() is not None, 15, what=f"{sock}", interval=0.05)
             if proc.poll() is not None:
                 raise BenchError(f"wireguard-go {iface} exited: {lab.output(f'wireguard-go-{iface}')}")
-            conf = write_private(lab.tmp / f"{iface}-setconf.conf", wg_config(*args))
+            conf = write_config(lab.tmp, f"{iface}-setconf", wg_config(*args))
             run(ns, "wg", "setconf", iface, conf, timeout=10)
             run(ns, "ip", "addr", "add", f"{inner[i]}/24", "dev", iface, timeout=10)
             run(ns, "ip", "link", "set", "dev", iface, "mtu", TUNNEL_MTU, "up", timeout=10)
@@ -400,7 +316,7 @@ def setup_pair(lab: Lab, system: str, net: int) -> Pair:
         pair.daemon_pids.append(pid)
     # first packet: handshake; wait until the tunnel carries traffic both ways
     wait_for(lambda: run(ns_a, "ping", "-c", "1", "-W", "1", inner[1], timeout=5, check=False).returncode == 0,
-             20, f"{system} tunnel to answer ping", interval=0.2)
+             20, what=f"{system} tunnel to answer ping", interval=0.2)
     return pair
 
 
@@ -412,8 +328,11 @@ def measure_ping(pair: Pair, count: int) -> dict[str, Any]:
     ns = pair.ns[0]
     res = None
     for interval in ("0.01", "0.05"):        # 0.01 needs root (or a low net.ipv4.ping_group/interval limit)
-        res = run(ns, "ping", "-n", "-c", count, "-i", interval, "-W", "2", "-w", int(count * 0.3) + 10, pair.target,
-                  timeout=count * 0.3 + 20, check=False)
+        try:
+            res = run(ns, "ping", "-n", "-c", count, "-i", interval, "-W", "2", "-w", int(count * 0.3) + 10,
+                      pair.target, timeout=count * 0.3 + 20, check=False)
+        except CommandError as exc:          # timed out
+            return {"error": f"ping failed: {str(exc)[-1000:]}"}
         if "interval" not in res.stderr:
             break
     assert res is not None
@@ -425,8 +344,7 @@ def measure_ping(pair: Pair, count: int) -> dict[str, Any]:
 
 
 def link_tx_bytes(ns: str, dev: str) -> int:
-    info = json.loads(run(ns, "ip", "-s", "-j", "link", "show", "dev", dev, timeout=10).stdout)[0]
-    return int((info.get("stats64") or info["stats"])["tx"]["bytes"])
+    return int(link_stats(ns, dev)["tx"]["bytes"])
 
 
 def daemon_ticks(pids: Sequence[int]) -> list[tuple[int, int]]:
@@ -443,7 +361,7 @@ def iperf(pair: Pair, kind: str, duration: int, udp_rate: str, udp_len: int) -> 
                        "-p", IPERF_PORT, name=name)
     wait_for(lambda: server.poll() is not None or
              f"{pair.target}:{IPERF_PORT}" in run(ns_server, "ss", "-Hltn", timeout=5).stdout,
-             10, "iperf3 server to listen")
+             10, what="iperf3 server to listen", interval=0.05)
     if server.poll() is not None:
         raise BenchError(f"iperf3 server exited: {lab.output(name)}")
     argv = ["iperf3", "-c", pair.target, "-p", IPERF_PORT, "-t", duration, "-J"]
@@ -455,14 +373,17 @@ def iperf(pair: Pair, kind: str, duration: int, udp_rate: str, udp_len: int) -> 
     tx0 = link_tx_bytes(ns_client, tun) if tun else 0
     c0, (b0, t0) = daemon_ticks(pair.daemon_pids), machine_jiffies()
     w0 = time.monotonic()
-    res = run(ns_client, *argv, timeout=duration + 30, check=False)
+    try:
+        res = run(ns_client, *argv, timeout=duration + 30, check=False)
+    except CommandError as exc:              # timed out: no JSON, as iperf3 killed
+        res = subprocess.CompletedProcess(argv, -1, "", str(exc)[-1000:])
     wall = time.monotonic() - w0
     c1, (b1, t1) = daemon_ticks(pair.daemon_pids), machine_jiffies()
     tx1 = link_tx_bytes(ns_client, tun) if tun else 0
     try:
         server.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        _killpg(server)
+        kill_group(server)
     try:
         data = json.loads(res.stdout)
     except ValueError:

@@ -32,16 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from wgpy.crypto import clamp, encode_key as b64, public_from_private
+from wgpy.protocol.device import Device
+from wgpy_testkit.netns import create_netns, destroy_netns, new_netns_name
+from wgpy_testkit.procs import cpu_seconds, rss_kib
 
-from wgpy.crypto import clamp, encode_key as b64, public_from_private  # noqa: E402
-from wgpy.protocol.device import Device  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NS_PREFIX = f"wgpys-{os.getpid()}-"
-_count = 0
 
 
 def sh(*argv, ns: str | None = None, timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -56,18 +52,6 @@ def keypair() -> tuple[bytes, bytes]:
 
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / CLK_TCK
-
-
 class Env:
     def __init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="wgpy-scale-"))
@@ -76,12 +60,9 @@ class Env:
         self.wgpy = Path(sys.executable).parent / "wgpy"
 
     def netns(self) -> str:
-        global _count
-        _count += 1
-        name = f"{NS_PREFIX}{_count}"
+        name = new_netns_name(NS_PREFIX)
         self.namespaces.append(name)
-        sh("ip", "netns", "add", name)
-        sh("ip", "link", "set", "lo", "up", ns=name)
+        create_netns(name)
         return name
 
     def up(self, ns: str, conf: Path) -> tuple[float, int]:
@@ -98,12 +79,7 @@ class Env:
         for ns, iface in reversed(self.ifaces):
             sh(self.wgpy, "down", iface, ns=ns, check=False, timeout=60)
         for ns in reversed(self.namespaces):
-            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
-            sh("ip", "netns", "del", ns, check=False)
+            destroy_netns(ns)
         subprocess.run(["rm", "-rf", str(self.tmp)], check=False)
 
 
@@ -171,7 +147,6 @@ def bench_up(args: argparse.Namespace) -> dict:
 
 DRIVER = r'''
 import os, socket, sys, time, json, select
-sys.path.insert(0, sys.argv[1])
 from wgpy.protocol.device import Device
 from wgpy.io.udp import parse_endpoint
 cfg = json.loads(sys.stdin.read())
@@ -273,7 +248,7 @@ def bench_handshakes(args: argparse.Namespace) -> dict:
         driver = env.tmp / "driver.py"
         driver.write_text(DRIVER)
         c0, t0 = cpu_seconds(pid), time.monotonic()
-        res = sh(sys.executable, driver, str(ROOT / "src"), ns=ns_c, timeout=args.duration + 60,
+        res = sh(sys.executable, driver, ns=ns_c, timeout=args.duration + 60,
                  input=json.dumps(cfg))
         c1, t1 = cpu_seconds(pid), time.monotonic()
         out = json.loads(res.stdout.strip().splitlines()[-1])

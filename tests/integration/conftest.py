@@ -1,9 +1,9 @@
 """Fixtures for the wgpy integration tests (network namespaces, TUN devices, wireguard-go as reference peer).
 
-Every test gets a fresh `Lab` (see netlab.py) that owns its namespaces and processes and removes them at teardown,
-even when the test fails or is interrupted.  Safety nets: stale `wgpyt-<dead pid>-*` namespaces are removed when a
-session starts, ours are removed again at session end and at interpreter exit, and SIGTERM is turned into
-KeyboardInterrupt so pytest's own teardown runs.
+Every test gets a fresh `Lab` (wgpy_testkit.lab, the support package in src/wgpy_testkit) that owns its namespaces
+and processes and removes them at teardown, even when the test fails or is interrupted.  Safety nets: stale
+`wgpyt-<dead pid>-*` namespaces are removed when a session starts, ours are removed again at session end and at
+interpreter exit, and SIGTERM is turned into KeyboardInterrupt so pytest's own teardown runs.
 
 The whole directory is skipped when the machine cannot run it (not root, no /dev/net/tun, `ip netns` broken,
 tools missing) -- except under CI=true, where the same condition is a test error so a broken runner is red.
@@ -26,10 +26,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import netlab  # noqa: E402
-from netlab import Lab, Topology  # noqa: E402
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import Lab, Topology
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 REQUIRED_TOOLS = ("ip", "wg", "wireguard-go", "ping", "tcpdump", "setpriv")

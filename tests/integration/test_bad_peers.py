@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from netlab import (WGGO_KIND, WGPY_KIND, gen_keypair, gen_psk, ping, random_public_key, start_mesh, wait_for)
+from wgpy_testkit.netlab import (WGGO_KIND, WGPY_KIND, gen_keypair, gen_psk, ping, random_public_key, start_mesh,
+                                 wait_for)
 
 pytestmark = pytest.mark.netns
 

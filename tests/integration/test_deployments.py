@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-import netlab
-from netlab import (PeerSpec, add_bridge, assert_ping, default_route, gen_keypair, lan_host, link_exists,
-                    nat_router, nft_load, ns_pids, proc_status, read_sysctl, render_config, run, sysctl,
-                    unique_iface, wait_for, write_config)
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import (PeerSpec, add_bridge, assert_ping, default_route, gen_keypair, lan_host, link_exists,
+                                 nat_router, nft_load, ns_pids, proc_status, read_sysctl, render_config, run, sysctl,
+                                 unique_iface, wait_for, write_config)
 
 pytestmark = pytest.mark.netns
 

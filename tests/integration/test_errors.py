@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import netlab
-from netlab import (UAPI_DIR, b64_of_length, gen_keypair, link_exists, ns_pids, run, unique_iface, wait_for,
-                    write_config)
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import (UAPI_DIR, b64_of_length, gen_keypair, link_exists, ns_pids, run, unique_iface,
+                                 wait_for, write_config)
 
 pytestmark = pytest.mark.netns
 

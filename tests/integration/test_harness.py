@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import netlab
-from netlab import PeerSpec, assert_ping, gen_keypair, parse_wg_dump, wait_for, wg_dump
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import PeerSpec, assert_ping, gen_keypair, parse_wg_dump, wait_for, wg_dump
 
 pytestmark = pytest.mark.netns
 

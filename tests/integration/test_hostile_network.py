@@ -18,10 +18,9 @@ import time
 
 import pytest
 
-import hostile_lab as hl
-import hostile as hostile_tool
-from netlab import (BASE_PORT, WGPY_KIND, PeerSpec, assert_ping, gen_keypair, inner_addresses, run, start_mesh,
-                    wait_for)
+from wgpy_testkit import hostile_lab as hl
+from wgpy_testkit.netlab import (BASE_PORT, WGPY_KIND, PeerSpec, assert_ping, gen_keypair, inner_addresses, run,
+                                 start_mesh, wait_for)
 
 pytestmark = pytest.mark.netns
 
@@ -84,7 +83,7 @@ def test_replayed_data_and_initiation_are_dropped_and_counted(lab, pair_and_atta
     lab.transfer(b.ns, a.ns, b.ip4, 300_000)
     cap.stop()
     pcap = cap.path
-    legit = hostile_tool.captured_messages(str(pcap), a.listen_port)     # UDP GSO sends cut into datagrams
+    legit = netlab.captured_messages(str(pcap), a.listen_port)     # UDP GSO sends cut into datagrams
     initiations = [m for m in legit if m[0] == 1]
     transport = [m for m in legit if m[0] == 4]
     assert initiations and len(transport) > 50

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-import hostile_lab as hl
-from netlab import (WGPY_KIND, WGPY_RUN_DIR, UAPI_DIR, assert_ping, gen_psk, run, start_mesh, wait_for)
+from wgpy_testkit import hostile_lab as hl
+from wgpy_testkit.netlab import (WGPY_KIND, WGPY_RUN_DIR, UAPI_DIR, assert_ping, gen_psk, run, start_mesh, wait_for)
 
 pytestmark = pytest.mark.netns
 

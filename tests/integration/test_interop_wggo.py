@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from netlab import WGGO_KIND, WGPY_KIND, assert_ping, start_mesh, wait_for
+from wgpy_testkit.netlab import WGGO_KIND, WGPY_KIND, assert_ping, start_mesh, wait_for
 
 pytestmark = pytest.mark.netns
 

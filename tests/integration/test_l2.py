@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import pytest
 
-import netlab
-from netlab import Keypair, assert_ping, gen_keypair, ping, run, unique_iface, wait_for, write_config
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import Keypair, assert_ping, gen_keypair, ping, run, unique_iface, wait_for, write_config
 
 from wgpy.constants import ETHERNET_HEADER_LEN, MAC_TABLE_SIZE
 from wgpy.uapi.server import request

@@ -20,8 +20,8 @@ import sys
 
 import pytest
 
-import netlab
-from netlab import gen_keypair, random_public_key, run, wait_for, write_config
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import gen_keypair, random_public_key, run, wait_for, write_config
 from test_transport_streams import fingerprint, make_cert
 
 pytestmark = pytest.mark.netns

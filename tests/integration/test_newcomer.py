@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-import netlab
-from netlab import (PeerSpec, gen_keypair, link_exists, ns_pids, pid_alive, render_config, run, unique_iface,
-                    wait_for, write_config)
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import (PeerSpec, gen_keypair, link_exists, ns_pids, pid_alive, render_config, run,
+                                 unique_iface, wait_for, write_config)
 
 pytestmark = pytest.mark.netns
 

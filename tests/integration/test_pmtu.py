@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-import netlab
-from netlab import PeerSpec, gen_keypair, render_config, run, sysctl, wait_for, write_config, nft_load
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import PeerSpec, gen_keypair, render_config, run, sysctl, wait_for, write_config, nft_load
 
 pytestmark = pytest.mark.netns
 

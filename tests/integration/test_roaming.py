@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from netlab import WGGO_KIND, WGPY_KIND, assert_ping, run, start_mesh, wait_for
+from wgpy_testkit.netlab import WGGO_KIND, WGPY_KIND, assert_ping, run, start_mesh, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from netlab import WGGO_KIND, WGPY_KIND, assert_ping, link_stats, ping, start_mesh
+from wgpy_testkit.netlab import WGGO_KIND, WGPY_KIND, assert_ping, link_stats, ping, start_mesh
 
 pytestmark = pytest.mark.netns
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-import hostile_lab as hl
-import netlab
-from netlab import gen_keypair, run, wait_for, write_config
+from wgpy_testkit import hostile_lab as hl
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import gen_keypair, run, wait_for, write_config
 
 pytestmark = pytest.mark.netns
 

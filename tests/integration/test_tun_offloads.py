@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import netlab
-from netlab import (UAPI_DIR, WGPY_KIND, assert_ping, gen_keypair, run, start_mesh, wait_for)
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import (UAPI_DIR, WGPY_KIND, assert_ping, gen_keypair, run, start_mesh, wait_for)
 
 pytestmark = pytest.mark.netns
 

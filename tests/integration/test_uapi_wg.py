@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-import netlab
-from netlab import (UAPI_DIR, Keypair, PeerSpec, assert_ping, gen_keypair, gen_psk, link_exists, ns_pids,
-                    parse_wg_dump, parse_wg_show, pid_alive, random_public_key, render_config, run, unique_iface,
-                    wait_for, write_config)
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import (UAPI_DIR, Keypair, PeerSpec, assert_ping, gen_keypair, gen_psk, link_exists, ns_pids,
+                                 parse_wg_dump, parse_wg_show, pid_alive, random_public_key, render_config, run,
+                                 unique_iface, wait_for, write_config)
 
 pytestmark = pytest.mark.netns
 

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-import netlab
-from netlab import (UAPI_DIR, WGPY_KIND, assert_ping, gen_keypair, link_exists, ns_pids, parse_wg_show,
-                    render_config, start_mesh, wait_for, write_config)
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import (UAPI_DIR, WGPY_KIND, assert_ping, gen_keypair, link_exists, ns_pids, parse_wg_show,
+                                 render_config, start_mesh, wait_for, write_config)
 
 pytestmark = pytest.mark.netns
 

@@ -34,14 +34,10 @@ import struct
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
-from wgpy import crypto  # noqa: E402
-from wgpy.constants import LABEL_MAC1  # noqa: E402
+from wgpy import crypto
+from wgpy.constants import LABEL_MAC1
+from wgpy_testkit.capture import captured_messages
 
 SOL_UDP, UDP_SEGMENT = 17, 103
 
@@ -193,23 +189,6 @@ def cmd_flood(args) -> dict:
     return {"mode": "flood", "sent": sent, "seconds": round(seconds, 2), "rate_pps": round(sent / seconds),
             "sources": nsocks, "blocked": blocked, "replies": dict(replies), "reply_bytes": nbytes[0],
             "gso": bool(args.gso)}
-
-
-def split_gso(payload: bytes) -> list[bytes]:
-    """A capture taken before segmentation shows a UDP GSO send as one packet holding several same-sized
-    WireGuard transport messages of one session: cut it where the 8-byte header (type + receiver index)
-    repeats."""
-    if len(payload) < 64 or payload[:4] != b"\x04\x00\x00\x00":
-        return [payload]
-    seg = payload.find(payload[:8], 32)
-    if seg <= 0:
-        return [payload]
-    return [payload[i:i + seg] for i in range(0, len(payload), seg)]
-
-
-def captured_messages(pcap: str, sport: int) -> list[bytes]:
-    from netlab import parse_pcap
-    return [m for p in parse_pcap(Path(pcap).read_bytes()) if p.sport == sport for m in split_gso(p.payload)]
 
 
 def cmd_replay(args) -> dict:

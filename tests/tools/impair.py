@@ -26,11 +26,8 @@ import select
 import signal
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-
-from wgpy.io.tun import Tun  # noqa: E402
+from wgpy.io.tun import Tun
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ from wgpy.protocol.messages import (
 )
 from wgpy.protocol.noise import State
 
-from helpers import A_IP4, B_IP4, Pair, make_key, mtype, seeded_rand, udp4
+from wgpy_testkit.core_pair import A_IP4, B_IP4, Pair, make_key, mtype, seeded_rand, udp4
 
 JIT = REKEY_TIMEOUT_JITTER_MAX
 

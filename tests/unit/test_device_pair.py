@@ -1,4 +1,4 @@
-"""Two sans-IO Device cores wired to each other by hand (see helpers.Pair)."""
+"""Two sans-IO Device cores wired to each other by hand (see wgpy_testkit.core_pair.Pair)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from wgpy.constants import MAX_STAGED_PACKETS, MESSAGE_TRANSPORT
 from wgpy.protocol.noise import State
 
-from helpers import (
+from wgpy_testkit.core_pair import (
     A_IP4, A_IP6, B_IP4, B_IP6, Pair, ipv4, ipv6, make_key, mtype, padded, transport_size, udp4,
 )
 

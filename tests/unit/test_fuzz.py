@@ -1,8 +1,8 @@
 """Garbage in, nothing out: property tests (hypothesis) over message parsing and the whole datagram path of the
-core, plus a CI-sized run of the fuzzer in bench/fuzz.py (the full run, a million inputs per target, is in
-scripts/reliability.sh).
+core, plus a CI-sized run of the fuzzer in wgpy_testkit.fuzz (bench/fuzz.py is its command line; the full run,
+a million inputs per target, is in scripts/reliability.sh).
 
-The invariants are bench/fuzz.py's: no exception escapes receive_datagrams; an unauthenticated datagram changes
+The invariants are wgpy_testkit.fuzz's: no exception escapes receive_datagrams; an unauthenticated datagram changes
 none of the state listed in fuzz.snapshot (sessions, handshakes, index tables, timers, endpoints, counters other
 than drop counters); nothing is sent, except a cookie reply while under load, and then only to a message whose
 mac1 an independent oracle finds valid.
@@ -10,10 +10,7 @@ mac1 an independent oracle finds valid.
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -24,11 +21,8 @@ from wgpy.constants import (
 )
 from wgpy.protocol import messages
 from wgpy.protocol.messages import INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET
+from wgpy_testkit import fuzz
 
-_spec = importlib.util.spec_from_file_location("wgpy_fuzz", Path(__file__).resolve().parents[2] / "bench" / "fuzz.py")
-fuzz = importlib.util.module_from_spec(_spec)
-sys.modules["wgpy_fuzz"] = fuzz
-_spec.loader.exec_module(fuzz)
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _targets: dict[str, object] = {}

@@ -23,7 +23,7 @@ from wgpy.constants import (
 from wgpy.protocol.device import Device, ratelimit_key
 from wgpy.protocol.ratelimiter import RateLimiter
 
-from helpers import A_IP4, B_IP4, Pair, make_key, mtype, seeded_rand, udp4
+from wgpy_testkit.core_pair import A_IP4, B_IP4, Pair, make_key, mtype, seeded_rand, udp4
 from test_fuzz import fuzz
 
 # every reason the core counts a drop under (docs/reliability.md); a new one must be documented there too

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from wgpy.protocol.device import Device
 
-from helpers import A_IP4, B_IP4, Pair, mtype, seeded_rand, udp4
+from wgpy_testkit.core_pair import A_IP4, B_IP4, Pair, mtype, seeded_rand, udp4
 
 
 def captured(p: Pair, sender: str, type_: int) -> list[bytes]:

@@ -17,7 +17,7 @@ from wgpy import config as cfgmod
 from wgpy.protocol import noise
 from wgpy.uapi import protocol as uapi
 
-from helpers import Pair
+from wgpy_testkit.core_pair import Pair
 
 PSK = bytes(range(100, 132))
 

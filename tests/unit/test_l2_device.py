@@ -1,6 +1,6 @@
 """L2 mode of the sans-IO core (Device(..., l2=True)): switching, learning, flooding, relaying, allowed MACs.
 
-Devices are wired by hand with a fake clock, as in test_device_pair.py; `Net` generalises helpers.Pair to any
+Devices are wired by hand with a fake clock, as in test_device_pair.py; `Net` generalises core_pair.Pair to any
 number of devices and any peering (star, mesh).
 """
 
@@ -20,7 +20,7 @@ from wgpy.protocol.device import Device
 from wgpy.uapi.protocol import handle_request
 from wgpy.routing.mactable import LOCAL, MacTable
 
-from helpers import Clock, make_key, mtype, seeded_rand
+from wgpy_testkit.core_pair import Clock, make_key, mtype, seeded_rand
 
 BCAST = b"\xff" * 6
 

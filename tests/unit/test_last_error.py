@@ -21,7 +21,7 @@ from wgpy.constants import (
 from wgpy.io.stream import PIN_MISMATCH
 from wgpy.uapi import protocol as uapi
 
-from helpers import A_IP4, B_IP4, Pair, make_key, mtype, udp4
+from wgpy_testkit.core_pair import A_IP4, B_IP4, Pair, make_key, mtype, udp4
 from test_transport_config import Host
 from test_transport_fallback import Wire
 from test_transport_stream import make_cert, pair, run_until

@@ -12,7 +12,7 @@ from wgpy.constants import PMTU_PROBE_TRIES
 from wgpy.protocol import control
 from wgpy.protocol.pmtu import PathMTU, fragment_ipv4, icmp_too_big, overhead
 
-from helpers import A_IP4, A_IP6, B_IP4, B_IP6, Pair, ipv4, ipv6, udp4
+from wgpy_testkit.core_pair import A_IP4, A_IP6, B_IP4, B_IP6, Pair, ipv4, ipv6, udp4
 
 EP_A = ("192.0.2.1", 51820)
 EP_B = ("192.0.2.2", 51821)
@@ -195,7 +195,7 @@ def pmtu_pair(path: Path, *, control_b: bool = True, auto: bool = True, interval
     p = Pair(5)
     if l2:   # rebuild both devices in L2 mode with the same keys
         from wgpy.protocol.device import Device
-        from helpers import seeded_rand
+        from wgpy_testkit.core_pair import seeded_rand
         p.a = Device(p.priv_a, rand=seeded_rand(1), wall=p.clock.wall, l2=True)
         p.b = Device(p.priv_b, rand=seeded_rand(2), wall=p.clock.wall, l2=True)
         p.pa, p.pb = p.a.add_peer(p.pub_b), p.b.add_peer(p.pub_a)

@@ -12,7 +12,7 @@ from wgpy.constants import (
 )
 from wgpy.protocol.noise import State
 
-from helpers import A_IP4, B_IP4, Pair, mtype, transport_size, udp4
+from wgpy_testkit.core_pair import A_IP4, B_IP4, Pair, mtype, transport_size, udp4
 
 EPS = 1e-9
 JIT = REKEY_TIMEOUT_JITTER_MAX

@@ -19,7 +19,7 @@ from wgpy.constants import FALLBACK_PROBE_ANSWER
 from wgpy.protocol import fallback
 from wgpy.protocol.device import Device
 
-from helpers import A_IP4, B_IP4, Clock, make_key, seeded_rand, udp4
+from wgpy_testkit.core_pair import A_IP4, B_IP4, Clock, make_key, seeded_rand, udp4
 
 A_UDP = ("192.0.2.1", 40000)
 B_UDP = ("192.0.2.2", 51820)

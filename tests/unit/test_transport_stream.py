@@ -24,7 +24,7 @@ from wgpy.io import stream
 from wgpy.io.stream import FrameError, StreamManager, encode_frame, parse_frames, parse_pin, parse_url
 from wgpy.protocol.device import Device
 
-from helpers import A_IP4, B_IP4, udp4
+from wgpy_testkit.core_pair import A_IP4, B_IP4, udp4
 
 KEEPALIVE = b"\x04\x00\x00\x00" + b"\x00" * 28
 INITIATION = b"\x01\x00\x00\x00" + b"\x00" * 144

@@ -19,14 +19,13 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-import netlab
-from netlab import Lab, run, wait_for
+from . import netlab
+from .netlab import Lab, run, wait_for
+from .procs import cpu_seconds, fd_count, rss_kib  # noqa: F401  (hl.rss_kib, ... in the tests)
 
 TOOLS = netlab.ROOT / "tests" / "tools"
-sys.path.insert(0, str(TOOLS))
 HOSTILE = TOOLS / "hostile.py"
 IMPAIR = TOOLS / "impair.py"
 
@@ -48,23 +47,6 @@ def record(name: str, **figures: Any) -> None:
 
 def daemon_pid(iface: str) -> int:
     return int((netlab.WGPY_RUN_DIR / f"{iface}.pid").read_text().strip())
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rfind(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stats(ns: str, iface: str) -> dict[str, int]:
