@@ -38,28 +38,28 @@ from __future__ import annotations
 import errno
 import hashlib
 import heapq
-import ipaddress
-import itertools
 import logging
 import os
 import select
 import socket
 import ssl
-import struct
 import time
 from collections import Counter
 
 from ..config import parse_pin  # noqa: F401  (the one TLSPin / wgpy_tls_pin parser; uapi/transport.py uses it)
 from ..protocol.transport import receiver_index
+from ..streams.endpoint import (  # noqa: F401  (re-exported: the record, URLs and states live in streams/)
+    CLOSED, CONNECTING, HANDSHAKE, SCHEMES, UP, StreamEndpoint, format_url, parse_url,
+)
+from ..streams.framing import FRAME_LENGTH as _H, FrameError, encode_frame, parse_frames  # noqa: F401
 from ..constants import (
     STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_KEEPCNT, STREAM_KEEPIDLE,
-    STREAM_KEEPINTVL, STREAM_MAX_FRAME, STREAM_MAX_UNAUTHENTICATED, STREAM_MIN_FRAME, STREAM_NOTSENT_LOWAT,
+    STREAM_KEEPINTVL, STREAM_MAX_FRAME, STREAM_MAX_UNAUTHENTICATED, STREAM_NOTSENT_LOWAT,
     STREAM_SEND_BUFFER, STREAM_UNAUTHENTICATED_FRAMES, STREAM_UNAUTHENTICATED_TIMEOUT, STREAM_USER_TIMEOUT,
 )
 
 log = logging.getLogger("wgpy")
 
-SCHEMES = ("tcp", "tls")
 SO_MARK = getattr(socket, "SO_MARK", 36)
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
@@ -70,119 +70,7 @@ TLS_WRITE_CHUNK = 64 * 1024
 RETRY_WHILE_USED = 120.0            # an outbound target reconnects while it was used within this many seconds
 LOG_INTERVAL = 10.0                 # inbound failures (scanners...) are logged at most this often per reason
 
-CONNECTING, HANDSHAKE, UP, CLOSED = "connecting", "tls-handshake", "up", "closed"
-_H = struct.Struct(">H")
-_HANDSHAKE_SIZES = (0, 148, 92, 64)
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class FrameError(ValueError):
-    """A frame that is not a WireGuard message; `reason` is the counter it goes to."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def encode_frame(msg: bytes) -> bytes:
-    return _H.pack(len(msg)) + msg
-
-
-def parse_frames(buf: bytearray, src: object, out: list) -> int:
-    """Append (message, src) for every complete frame at the start of `buf`; return the bytes they took.
-    Raises FrameError at the first bad frame (the good ones before it are already in `out`). A bad length or
-    message type is detected from the first 2 or 6 bytes of a frame, without waiting for its body (an HTTP
-    request or a TLS hello sent to a TCP port is refused at once)."""
-    n = len(buf)
-    off = 0
-    while n - off >= 2:
-        length = (buf[off] << 8) | buf[off + 1]
-        if length < STREAM_MIN_FRAME:
-            raise FrameError("stream_short_frame")
-        if length > STREAM_MAX_FRAME:
-            raise FrameError("stream_oversized_frame")
-        if n - off < 6:
-            break
-        t = buf[off + 2]
-        if buf[off + 3] or buf[off + 4] or buf[off + 5] or not 1 <= t <= 4:
-            raise FrameError("stream_bad_message_type")
-        if t != 4 and _HANDSHAKE_SIZES[t] != length:
-            raise FrameError("stream_bad_message_size")
-        end = off + 2 + length
-        if end > n:
-            break
-        out.append((bytes(buf[off + 2:end]), src))
-        off = end
-    return off
-
-
-def parse_url(text: str) -> tuple[str, str, int]:
-    """'tcp://192.0.2.1:443' or 'tls://[2001:db8::1]:8443' -> (scheme, numeric host, port). Raises ValueError."""
-    scheme, sep, rest = text.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in SCHEMES:
-        raise ValueError("expected tcp:// or tls://")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected a port")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise ValueError("bad IPv6 address")
-        host = host[1:-1]
-    addr = ipaddress.ip_address(host)
-    if addr.version == 6 and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return scheme, str(addr), int(port)
-
-
-def format_url(scheme: str, host: str, port: int) -> str:
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
-_ids = itertools.count(1)
-
-
-class StreamEndpoint:
-    """A stream endpoint, opaque to the core (see the module docstring). Identity is equality."""
-
-    __slots__ = ("scheme", "host", "port", "outbound", "conn", "server_name", "ca_file", "pin", "context",
-                 "label", "failures", "retry_at", "retry_armed", "last_used", "last_error", "connects")
-
-    def __init__(self, scheme: str, host: str, port: int, outbound: bool, server_name: str | None = None,
-                 ca_file: str | None = None, pin: bytes | None = None) -> None:
-        self.scheme = scheme
-        self.host = host
-        self.port = port
-        self.outbound = outbound
-        self.conn: Conn | None = None
-        self.server_name = server_name
-        self.ca_file = ca_file
-        self.pin = pin
-        self.context: ssl.SSLContext | None = None
-        self.label = format_url(scheme, host, port)
-        if not outbound:
-            self.label += f"#{next(_ids)}"         # unique: the core uses repr(src) as the cookie's source
-        self.failures = 0
-        self.retry_at = 0.0
-        self.retry_armed = False
-        self.last_used = -1e18
-        self.last_error: str | None = None     # the last failure in words; cleared when a connection comes up
-        self.connects = 0
-
-    @property
-    def url(self) -> str:
-        return format_url(self.scheme, self.host, self.port)
-
-    @property
-    def state(self) -> str:
-        if self.conn is not None:
-            return self.conn.state
-        if not self.outbound:
-            return CLOSED
-        return "backoff" if self.failures else "idle"
-
-    def __repr__(self) -> str:
-        return self.label
 
 
 class Conn:
@@ -327,6 +215,12 @@ class StreamManager:
         self.active = self.active or bool(self.listeners or self.conns or self.targets)
 
     # ---- configuration --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def load_identity(cert_file: str, key_file: str) -> ssl.SSLContext:
+        """A TLS server context from a certificate and key file (raises OSError, ssl.SSLError is one); the UAPI
+        calls it before anything of a set is applied, so a bad file refuses the whole request."""
+        return server_context(cert_file, key_file)
 
     def set_tls_identity(self, cert_file: str | None, key_file: str | None) -> None:
         """Load the server certificate and key (both None: none). Raises OSError/ssl.SSLError; then nothing

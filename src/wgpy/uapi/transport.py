@@ -27,10 +27,10 @@ the peer's `wgpy_last_error` (uapi/protocol.py, endpoint_error below). Stats: th
 from __future__ import annotations
 
 import errno
-import ssl
 
 from ..constants import FALLBACK_AFTER, FALLBACK_PROBE_INTERVAL
-from ..io.stream import StreamEndpoint, parse_pin, parse_url
+from ..config import parse_pin
+from ..streams.endpoint import StreamEndpoint, parse_url
 from ..protocol import fallback
 
 EINVAL = -errno.EINVAL
@@ -120,11 +120,10 @@ def prepare(plan, host) -> None:
             cert = cert if cert is not None else streams.cert_file
             key = key if key is not None else streams.key_file
             try:
-                from ..io.stream import server_context
                 if not cert or not key:
                     raise ValueError("needs both wgpy_tls_cert_file and wgpy_tls_key_file")
-                plan.transport["_server_ctx"] = (server_context(cert, key), cert, key)
-            except (OSError, ssl.SSLError, ValueError) as e:
+                plan.transport["_server_ctx"] = (streams.load_identity(cert, key), cert, key)
+            except (OSError, ValueError) as e:                      # a TLS error is an OSError
                 raise _error(EINVAL, f"TLS certificate/key: {getattr(e, 'strerror', None) or e}") from None
         if plan.transport.get("wgpy_listen_tls") and "_server_ctx" not in plan.transport \
                 and host.streams.server_ctx is None:
@@ -143,7 +142,7 @@ def prepare(plan, host) -> None:
             scheme, addr, port = url
             try:
                 t["_" + key] = streams.target(scheme, addr, port, **(opts if scheme == "tls" else {}))
-            except (OSError, ssl.SSLError, ValueError) as e:
+            except (OSError, ValueError) as e:
                 raise _error(EINVAL, f"{key}: TLS settings: {getattr(e, 'strerror', None) or e}") from None
         if "_wgpy_endpoint" in t:
             op.endpoint = t["_wgpy_endpoint"]     # applied by the standard code, in the standard order
