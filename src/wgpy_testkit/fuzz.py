@@ -4,9 +4,9 @@ the mutator and the invariants.  bench/fuzz.py is its command line; tests/unit/t
     .venv/bin/python bench/fuzz.py [--inputs 1000000] [--seed 1] [--targets parse,responder,initiator,under-load]
     .venv/bin/python bench/fuzz.py --engine atheris [--inputs N] --targets responder   # coverage-guided, optional
 
-Two in-memory Devices, A (initiator) and B (responder), complete a real handshake on a fake clock, exchange data
-both ways and a cookie reply (B under load); every datagram they put on the wire is captured. The corpus is
-those captured messages, each already consumed by its receiver, so a byte-exact copy is a replay. Each input is
+Two in-memory Devices (the two-core harness core_pair.Pair), A (initiator) and B (responder), complete a real
+handshake on a fake clock, exchange data both ways and a cookie reply (B under load); every datagram they put on
+the wire is captured. The corpus is those captured messages, each already consumed by its receiver, so a byte-exact copy is a replay. Each input is
 either random bytes or a captured message mutated by one to four of: bit flips, byte overwrites with edge values,
 truncation, extension, splicing two messages, a changed type byte, or resizing to another message's size. A
 quarter of the mutated handshake messages also get a *correct* mac1 recomputed for the target's public key (the
@@ -44,23 +44,16 @@ from wgpy.constants import (
     LABEL_MAC1, MESSAGE_COOKIE_REPLY_SIZE, MESSAGE_INITIATION_SIZE, MESSAGE_RESPONSE_SIZE, REKEY_TIMEOUT,
     UNDER_LOAD_HANDSHAKES_PER_SECOND,
 )
-from wgpy.protocol import messages
+from wgpy.protocol import messages, transport
 from wgpy.protocol.device import Device
 from wgpy.protocol.messages import INITIATION_MAC1_OFFSET, RESPONSE_MAC1_OFFSET
 
-WALL0 = 1_700_000_000.0
+from .core_pair import Pair
+
 EP_A = ("192.0.2.1", 51820)
 EP_B = ("192.0.2.2", 51820)
 IP_A, IP_B = "10.0.0.1", "10.0.0.2"
 TARGETS = ("parse", "responder", "initiator", "under-load")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def wall(self) -> float:
-        return WALL0 + self.now
 
 
 def ipv4_udp(src: str, dst: str, data: bytes) -> bytes:
@@ -71,24 +64,19 @@ def ipv4_udp(src: str, dst: str, data: bytes) -> bytes:
 
 
 class World:
-    """A and B after a handshake, data both ways and a cookie reply; `corpus` holds every datagram sent."""
+    """A and B (a core_pair.Pair) after a handshake, data both ways and a cookie reply; `corpus` holds every
+    datagram sent."""
 
     def __init__(self, seed: int = 1) -> None:
         rng = random.Random(seed)
-        self.clock = Clock()
-        self.a = Device(rng.randbytes(32), rand=random.Random(seed + 1).randbytes, wall=self.clock.wall)
-        self.b = Device(rng.randbytes(32), rand=random.Random(seed + 2).randbytes, wall=self.clock.wall)
-        self.pa = self.a.add_peer(self.b.public_key)
-        self.pb = self.b.add_peer(self.a.public_key)
-        self.a.allowed_ips.insert(ipaddress.ip_network(IP_B + "/32"), self.pa)
-        self.b.allowed_ips.insert(ipaddress.ip_network(IP_A + "/32"), self.pb)
-        self.pa.endpoint, self.pb.endpoint = EP_B, EP_A
-        self.corpus: list[bytes] = []
-        self.tun: list[bytes] = []
+        keys = (rng.randbytes(32), rng.randbytes(32))
+        self.pair = p = Pair(keys=keys, rand_a=random.Random(seed + 1).randbytes,
+                             rand_b=random.Random(seed + 2).randbytes, endpoints=(EP_A, EP_B), inner_v6=False)
+        self.clock, self.a, self.b, self.pa, self.pb = p.clock, p.a, p.b, p.pa, p.pb
         # handshake triggered by data, then data both ways
-        self._send(self.a, [ipv4_udp(IP_A, IP_B, b"hello" * i) for i in range(1, 4)])
-        self._send(self.b, [ipv4_udp(IP_B, IP_A, b"world" * i) for i in range(1, 4)])
-        self._send(self.a, [ipv4_udp(IP_A, IP_B, bytes(200))])
+        p.send("A", [ipv4_udp(IP_A, IP_B, b"hello" * i) for i in range(1, 4)], self.clock.now)
+        p.send("B", [ipv4_udp(IP_B, IP_A, b"world" * i) for i in range(1, 4)], self.clock.now)
+        p.send("A", [ipv4_udp(IP_A, IP_B, bytes(200))], self.clock.now)
         assert self.pa.current is not None and self.pb.current is not None, "handshake failed"
         # B under load: A's next initiation gets a cookie reply, which A consumes; A's handshake stays in flight
         self.at(REKEY_TIMEOUT + 1)
@@ -96,13 +84,15 @@ class World:
         out: list = []
         self.a.initiate_handshake(self.pa, self.clock.now, out, retry=False)
         cookied = out[0][0]
-        self._deliver(self.a, out)
+        p.deliver("A", out, self.clock.now)
         assert self.pa.cookie.cookie, "no cookie reply"
         # ... and B, no longer under load, consumes that initiation (so a copy of it is a replay), A the response
         self.b.under_load_threshold = UNDER_LOAD_HANDSHAKES_PER_SECOND
         self.b._under_load_until = float("-inf")
-        self._deliver(self.a, [(cookied, EP_B)])
+        p.deliver("A", [(cookied, EP_B)], self.clock.now)
+        self.corpus: list[bytes] = [d for *_, d in p.log]
         del self.corpus[-2]   # (the same initiation is in the corpus once)
+        self.tun: list[bytes] = p.tun["A"] + p.tun["B"]
         # A starts one more handshake whose initiation is lost: mutated responses can reach consume_response
         self.at(2 * REKEY_TIMEOUT + 2)
         lost: list = []
@@ -116,22 +106,6 @@ class World:
 
     def at(self, t: float) -> None:
         self.clock.now = t
-
-    def _send(self, dev: Device, pkts: list[bytes]) -> None:
-        out: list = []
-        dev.send_packets(pkts, self.clock.now, out)
-        self._deliver(dev, out)
-
-    def _deliver(self, sender: Device, out: list) -> None:
-        queue = [(sender, d, ep) for d, ep in out]
-        while queue:
-            s, d, ep = queue.pop(0)
-            self.corpus.append(d)
-            target = self.b if ep == EP_B else self.a
-            src = EP_A if s is self.a else EP_B
-            net: list = []
-            target.receive_datagrams([(d, src)], self.clock.now, net, self.tun)
-            queue.extend((target, d2, ep2) for d2, ep2 in net)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -266,7 +240,9 @@ def check_parse(data: bytes) -> str:
     if t == 4:
         if n < 32 or data[:4] != b"\x04\x00\x00\x00":
             raise Violation(f"transport accepted with length {n}")
-        messages.TRANSPORT_HEADER.unpack_from(data)
+        if not transport.is_transport(data):
+            raise Violation("transport codec disagrees with message_type")
+        transport.parse_header(data, 4)
         return "transport"
     expected = {1: MESSAGE_INITIATION_SIZE, 2: MESSAGE_RESPONSE_SIZE, 3: MESSAGE_COOKIE_REPLY_SIZE}[t]
     if n != expected or data[:4] != bytes((t, 0, 0, 0)):

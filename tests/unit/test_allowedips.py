@@ -6,7 +6,6 @@ import time
 import pytest
 
 from wgpy.routing.allowedips import AllowedIPs
-from wgpy.routing.ip import ip_dst, ip_src, ip_total_length, ip_version
 
 N = ipaddress.ip_network
 A = ipaddress.ip_address
@@ -259,24 +258,6 @@ def test_lookup_packets_garbage(routed):
     # a v6-looking packet >= 40 bytes is looked up as IPv6 regardless of content
     t.insert(N("::/0"), a)
     assert t.lookup_dst(b"\x60" + b"\x00" * 39) is a
-
-
-def test_ip_helpers():
-    v4pkt = ipv4_packet("10.0.0.5", "192.168.3.4", b"x" * 30)
-    v6pkt = ipv6_packet("fd00:b::1", "fd00:a::99", b"y" * 30)
-    assert ip_version(v4pkt) == 4 and ip_version(v6pkt) == 6 and ip_version(b"") == 0
-    assert ip_src(v4pkt) == v4("10.0.0.5") and ip_dst(v4pkt) == v4("192.168.3.4")
-    assert ip_src(v6pkt) == v6("fd00:b::1") and ip_dst(v6pkt) == v6("fd00:a::99")
-    assert ip_total_length(v4pkt) == 50
-    assert ip_total_length(v6pkt) == 70
-    # padded packets (e.g. after decryption) report the header's length, not the buffer's
-    assert ip_total_length(v4pkt + b"\x00" * 14) == 50
-    assert ip_total_length(memoryview(v6pkt + b"\x00" * 10)) == 70
-    assert isinstance(ip_src(memoryview(v4pkt)), bytes)
-    for pkt in (b"", v4pkt[:19], v6pkt[:39], b"\x00" * 60, b"\x75" + v4pkt[1:]):
-        assert ip_src(pkt) is None
-        assert ip_dst(pkt) is None
-        assert ip_total_length(pkt) is None
 
 
 # ---------------------------------------------------------------------------------------------------- differential

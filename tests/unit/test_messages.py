@@ -13,6 +13,7 @@ from wgpy.constants import (
     MESSAGE_TRANSPORT_MIN_SIZE,
 )
 from wgpy.protocol import messages as m
+from wgpy.protocol import transport
 from wgpy.protocol.messages import CookieReply, Initiation, Response, message_type
 
 VALID = {MESSAGE_INITIATION: MESSAGE_INITIATION_SIZE, MESSAGE_RESPONSE: MESSAGE_RESPONSE_SIZE,
@@ -40,8 +41,8 @@ def test_exact_sizes():
     assert len(_rand_init(rng).pack()) == 148
     assert len(_rand_resp(rng).pack()) == 92
     assert len(_rand_cookie(rng).pack()) == 64
-    assert m.TRANSPORT_HEADER.size == 16
-    assert len(m.TRANSPORT_HEADER.pack(4, 1, 2) + bytes(16)) == 32   # a keepalive: header + tag
+    assert len(transport.header_prefix(1) + bytes(8)) == 16
+    assert transport.is_transport(transport.header_prefix(1) + bytes(8 + 16))   # a keepalive: header + tag
 
 
 def test_field_layout_initiation():
@@ -75,7 +76,8 @@ def test_field_layout_cookie_reply():
 
 
 def test_transport_header_layout():
-    b = m.TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, 0xAABBCCDD, 0x0102030405060708)
+    b = transport.header_prefix(0xAABBCCDD) + (0x0102030405060708).to_bytes(8, "little")
+    assert MESSAGE_TRANSPORT == 4 and transport.parse_header(b, 4) == (0xAABBCCDD, 0x0102030405060708)
     assert b == b"\x04\x00\x00\x00" + b"\xdd\xcc\xbb\xaa" + bytes([8, 7, 6, 5, 4, 3, 2, 1])
 
 

@@ -26,7 +26,6 @@ _HDR = struct.Struct("<I")
 _INIT = struct.Struct("<II32s48s28s16s16s")
 _RESP = struct.Struct("<III32s16s16s16s")
 _COOKIE = struct.Struct("<II24s32s")
-TRANSPORT_HEADER = struct.Struct("<IIQ")
 
 # offsets of mac1 / mac2: the MACs cover everything before them
 INITIATION_MAC1_OFFSET = 116

@@ -86,27 +86,11 @@ class MacTable:
             self.evicted += 1
             return
 
-    def lookup(self, mac: bytes, now: float) -> object | None:
-        """The port `mac` was last seen on, or None if unknown or aged out."""
-        e = self.entries.get(mac)
-        if e is None or now - e[1] >= self.aging:
-            return None
-        return e[0]
-
     def remove_port(self, port: object) -> None:
         """Forget every address learned on `port` (a removed peer)."""
         entries = self.entries
         for mac in [m for m, e in entries.items() if e[0] is port]:
             del entries[mac]
-
-    def expire(self, now: float) -> int:
-        """Drop every aged-out entry; returns how many."""
-        entries = self.entries
-        aging = self.aging
-        old = [m for m, e in entries.items() if now - e[1] >= aging]
-        for mac in old:
-            del entries[mac]
-        return len(old)
 
     def snapshot(self, now: float) -> list[tuple[bytes, object, float]]:
         """(mac, port, age in seconds) of every live entry, sorted by MAC."""
