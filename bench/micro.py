@@ -21,6 +21,9 @@ import time
 from wgpy.io import offload
 from wgpy.protocol.device import Device
 from wgpy.routing.mactable import LOCAL
+from wgpy_testkit.core_pair import Pair
+
+EP_A, EP_B = ("192.0.2.1", 51820), ("192.0.2.2", 51820)
 
 
 def ip4(src: str, dst: str, size: int) -> bytes:
@@ -30,27 +33,17 @@ def ip4(src: str, dst: str, size: int) -> bytes:
 
 
 def pair() -> tuple[Device, Device]:
-    a = Device(os.urandom(32), rand=os.urandom, wall=time.time)
-    b = Device(os.urandom(32), rand=os.urandom, wall=time.time)
-    pa, pb = a.add_peer(b.public_key), b.add_peer(a.public_key)
-    a.allowed_ips.insert(ipaddress.ip_network("10.0.0.2/32"), pa)
-    b.allowed_ips.insert(ipaddress.ip_network("10.0.0.1/32"), pb)
-    pa.endpoint, pb.endpoint = ("192.0.2.2", 51820), ("192.0.2.1", 51820)
-    now = time.monotonic()
-    out: list = []
-    a.send_packets([ip4("10.0.0.1", "10.0.0.2", 100)], now, out)
-    for _ in range(3):   # initiation -> response -> staged data
-        back: list = []
-        tun: list = []
-        (b if _ % 2 == 0 else a).receive_datagrams([(d, ("x", 1)) for d, _e in out], now, back, tun)
-        out = back
-    assert pa.current is not None and pb.current is not None
-    return a, b
+    """A (10.0.0.1 at EP_A) and B (10.0.0.2 at EP_B) after a handshake, on the two-core harness."""
+    p = Pair(keys=(os.urandom(32), os.urandom(32)), rand_a=os.urandom, rand_b=os.urandom, endpoints=(EP_A, EP_B),
+             inner_v6=False)
+    p.send("A", [ip4("10.0.0.1", "10.0.0.2", 100)], time.monotonic())   # initiation -> response -> staged data
+    assert p.pa.current is not None and p.pb.current is not None
+    return p.a, p.b
 
 
 def time_both_ways(a: Device, b: Device, batch: list, rounds: int) -> tuple[float, float, int]:
     """Seconds spent in a.send_packets and in b.receive_datagrams over `rounds` batches, and the packet count."""
-    src = ("192.0.2.1", 51820)
+    src = EP_A
     enc_t = dec_t = 0.0
     n = 0
     for _ in range(rounds):
@@ -126,18 +119,12 @@ def offload_costs(rounds: int) -> None:
 
 def l2_costs(size: int, batch_size: int, rounds: int) -> None:
     """L2 mode: frames of `size` bytes (the tunnel MTU) from a host behind A to one behind B, both MACs learned."""
-    a = Device(os.urandom(32), rand=os.urandom, wall=time.time, l2=True)
-    b = Device(os.urandom(32), rand=os.urandom, wall=time.time, l2=True)
-    pa, pb = a.add_peer(b.public_key), b.add_peer(a.public_key)
-    pa.endpoint, pb.endpoint = ("192.0.2.2", 51820), ("192.0.2.1", 51820)
+    p = Pair(keys=(os.urandom(32), os.urandom(32)), rand_a=os.urandom, rand_b=os.urandom, endpoints=(EP_A, EP_B),
+             l2=True)
+    a, b, pa = p.a, p.b, p.pa
     mac_a, mac_b = bytes.fromhex("02000000000a"), bytes.fromhex("02000000000b")
     now = time.monotonic()
-    out: list = []
-    a.send_packets([b"\xff" * 6 + mac_a + b"\x08\x00" + bytes(46)], now, out)   # broadcast: handshake, learning
-    for i in range(3):
-        back: list = []
-        (b if i % 2 == 0 else a).receive_datagrams([(d, ("x", 1)) for d, _e in out], now, back, [])
-        out = back
+    p.send("A", [b"\xff" * 6 + mac_a + b"\x08\x00" + bytes(46)], now)   # broadcast: handshake, learning
     b.macs.learn(mac_b, LOCAL, now)
     a.macs.learn(mac_b, pa, now)
     frame = mac_b + mac_a + b"\x08\x00" + b"\xab" * (size - 14)

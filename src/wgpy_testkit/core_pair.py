@@ -1,7 +1,9 @@
-"""Shared, deterministic helpers for the protocol unit tests.
+"""The two-core harness: two sans-IO Device cores wired to each other by hand, and the helpers around it.
 
 Nothing here touches the network, a real clock or the OS random generator: randomness comes from seeded
-`random.Random` instances and time from a `Clock` the tests advance by hand.
+`random.Random` instances and time from a `Clock` the tests advance by hand.  The unit tests, the fuzzer
+(wgpy_testkit.fuzz) and bench/micro.py build their pairs of cores with `Pair` (the last two may hand it
+os.urandom and real monotonic times; the harness does not care).
 """
 
 from __future__ import annotations
@@ -100,28 +102,41 @@ class Pair:
     """
 
     def __init__(self, seed: int = 1, *, psk_a: bytes | None = None, psk_b: bytes | None = None,
-                 a_thinks_b_is: bytes | None = None, b_knows_a: bool = True, rand_a=None) -> None:
+                 a_thinks_b_is: bytes | None = None, b_knows_a: bool = True, rand_a=None, rand_b=None,
+                 l2: bool = False, endpoints: tuple[object, object] = ("A", "B"),
+                 keys: tuple[bytes, bytes] | None = None, inner_v6: bool = True) -> None:
+        """`l2`: both devices in L2 mode (frames, learning switch; no allowed IPs). `endpoints`: the addresses
+        A and B send from and are reached at (strings, or real (ip, port) tuples). `keys`: both private keys
+        instead of ones drawn from `seed`. `inner_v6`: also route fd00::1/fd00::2 (L3)."""
         self.clock = Clock()
         rng = random.Random(seed)
-        self.priv_a, self.pub_a = make_key(rng)
-        self.priv_b, self.pub_b = make_key(rng)
-        self.a = Device(self.priv_a, rand=rand_a or seeded_rand(seed * 1000 + 1), wall=self.clock.wall)
-        self.b = Device(self.priv_b, rand=seeded_rand(seed * 1000 + 2), wall=self.clock.wall)
+        if keys is None:
+            self.priv_a, self.pub_a = make_key(rng)
+            self.priv_b, self.pub_b = make_key(rng)
+        else:
+            (self.priv_a, self.priv_b), (self.pub_a, self.pub_b) = keys, map(crypto.public_from_private, keys)
+        self.a = Device(self.priv_a, rand=rand_a or seeded_rand(seed * 1000 + 1), wall=self.clock.wall, l2=l2)
+        self.b = Device(self.priv_b, rand=rand_b or seeded_rand(seed * 1000 + 2), wall=self.clock.wall, l2=l2)
+        ep_a, ep_b = endpoints
         self.pa = self.a.add_peer(a_thinks_b_is or self.pub_b)       # A's view of B
         self.pb = self.b.add_peer(self.pub_a) if b_knows_a else None  # B's view of A
-        self.a.allowed_ips.insert(ipaddress.ip_network(B_IP4 + "/32"), self.pa)
-        self.a.allowed_ips.insert(ipaddress.ip_network(B_IP6 + "/128"), self.pa)
-        self.pa.endpoint = "B"
+        if not l2:
+            self.a.allowed_ips.insert(ipaddress.ip_network(B_IP4 + "/32"), self.pa)
+            if inner_v6:
+                self.a.allowed_ips.insert(ipaddress.ip_network(B_IP6 + "/128"), self.pa)
+        self.pa.endpoint = ep_b
         if self.pb is not None:
-            self.b.allowed_ips.insert(ipaddress.ip_network(A_IP4 + "/32"), self.pb)
-            self.b.allowed_ips.insert(ipaddress.ip_network(A_IP6 + "/128"), self.pb)
-            self.pb.endpoint = "A"
+            if not l2:
+                self.b.allowed_ips.insert(ipaddress.ip_network(A_IP4 + "/32"), self.pb)
+                if inner_v6:
+                    self.b.allowed_ips.insert(ipaddress.ip_network(A_IP6 + "/128"), self.pb)
+            self.pb.endpoint = ep_a
         if psk_a is not None:
             self.a.set_preshared_key(self.pa, psk_a)
         if psk_b is not None and self.pb is not None:
             self.b.set_preshared_key(self.pb, psk_b)
-        self.addr = {"A": "A", "B": "B"}
-        self.route = {"A": "A", "B": "B"}
+        self.addr = {"A": ep_a, "B": ep_b}
+        self.route = {ep_a: "A", ep_b: "B"}
         self.drop = None
         self.log: list[tuple[float, str, object, bytes]] = []
         self.tun: dict[str, list[bytes]] = {"A": [], "B": []}

@@ -12,7 +12,7 @@ from wgpy.constants import PMTU_PROBE_TRIES
 from wgpy.protocol import control
 from wgpy.protocol.pmtu import PathMTU, fragment_ipv4, icmp_too_big, overhead
 
-from wgpy_testkit.core_pair import A_IP4, A_IP6, B_IP4, B_IP6, Pair, ipv4, ipv6, udp4
+from wgpy_testkit.core_pair import A_IP4, A_IP6, B_IP4, B_IP6, Pair, ipv4, ipv6, seeded_rand, udp4
 
 EP_A = ("192.0.2.1", 51820)
 EP_B = ("192.0.2.2", 51821)
@@ -192,17 +192,11 @@ class Path:
 
 def pmtu_pair(path: Path, *, control_b: bool = True, auto: bool = True, interval: float = 30.0,
               v6: bool = False, l2: bool = False, link: int = 1500) -> Pair:
-    p = Pair(5)
-    if l2:   # rebuild both devices in L2 mode with the same keys
-        from wgpy.protocol.device import Device
-        from wgpy_testkit.core_pair import seeded_rand
-        p.a = Device(p.priv_a, rand=seeded_rand(1), wall=p.clock.wall, l2=True)
-        p.b = Device(p.priv_b, rand=seeded_rand(2), wall=p.clock.wall, l2=True)
-        p.pa, p.pb = p.a.add_peer(p.pub_b), p.b.add_peer(p.pub_a)
     ea, eb = (EP6_A, EP6_B) if v6 else (EP_A, EP_B)
-    p.addr = {"A": ea, "B": eb}
-    p.route = {ea: "A", eb: "B"}
-    p.pa.endpoint, p.pb.endpoint = eb, ea
+    if l2:   # both devices in L2 mode, the same keys (seed 5)
+        p = Pair(5, l2=True, endpoints=(ea, eb), rand_a=seeded_rand(1), rand_b=seeded_rand(2))
+    else:
+        p = Pair(5, endpoints=(ea, eb))
     for dev, on in ((p.a, True), (p.b, control_b)):
         dev.control_enabled = on
         dev.pmtu_interval = interval
