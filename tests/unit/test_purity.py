@@ -144,3 +144,14 @@ def test_relative_imports_stay_inside_the_pure_core():
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
                     node.module.startswith("wgpy."):
                 assert node.module.split(".")[1] in pure_names, f"{path.name}:{node.lineno} {node.module}"
+
+
+def test_the_test_support_package_is_not_core():
+    """src/wgpy_testkit (namespaces, processes, the lab, the two-core harness, the fuzz targets) is test and bench
+    support: it is never scanned as sans-IO core, and no module of wgpy imports it."""
+    kit = SRC.parent / "wgpy_testkit"
+    assert (kit / "__init__.py").is_file()
+    assert not [f for f in pure_files() if kit in f.parents]
+    users = [str(f.relative_to(SRC)) for f in sorted(SRC.rglob("*.py"))
+             if any(mod == "wgpy_testkit" for _, mod in imported_modules(ast.parse(f.read_text(), filename=str(f))))]
+    assert not users, f"wgpy modules import the test support package: {users}"
