@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wgpy import config as cfgmod
-from wgpy import quick
+from wgpy.quick import preflight as pre
+from wgpy.quick.hooks import UpError
 from wgpy.host import nft
 
 KEY = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
@@ -30,27 +31,27 @@ def _cfg(extra: str) -> cfgmod.InterfaceConfig:
 
 
 def test_missing_nft_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(quick, "has_net_admin", lambda: True)
-    monkeypatch.setattr(quick.netlink, "link_exists", lambda name: False)
+    monkeypatch.setattr(pre, "has_net_admin", lambda: True)
+    monkeypatch.setattr(pre.netlink, "link_exists", lambda name: False)
     monkeypatch.setattr(nft, "nft_path", lambda: None)
     with pytest.raises(cfgmod.ConfigError, match=r"Masquerade: needs the `nft` command \(Debian package nftables\)"):
-        quick.preflight(_cfg("Masquerade = eth0"))
+        pre.preflight(_cfg("Masquerade = eth0"))
     with pytest.raises(nft.NftError, match="nftables"):
         nft.Masquerade("wgx0", ["eth0"], ipv6=False).apply()
 
 
 def test_user_with_dns_is_refused(monkeypatch):
-    monkeypatch.setattr(quick, "has_net_admin", lambda: True)
-    monkeypatch.setattr(quick.netlink, "link_exists", lambda name: False)
-    monkeypatch.setattr(quick.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(pre, "has_net_admin", lambda: True)
+    monkeypatch.setattr(pre.netlink, "link_exists", lambda name: False)
+    monkeypatch.setattr(pre.os, "geteuid", lambda: 0)
     with pytest.raises(cfgmod.ConfigError, match="User: cannot be combined with DNS"):
-        quick.preflight(_cfg("User = nobody\nDNS = 10.0.0.1"))
+        pre.preflight(_cfg("User = nobody\nDNS = 10.0.0.1"))
     with pytest.raises(cfgmod.ConfigError, match="User: unknown user 'no-such-user-wgpy'"):
-        quick.preflight(_cfg("User = no-such-user-wgpy"))
+        pre.preflight(_cfg("User = no-such-user-wgpy"))
 
 
 def test_without_cap_net_admin_names_the_capability_and_tuntap(monkeypatch):
-    monkeypatch.setattr(quick, "has_net_admin", lambda: False)
-    monkeypatch.setattr(quick, "_tun_owner", lambda name: None)
-    with pytest.raises(quick.UpError, match=r"needs CAP_NET_ADMIN.*ip tuntap add dev wgx0 mode tun user"):
-        quick.preflight(_cfg(""))
+    monkeypatch.setattr(pre, "has_net_admin", lambda: False)
+    monkeypatch.setattr(pre, "_tun_owner", lambda name: None)
+    with pytest.raises(UpError, match=r"needs CAP_NET_ADMIN.*ip tuntap add dev wgx0 mode tun user"):
+        pre.preflight(_cfg(""))

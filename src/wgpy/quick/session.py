@@ -1,0 +1,196 @@
+"""Session: one configured interface, brought up step by step, each step pushing its undo (undo.py).
+
+1. PreUp                                      undo: PostDown (it runs once PreUp did, even when up fails later)
+2. TUN, UDP and UAPI sockets; a UAPI set      undo: close the interface (its addresses and routes go with it)
+   from the config (the path `wg` uses)
+3. root: addresses, MTU, up, routes           undo: policy rules and sysctls removed, netlink closed
+   (netlink); the automatic MTU
+   attach (no CAP_NET_ADMIN): adopt the MTU root gave the link; nothing on the host changes
+4. root: Masquerade (nft, forwarding)         undo: our table deleted, forwarding restored
+5. root: DNS (host/dns.py)                    undo: resolvconf -d, or the previous /etc/resolv.conf back
+6. PostUp, then the pid file                  undo: pid file removed
+7. up is complete                             "undo": PreDown, the first thing going down does
+
+teardown() pops and runs the undos newest first and reports what failed on stderr; it never raises for a failed
+undo, and a second call does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import config as cfgmod
+from ..constants import DEFAULT_MTU, ETHERNET_HEADER_LEN
+from ..daemon import Interface
+from ..host import dns, netlink, nft, privileges
+from ..host.privileges import RUN_DIR, has_net_admin
+from ..uapi import protocol as uapi
+from .hooks import UpError, hook_errors, run_hook
+from .resolve import resolve_endpoints, resolve_stream_endpoints
+from .undo import UndoStack
+
+
+class Session:
+    """One configured interface and the undo stack of what `up` did, for an exact teardown."""
+
+    def __init__(self, cfg: cfgmod.InterfaceConfig) -> None:
+        self.cfg = cfg
+        self.attach = not has_net_admin()    # preflight checked that root prepared the TUN for us
+        self.iface: Interface | None = None
+        self.undo = UndoStack()
+
+    def up(self) -> None:
+        cfg = self.cfg
+        resolved = resolve_endpoints(cfg)
+        resolved_streams = resolve_stream_endpoints(cfg)
+        try:
+            run_hook(cfg.pre_up, cfg.name, "PreUp")
+            self.undo.push("PostDown", lambda: hook_errors(cfg.post_down, cfg.name, "PostDown"))
+            self._open_interface(resolved, resolved_streams)
+            if self.attach:
+                self._adopt_link_mtu()
+            else:
+                self._configure_netlink(resolved)
+                self._enable_auto_mtu()
+                self._masquerade()
+                self._set_dns()
+            run_hook(cfg.post_up, cfg.name, "PostUp")
+            self._write_pidfile()
+            self.undo.push("PreDown", lambda: hook_errors(cfg.pre_down, cfg.name, "PreDown"))
+        except BaseException:
+            self.teardown()
+            raise
+
+    def teardown(self) -> None:
+        for problem in self.undo.unwind():
+            print(f"wgpy: {problem}", file=sys.stderr)
+
+    def drop_privileges(self) -> None:
+        """`User =`: hand the UAPI socket to the user, then become that user keeping CAP_NET_ADMIN only."""
+        uid, gid, _ = privileges.lookup_user(self.cfg.user)
+        os.chown(self.iface.uapi.path, uid, gid)      # so the user's own `wg`/`wgpy show` may use it too
+        privileges.drop_to_user(self.cfg.user)
+
+    # ---- the steps -----------------------------------------------------------------------------------------
+
+    def _open_interface(self, resolved: dict[int, str], resolved_streams: dict[int, dict[str, str]]) -> None:
+        cfg = self.cfg
+        self.iface = Interface(cfg.name, cfg.mode)
+        self.undo.push("interface", self._close_interface)     # close() copes with a half-done open()
+        self.iface.open()
+        reply = self.iface.handle_uapi("set=1\n" + cfgmod.to_uapi(cfg, resolved, resolved_streams))
+        if reply != "errno=0\n\n":
+            code = reply.strip().partition("=")[2]
+            if code == str(uapi.EADDRINUSE) and (cfg.listen_tcp or cfg.listen_tls):
+                ports = [f"UDP {cfg.listen_port}"] * bool(cfg.listen_port) + \
+                    [f"TCP {p}" for p in (cfg.listen_tcp, cfg.listen_tls) if p]
+                raise UpError(f"cannot listen on port {' or '.join(ports)}: address already in use")
+            if code == str(uapi.EADDRINUSE):
+                raise UpError(f"cannot listen on UDP port {cfg.listen_port}: address already in use")
+            raise UpError(f"configuring the interface failed ({reply.strip()})")
+
+    def _close_interface(self) -> None:
+        iface, self.iface = self.iface, None
+        iface.close()
+
+    def _adopt_link_mtu(self) -> None:
+        """Attach mode: the MTU is root's; the core takes the link's."""
+        link_mtu = netlink.link_mtu(self.cfg.name)
+        if link_mtu and self.cfg.mode == "tap":
+            link_mtu += ETHERNET_HEADER_LEN      # L2: the plaintext is the frame, header included
+        self.iface.device.mtu = link_mtu or DEFAULT_MTU
+
+    def _configure_netlink(self, resolved: dict[int, str]) -> None:
+        cfg = self.cfg
+        nl = netlink.NetlinkSetup(cfg.name)
+
+        def undo() -> None:
+            try:
+                nl.undo()
+            finally:
+                nl.close()
+        self.undo.push("addresses, routes and rules", undo)
+        l2 = cfg.mode == "tap"
+        mtu = cfg.mtu
+        if mtu is None:
+            mtus = []
+            for ep in resolved.values():
+                host = ep.rpartition(":")[0].strip("[]")
+                m = nl.route_mtu(host)
+                if m:
+                    mtus.append(m)
+            base = max(mtus) if mtus else nl.default_route_mtu()
+            # as wg-quick: route MTU - 80, at least 1280 (IPv6's minimum; in L2 that is the TAP's minimum)
+            floor = 1280 + (ETHERNET_HEADER_LEN if l2 else 0)
+            mtu = max(base - 80, floor) if base else DEFAULT_MTU
+        self.iface.device.mtu = mtu
+        for addr in cfg.addresses:
+            nl.add_address(addr, nodad=not l2)
+        if l2:
+            # the plaintext is the whole frame: the TAP's MTU (which excludes the Ethernet header, as every
+            # Ethernet device's does) is the tunnel MTU minus 14 (see docs/architecture.md, "L2 mode")
+            nl.set_mtu_up(mtu - ETHERNET_HEADER_LEN)
+            return
+        nl.set_mtu_up(mtu)
+        if cfg.table == "off":
+            return
+        table = None if cfg.table in (None, "auto", "main") else int(cfg.table) if cfg.table.isdigit() else None
+        nets = sorted({n for p in cfg.peers for n in p.allowed_ips}, key=lambda n: (n.version, n.prefixlen),
+                      reverse=True)
+        plain = []
+        for net in nets:
+            if net.prefixlen == 0 and table is None:
+                t = self.iface.fwmark or netlink.DEFAULT_TABLE
+                if not self.iface.fwmark:
+                    self.iface.set_fwmark(t)
+                nl.add_default_route_policy(net, t)
+            else:
+                plain.append(net)
+        netlink.add_routes(plain, nl.index(), table)
+
+    def _enable_auto_mtu(self) -> None:
+        """No MTU (or `MTU = auto`) in the file: the interface MTU follows the peers' path MTUs (io/pmtu.py).
+        An explicit MTU is left alone (path MTUs are still learned from ICMP and reported). Not in attach mode:
+        without CAP_NET_ADMIN the MTU is root's (it counts as explicit)."""
+        cfg = self.cfg
+        iface = self.iface
+        if cfg.mtu_probe_interval is not None:
+            iface.device.pmtu_interval = cfg.mtu_probe_interval
+        if cfg.mtu is not None:
+            return
+        l2 = cfg.mode == "tap"
+        # Linux removes every IPv6 address of a device whose MTU goes below 1280: not below that with IPv6
+        min_mtu = 1280 if any(a.version == 6 for a in cfg.addresses) else 576
+        current = iface.device.mtu - (ETHERNET_HEADER_LEN if l2 else 0)
+        iface.pmtu.enable_auto(iface.bind.sockets(), min_mtu, cfg.mtu_probe_interval, current)
+
+    def _masquerade(self) -> None:
+        cfg = self.cfg
+        if not cfg.masquerade:
+            return
+        masq = nft.Masquerade(cfg.name, cfg.masquerade, ipv6=any(a.version == 6 for a in cfg.addresses))
+        self.undo.push("Masquerade", masq.undo)       # undo() copes with a table that was never loaded
+        try:
+            masq.apply()
+        except nft.NftError as e:
+            raise UpError(str(e)) from None
+
+    def _set_dns(self) -> None:
+        cfg = self.cfg
+        try:
+            dns.apply(cfg.name, cfg.path, cfg.dns_servers, cfg.dns_search, self.undo.push)
+        except dns.DnsError as e:
+            raise UpError(str(e)) from None
+
+    def _write_pidfile(self) -> None:
+        path = os.path.join(privileges.runtime_dir(RUN_DIR, create=True), f"{self.cfg.name}.pid")
+
+        def undo() -> None:
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, PermissionError):
+                pass   # after dropping root: `wgpy down` removes it
+        self.undo.push("pid file", undo)
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
