@@ -113,7 +113,7 @@ def interfaces() -> list[str]:
     """Interfaces with a live UAPI socket in /var/run/wireguard or our own runtime directory (a socket nobody
     listens on any more is skipped, and removed when we may, as `wg` does)."""
     import socket
-    from .privileges import search_dirs
+    from .host.privileges import search_dirs
     from .uapi.server import SOCKET_DIR
     names = set()
     for d in search_dirs(SOCKET_DIR):
