@@ -19,6 +19,7 @@ import time
 import pytest
 
 from wgpy_testkit import hostile_lab as hl
+from wgpy_testkit.capture import captured_messages
 from wgpy_testkit.netlab import (BASE_PORT, WGPY_KIND, PeerSpec, assert_ping, gen_keypair, inner_addresses, run,
                                  start_mesh, wait_for)
 
@@ -83,7 +84,7 @@ def test_replayed_data_and_initiation_are_dropped_and_counted(lab, pair_and_atta
     lab.transfer(b.ns, a.ns, b.ip4, 300_000)
     cap.stop()
     pcap = cap.path
-    legit = netlab.captured_messages(str(pcap), a.listen_port)     # UDP GSO sends cut into datagrams
+    legit = captured_messages(str(pcap), a.listen_port)     # UDP GSO sends cut into datagrams
     initiations = [m for m in legit if m[0] == 1]
     transport = [m for m in legit if m[0] == 4]
     assert initiations and len(transport) > 50
