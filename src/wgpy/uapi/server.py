@@ -17,7 +17,7 @@ import struct
 import time
 from typing import Callable
 
-from .. import privileges
+from ..host import privileges
 
 SOCKET_DIR = "/var/run/wireguard"
 REQUEST_TIMEOUT = 2.0
