@@ -23,7 +23,6 @@ import select
 import signal
 import time
 
-from .io.batch import BatchSender, enable_gro, receive_batch
 from .io.offload import coalesce, split
 from .io.pmtu import PathMtuIO
 from .io.stream import StreamManager
@@ -42,28 +41,39 @@ _EAGAIN = (BlockingIOError, InterruptedError)
 class Interface:
     """One wgpy interface: implements uapi.Host for the UAPI layer and runs the event loop."""
 
-    def __init__(self, name: str, mode: str = "tun") -> None:
+    def __init__(self, name: str, mode: str = "tun", *, tun=None, bind_factory=UdpBind, clock=time.monotonic,
+                 wall=time.time, rand=os.urandom, uapi: bool = True, host_link: bool = True) -> None:
+        """The parts are replaceable for the runtime test layer (tests/runtime/): `tun` an opened device with
+        the interface of io/tun.Tun (io/memory.MemoryTun), `bind_factory` makes binds with the interface of
+        io/udp.UdpBind (io/memory.MemoryBind), `clock`/`wall`/`rand` the sources of time and randomness,
+        `uapi=False` no UAPI socket (requests through handle_uapi), `host_link=False` no netlink look-ups of
+        the host's links (path MTUs start from the default)."""
         self.name = name
         self.mode = mode
         # mode "tap": the core is a learning switch (L2); the loop below is the same, one frame per read/write
-        self.device = Device(rand=os.urandom, wall=time.time, l2=(mode == "tap"))
-        self.bind = UdpBind()
-        self.tun: Tun | None = None
+        self.device = Device(rand=rand, wall=wall, l2=(mode == "tap"))
+        self._bind_factory = bind_factory
+        self.bind = bind_factory()
+        self.tun = tun
+        self._own_tun = tun is None
+        self._clock = clock
+        self._want_uapi = uapi
         self.uapi: UapiServer | None = None
         self.listen_port = 0
         self.fwmark = 0
         self.epoll = select.epoll()
         self.running = False
-        self.sender = BatchSender()
+        self._next_check = 0.0
+        self._last_reads = (-1.0, -1.0)
         self.tun_write_errors = 0
         self.tun_read_drops = 0
         self.offload = os.environ.get("WGPY_TUN_OFFLOAD", "1") != "0"
-        # #8 path MTU: the control channel on, the error queue read, the interface MTU in automatic mode
+        # path MTU: the control channel on, the error queue read, the interface MTU in automatic mode
         self.device.control_enabled = True
         self.pmtu = PathMtuIO(name, self.device, mode == "tap")
-        self.device.link_mtu = self.pmtu.link_mtu
-        # --- #7 transports: TCP/TLS listeners and connections (io/stream.py), in the same epoll
-        self.streams = StreamManager(self.epoll)
+        self.device.link_mtu = self.pmtu.link_mtu if host_link else (lambda endpoint: None)
+        # TCP/TLS listeners and connections (io/stream.py), in the same epoll
+        self.streams = StreamManager(self.epoll, rand=rand, clock=clock)
         self.device.fallback_log = lambda peer, text: log.info("peer %s: %s", peer, text)
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
@@ -71,18 +81,21 @@ class Interface:
     def open(self) -> None:
         """Create the TUN device, bind a UDP port and open the UAPI socket (undone by close() on failure)."""
         try:
-            self.tun = Tun(self.name, self.mode, offload=self.offload)
+            if self.tun is None:
+                self.tun = Tun(self.name, self.mode, offload=self.offload)
+                if self.mode == "tun":
+                    _no_link_local(self.tun.name)
             self.name = self.tun.name
-            if self.mode == "tun":
-                _no_link_local(self.name)
             self.bind.open(0)
             self.listen_port = self.bind.port
-            self.uapi = UapiServer(self.name, self.handle_uapi)
+            if self._want_uapi:
+                self.uapi = UapiServer(self.name, self.handle_uapi)
         except BaseException:
             self.close()
             raise
         self.epoll.register(self.tun.fd, select.EPOLLIN)
-        self.epoll.register(self.uapi.fileno(), select.EPOLLIN)
+        if self.uapi is not None:
+            self.epoll.register(self.uapi.fileno(), select.EPOLLIN)
         # signals wake the loop at once: the handler's byte lands in this pipe
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.epoll.register(self._wake_r, select.EPOLLIN)
@@ -90,9 +103,8 @@ class Interface:
 
     def _register_sockets(self) -> None:
         self._sock_by_fd = {s.fileno(): s for s in self.bind.sockets()}
-        self.pmtu.configure(list(self._sock_by_fd.values()))   # #8: IP_RECVERR, PMTU discovery mode
-        for fd, sock in self._sock_by_fd.items():
-            enable_gro(sock)
+        self.bind.configure(self.pmtu)          # GRO; IP_RECVERR and the PMTU discovery mode
+        for fd in self._sock_by_fd:
             self.epoll.register(fd, select.EPOLLIN)
 
     def close(self) -> None:
@@ -122,7 +134,7 @@ class Interface:
 
     def set_listen_port(self, port: int) -> None:
         old = dict(self._sock_by_fd) if hasattr(self, "_sock_by_fd") else {}
-        new = UdpBind()
+        new = self._bind_factory()
         new.open(port, self.fwmark)         # raises before anything changes
         for fd in old:
             try:
@@ -143,33 +155,49 @@ class Interface:
     format_endpoint = staticmethod(format_endpoint)
 
     def now(self) -> float:
-        return time.monotonic()
+        return self._clock()
 
     def flush(self, out: list) -> None:
-        if self.streams.active:         # --- #7 transports: stream endpoints are not tuples
+        if self.streams.active:         # stream endpoints are not tuples
             out = self.streams.send(out)
-        self.sender.send(out, self.bind.s4, self.bind.s6)
+        self.bind.send(out)
 
     # ---- event loop ---------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """The event loop, until stop() or until the interface is deleted."""
         self.running = True
+        self._loop(None)
+
+    def step(self, max_wait: float = 0.0) -> None:
+        """One pass of the loop, waiting at most `max_wait` seconds for something to happen (the runtime tests
+        drive two interfaces in one thread with a fake clock this way)."""
+        self.running = True
+        self._loop(max_wait)
+
+    def _loop(self, max_wait: float | None) -> None:
         dev = self.device
         tun_fd = self.tun.fd
-        uapi_fd = self.uapi.fileno()
+        uapi_fd = self.uapi.fileno() if self.uapi is not None else -1
         wake_fd = self._wake_r
         read = os.read
         write = os.write
         vnet = self.tun.vnet
         read_size = 65536 + 64 if vnet else 65536
-        monotonic = time.monotonic
+        monotonic = self._clock
+        receive = self.bind.receive
         streams = self.streams
-        next_check = monotonic() + 1.0
-        tun_last = net_last = -1.0
+        if max_wait is None:
+            self._next_check = monotonic() + 1.0
+        tun_last, net_last = self._last_reads
+        once = max_wait is not None
         while self.running:
             now = monotonic()
+            next_check = self._next_check
             deadline = dev.next_deadline()
             timeout = min(next_check, deadline if deadline is not None else next_check) - now
+            if once:
+                timeout = min(timeout, max_wait)
             if streams.active:          # --- #7 transports: connect/idle timeouts, reconnections
                 sd = streams.next_deadline()
                 if sd is not None:
@@ -224,7 +252,7 @@ class Interface:
                     if ev & select.EPOLLERR:
                         self.pmtu.drain(sock, now)     # #8: ICMP/EMSGSIZE from the error queue
                     datagrams: list = []
-                    receive_batch(sock, BATCH if now - net_last < QUIET else 1, datagrams)   # as for the TUN
+                    receive(sock, BATCH if now - net_last < QUIET else 1, datagrams)   # as for the TUN
                     net_last = now
                     if datagrams:
                         dev.receive_datagrams(datagrams, now, out_net, out_tun)
@@ -251,10 +279,13 @@ class Interface:
                     except OSError:
                         self.tun_write_errors += 1
             if now >= next_check:
-                next_check = now + 1.0
+                self._next_check = now + 1.0
                 if not self.tun.attached():
                     log.info("interface %s was removed; stopping", self.name)
                     self.running = False
+            if once:
+                self._last_reads = (tun_last, net_last)
+                return
 
     def stop(self, *_args) -> None:
         self.running = False

@@ -19,6 +19,8 @@ import ipaddress
 import socket
 import struct
 
+from .batch import BatchSender, enable_gro, receive_batch
+
 SO_MARK = getattr(socket, "SO_MARK", 36)
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 SO_ATTACH_REUSEPORT_CBPF = 51          # include/uapi/asm-generic/socket.h
@@ -65,6 +67,7 @@ class UdpBind:
         self.h6: socket.socket | None = None
         self.port = 0
         self.fwmark = 0
+        self.sender = BatchSender()
 
     def open(self, port: int, fwmark: int = 0) -> None:
         """Bind both families to `port` (0: a random free port shared by both). Raises OSError."""
@@ -146,6 +149,22 @@ class UdpBind:
 
     def sockets(self) -> list[socket.socket]:
         return [s for s in (self.s4, self.h4, self.s6, self.h6) if s is not None]
+
+    # ---- what the event loop calls (io/memory.py's MemoryBind has the same three) -----------------------------
+
+    def configure(self, pmtu_io) -> None:
+        """Per socket: UDP GRO on, and the path MTU mode (IP_RECVERR, PMTU discovery) of `pmtu_io`."""
+        socks = self.sockets()
+        pmtu_io.configure(socks)
+        for s in socks:
+            enable_gro(s)
+
+    receive = staticmethod(receive_batch)
+    """receive(sock, limit, out): append up to about `limit` (datagram, source) tuples read from `sock`."""
+
+    def send(self, out: list) -> None:
+        """Send (datagram, endpoint) pairs in as few sendmsg() calls as UDP GSO allows."""
+        self.sender.send(out, self.s4, self.s6)
 
     def close(self) -> None:
         for s in self.sockets():

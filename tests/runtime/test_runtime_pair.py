@@ -1,0 +1,114 @@
+"""The runtime layer: the real event loop (daemon.Interface) of two interfaces, with in-memory TUN devices and
+datagram sockets and a fake clock (wgpy_testkit.runtime). What the core tests cannot show: that the loop reads
+the TUN, hands batches to the core, runs its timers when they are due, sends what the core returns and writes
+the TUN, with the configuration arriving through the UAPI."""
+
+from __future__ import annotations
+
+import pytest
+
+from wgpy.constants import REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_TIMEOUT
+from wgpy_testkit.core_pair import udp4
+from wgpy_testkit.runtime import A_ADDR, A_IP4, B_ADDR, B_IP4, RuntimePair
+
+
+@pytest.fixture
+def pair():
+    p = RuntimePair()
+    yield p
+    p.close()
+
+
+def _handshakes(node) -> int:
+    return int(node.get().get("last_handshake_time_sec", ["0"])[0])
+
+
+def test_a_packet_into_a_tun_comes_out_of_the_other(pair):
+    pkt = udp4(A_IP4, B_IP4, b"hello through the loop")
+    pair.a.tun.inject(pkt)
+    pair.pump()
+    assert pair.b.tun.delivered() == [pkt]                # staged during the handshake, then sent
+    back = udp4(B_IP4, A_IP4, b"and back")
+    pair.b.tun.inject(back)
+    pair.pump()
+    assert pair.a.tun.delivered() == [back]
+    # B learnt A's endpoint from the authenticated handshake, through the UAPI's view
+    assert pair.b.get()["endpoint"] == [f"{A_ADDR[0]}:{A_ADDR[1]}"]
+    assert pair.a.get()["endpoint"] == [f"{B_ADDR[0]}:{B_ADDR[1]}"]
+
+
+def test_a_lost_initiation_is_retransmitted_by_the_loops_timer(pair):
+    dropped = []
+
+    def lose_first(src, dst, data):
+        if data[0] == 1 and not dropped:
+            dropped.append(data)
+            return None
+        return src, dst, data
+    pair.net.filter = lose_first
+    pkt = udp4(A_IP4, B_IP4, b"x" * 100)
+    pair.a.tun.inject(pkt)
+    pair.pump()
+    assert dropped and pair.b.tun.delivered() == []
+    pair.advance(REKEY_TIMEOUT + 1.5, step=0.25)          # the retransmit timer fires in the loop
+    assert pair.b.tun.delivered() == [pkt]
+
+
+def test_traffic_rolls_over_to_a_new_session_past_rekey_after_time(pair):
+    got = []
+    sent = 0
+    first = None
+    for second in range(0, int(REKEY_AFTER_TIME) + 30, 2):
+        pkt = udp4(A_IP4, B_IP4, second.to_bytes(4, "big") * 10)
+        pair.a.tun.inject(pkt)
+        sent += 1
+        pair.advance(2.0, step=1.0)
+        got += pair.b.tun.delivered()
+        if first is None:
+            first = _handshakes(pair.a)
+    assert len(got) == sent                              # nothing lost across the rekey
+    assert _handshakes(pair.a) >= first + REKEY_AFTER_TIME  # a second handshake happened, later
+
+
+def test_idle_keys_are_erased_and_a_new_packet_starts_over(pair):
+    pair.a.tun.inject(udp4(A_IP4, B_IP4, b"first"))
+    pair.pump()
+    assert pair.b.tun.delivered()
+    pair.advance(REJECT_AFTER_TIME * 3 + 10, step=30.0)
+    stats = pair.a.iface.handle_uapi("wgpy_stats=1\n")
+    assert "errno=0" in stats
+    assert pair.a.iface.device.peers and all(p.current is None for p in pair.a.iface.device.peers.values())
+    pkt = udp4(A_IP4, B_IP4, b"after the keys were zeroed")
+    pair.a.tun.inject(pkt)
+    pair.pump()
+    assert pair.b.tun.delivered() == [pkt]
+
+
+def test_listen_port_changed_live_through_the_uapi(pair):
+    pair.a.tun.inject(udp4(A_IP4, B_IP4, b"1"))
+    pair.pump()
+    assert pair.b.tun.delivered()
+    pair.a.uapi("set=1\nlisten_port=52000\n")
+    assert pair.a.get()["listen_port"] == ["52000"]
+    assert (A_ADDR[0], 52000) in pair.net.binds and A_ADDR not in pair.net.binds
+    pkt = udp4(A_IP4, B_IP4, b"from the new port")
+    pair.a.tun.inject(pkt)
+    pair.pump()
+    assert pair.b.tun.delivered() == [pkt]
+    assert pair.b.get()["endpoint"] == [f"{A_ADDR[0]}:52000"]    # B roamed with it
+
+
+def test_l2_frames_between_two_taps():
+    p = RuntimePair(mode="tap")
+    try:
+        mac_a, mac_b = bytes.fromhex("02aa00000001"), bytes.fromhex("02bb00000002")
+        frame = b"\xff" * 6 + mac_a + b"\x08\x06" + b"\x01" * 46          # a broadcast (ARP-like)
+        p.a.tun.inject(frame)
+        p.pump()
+        assert p.b.tun.delivered() == [frame + b"\x00" * (-len(frame) & 15)]   # padded like packets
+        reply = mac_a + mac_b + b"\x08\x06" + b"\x02" * 46
+        p.b.tun.inject(reply)
+        p.pump()
+        assert p.a.tun.delivered() == [reply + b"\x00" * (-len(reply) & 15)]
+    finally:
+        p.close()
