@@ -69,7 +69,9 @@ def test_fresh_run_dirs_let_a_user_daemon_work(lab, netns):
     lab.defer(f"rm -r {cfg_dir}", lambda: shutil.rmtree(cfg_dir, ignore_errors=True))
     conf = _conf(lab, iface, "User = nobody", cfg_dir)
     w = shlex.quote(str(netlab.WGPY))
+    # wireguard-go, started earlier under the same umask, leaves /run/wireguard 0700: `up` must open it
     script = f"""
+mkdir -p /run/wireguard
 {w} up {shlex.quote(str(conf))}
 stat -c 'DIR %n %a %U' /run/wireguard /run/wgpy
 stat -c 'FILE %n %a %U' /run/wireguard/{iface}.sock /run/wgpy/{iface}.log

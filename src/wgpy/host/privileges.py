@@ -98,6 +98,20 @@ def make_dir(path: str, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def open_for_traversal(path: str) -> bool:
+    """Let every user pass through root's directory `path` (mode 0755), as needed before a daemon drops to
+    another user whose socket lies in it. wireguard-go creates /var/run/wireguard with 0755 under the caller's
+    umask, so after `umask 077` it is 0700 and no other user could reach any socket in it. Only a directory
+    owned by root and writable by nobody else is changed. Returns True if it is now traversable."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        return bool(st.st_mode & 0o001)
+    if st.st_mode & 0o001:
+        return True
+    os.chmod(path, SYSTEM_DIR_MODE)
+    return True
+
+
 def runtime_dir(system_dir: str, create: bool = False) -> str:
     """`system_dir` (e.g. /run/wgpy) for root or when it is writable for us, else user_runtime_dir()."""
     if os.geteuid() == 0 or os.access(system_dir, os.W_OK | os.X_OK):

@@ -70,6 +70,7 @@ class Session:
         """`User =`: hand the UAPI socket to the user, then become that user keeping CAP_NET_ADMIN only."""
         uid, gid, _ = privileges.lookup_user(self.cfg.user)
         os.chown(self.iface.uapi.path, uid, gid)      # so the user's own `wg`/`wgpy show` may use it too
+        privileges.open_for_traversal(os.path.dirname(self.iface.uapi.path))   # and can reach it
         privileges.drop_to_user(self.cfg.user)
 
     # ---- the steps -----------------------------------------------------------------------------------------
