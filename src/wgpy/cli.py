@@ -14,12 +14,13 @@ import sys
 import time
 
 from . import crypto
+from .constants import PMTU_PROBE_INTERVAL
+from .settings.table import LIST_KEYS
 
 USAGE_SHOW_FIELDS = ("public-key", "private-key", "listen-port", "fwmark", "peers", "preshared-keys", "endpoints",
                      "allowed-ips", "latest-handshakes", "transfer", "persistent-keepalive", "dump", "stats",
                      "macs", "allowed-macs",   # L2 (Mode = tap) interfaces
                      "path-mtu")               # #8: each peer's path MTU
-_LIST_KEYS = ("wgpy_local_mac", "wgpy_mac", "wgpy_allowed_mac")
 
 
 def _warn_if_world_accessible() -> None:
@@ -58,6 +59,8 @@ def _pubkey() -> int:
 # ---- show ----------------------------------------------------------------------------------------------------
 
 def _parse_get(text: str) -> tuple[dict, list[dict]]:
+    """A get reply -> (device record, peer records): key -> value, the settings table's list keys -> lists
+    (allowed_ip under "allowed_ips", always present in a peer)."""
     dev: dict = {}
     peers: list[dict] = []
     cur = dev
@@ -66,10 +69,8 @@ def _parse_get(text: str) -> tuple[dict, list[dict]]:
         if key == "public_key":
             cur = {"public_key": value, "allowed_ips": []}
             peers.append(cur)
-        elif key == "allowed_ip":
-            cur["allowed_ips"].append(value)
-        elif key in _LIST_KEYS:
-            cur.setdefault(key, []).append(value)
+        elif key in LIST_KEYS:
+            cur.setdefault("allowed_ips" if key == "allowed_ip" else key, []).append(value)
         elif key:
             cur[key] = value
     return dev, peers
@@ -232,7 +233,10 @@ def _show_one(name: str, field: str | None) -> int:
         print(f"  mode: tap (Ethernet), relay {'on' if dev.get('wgpy_relay') == 'true' else 'off'}")
     if "wgpy_mtu" in dev:                                                   # #8
         mtu, _, how = dev["wgpy_mtu"].partition(" ")
-        print(f"  mtu: {int(mtu) - (14 if l2 else 0)} ({'automatic: follows the smallest path MTU' if how == 'auto' else 'fixed'})")
+        probe = float(dev.get("wgpy_mtu_probe_interval", PMTU_PROBE_INTERVAL))
+        every = "" if probe == PMTU_PROBE_INTERVAL else f", re-probed every {probe:g} s" if probe else ", not re-probed"
+        print(f"  mtu: {int(mtu) - (14 if l2 else 0)} "
+              f"({'automatic: follows the smallest path MTU' if how == 'auto' else 'fixed'}{every})")
     _show_transport_device(dev)     # --- #7 transports
     now = time.time()
     peers.sort(key=lambda p: -int(p.get("last_handshake_time_sec", "0")))

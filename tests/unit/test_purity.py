@@ -23,6 +23,7 @@ def pure_files() -> list[Path]:
     files += sorted((SRC / "streams").glob("*.py"))
     files += sorted((SRC / "settings").glob("*.py"))          # the settings table and its value types
     files += [SRC / "crypto.py", SRC / "constants.py", SRC / "uapi" / "protocol.py", SRC / "uapi" / "transport.py",
+              SRC / "uapi" / "plan.py",
               SRC / "config.py"]
     return files
 

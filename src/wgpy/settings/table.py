@@ -111,7 +111,7 @@ TABLE: tuple[Setting, ...] = (
     S("AllowedIPs", "allowed_ip", P, "allowed_ips", v.cidrs, how="extend", parse_uapi=v.u_cidr_op, mode="l3",
       list=True, render="each", notes="UAPI: a leading '-' removes the prefix; refused on L2"),
     S(None, "wgpy_replace_allowed_macs", P, parse_uapi=v.u_true, mode="l2", get=False, render="always",
-      fixed="true"),
+      fixed="true", dest="replace_allowed_macs"),
     S("AllowedMACs", "wgpy_allowed_mac", P, "allowed_macs", v.mac_list, how="extend", parse_uapi=v.u_mac_op,
       fmt=v.f_mac, mode="l2", list=True, render="each", notes="UAPI: a leading '-' removes it"),
     S(None, "wgpy_mac", P, mode="l2", list=True, **ST, notes="get: MAC AGE learned behind the peer"),

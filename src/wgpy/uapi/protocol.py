@@ -2,8 +2,10 @@
 
 Rules of this file:
 - No sockets: requests come in as text, responses go out as text. uapi/server.py owns the unix socket.
-- A set request is parsed and validated completely into a SetPlan before anything is applied, so a bad request
-  changes nothing; errors carry wireguard-go's negative errno values (errno=-22 for an invalid request).
+- A set request is parsed and validated completely into a SetPlan (uapi/plan.py, from the settings table
+  settings/table.py) before anything is applied, so a bad request changes nothing; errors carry wireguard-go's
+  negative errno values (errno=-22 for an invalid request).
+- A get reply lists the table's get keys in table order, each read by one reader below (or uapi/transport.py).
 - The only thing that can fail while applying is binding a new listen port; it is applied first.
 
 wgpy extension, `wgpy_stats=1`: what the core dropped and how full its bounded tables are, one `key=value` per
@@ -25,7 +27,10 @@ allowed_ip (frames are switched by MAC address; a source restriction must not be
 `wg` (wireguard-tools, checked with v1.0.20210914) skips keys it does not know in a get reply, so `wg show`
 and `wg showconf` work on L2 interfaces; it never sends the set keys.
 
-#8 path MTU, get only: device `wgpy_mtu=<interface MTU in plaintext bytes> auto` in the automatic MTU mode;
+Path MTU: set, device: `wgpy_mtu=N` (the core's MTU: the largest plaintext, L2 with the Ethernet header) and
+`wgpy_mtu_probe_interval=SECONDS` (between re-probe rounds; 0: none), which `wgpy up` sends once the link has its
+MTU (settings/render.py link_uapi); get, device: `wgpy_mtu=<N> auto` and `wgpy_mtu_probe_interval=<s>` in the
+automatic MTU mode only (a fixed MTU adds no key, as wireguard-go's reply);
 per peer with a UDP path `wgpy_path_mtu=<outer packet bytes> <link|icmp|probe>[ probing]` (how it was learned;
 `probing` while a probe search is still under way) and
 `wgpy_peer_wgpy=<extension bits>` once the peer's HELLO said it is wgpy.
@@ -41,28 +46,19 @@ characters, never key material; `wg show` skips it.
 from __future__ import annotations
 
 import errno
-import ipaddress
-import re
-from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from ..protocol.device import Device
-from ..routing.mactable import LOCAL, format_mac, parse_mac
-from . import transport as _transport     # --- #7 transports: wgpy_listen_tcp, wgpy_endpoint, ... (transport.py)
+from ..routing.mactable import LOCAL, format_mac
+from ..settings.table import rows
+from . import transport as _transport     # the TCP/TLS transports' keys: wgpy_listen_tcp, wgpy_endpoint, ...
+from .plan import EADDRINUSE, EINVAL, EIO, EPROTO, UNSET, PeerOp, SetPlan, UapiError, parse_set
 
-EINVAL = -errno.EINVAL
-EPROTO = -errno.EPROTO
-EIO = -errno.EIO
-EADDRINUSE = -errno.EADDRINUSE
-UNSET = object()
+__all__ = ["EINVAL", "EPROTO", "EIO", "EADDRINUSE", "UNSET", "UapiError", "Host", "PeerOp", "SetPlan",
+           "parse_set", "apply_set", "handle_get", "handle_stats", "handle_request", "last_error"]
+
 ZERO_KEY = b"\x00" * 32
 LAST_ERROR_MAX = 300
-
-
-class UapiError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Host(Protocol):
@@ -79,68 +75,6 @@ class Host(Protocol):
     def flush(self, out: list) -> None: ...                 # send datagrams produced while applying
 
 
-@dataclass
-class PeerOp:
-    public_key: bytes
-    line: int
-    remove: bool = False
-    update_only: bool = False
-    preshared_key: object = field(default=UNSET, repr=False)   # never in a repr (tracebacks, logs)
-    endpoint: object = UNSET
-    persistent_keepalive: object = UNSET
-    replace_allowed_ips: bool = False
-    allowed_ips: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network]] = field(default_factory=list)
-    replace_allowed_macs: bool = False
-    allowed_macs: list[tuple[bool, bytes]] = field(default_factory=list)
-    transport: dict = field(default_factory=dict, repr=False)   # --- #7 transports: wgpy_* peer keys
-
-
-@dataclass
-class SetPlan:
-    private_key: object = field(default=UNSET, repr=False)
-    listen_port: object = UNSET
-    fwmark: object = UNSET
-    replace_peers: bool = False
-    relay: object = UNSET
-    peers: list[PeerOp] = field(default_factory=list)
-    transport: dict = field(default_factory=dict, repr=False)   # --- #7 transports: wgpy_* device keys
-
-
-_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
-_DIGITS = re.compile(r"[0-9]{1,20}")
-_PREFIX = re.compile(r"[^/]+/[0-9]{1,3}")
-
-
-def _hex_key(value: str, key: str) -> bytes:
-    if not _HEX_KEY.fullmatch(value):
-        raise UapiError(EINVAL, f"{key}: expected 64 hex characters")
-    return bytes.fromhex(value)
-
-
-def _uint(value: str, key: str, limit: int) -> int:
-    if not _DIGITS.fullmatch(value):
-        raise UapiError(EINVAL, f"{key}: not a number")
-    n = int(value)
-    if n > limit:
-        raise UapiError(EINVAL, f"{key}: out of range")
-    return n
-
-
-def _true(value: str, key: str) -> bool:
-    if value != "true":
-        raise UapiError(EINVAL, f"{key}: only 'true' is accepted")
-    return True
-
-
-_KEY_NAME = re.compile(r"[a-z_]{1,40}")
-
-
-def _name(key: str) -> str:
-    """A key name for an error message: only if it looks like one, so a line holding key material (a value typed
-    where the name should be) never reaches the log."""
-    return f" {key!r}" if _KEY_NAME.fullmatch(key) else ""
-
-
 def handle_stats(host: Host) -> str:
     dev = host.device
     lines = [f"drop_{reason}={n}" for reason, n in sorted(dev.drops.items())]
@@ -154,87 +88,6 @@ def handle_stats(host: Host) -> str:
                   f"mac_table_moved={dev.macs.moved}"]
     lines += _transport.stats_lines(host)   # --- #7 transports: stream_* counters
     return "".join(line + "\n" for line in lines)
-
-
-def _bool(value: str, key: str) -> bool:
-    if value not in ("true", "false"):
-        raise UapiError(EINVAL, f"{key}: expected true or false")
-    return value == "true"
-
-
-def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: bool = False) -> SetPlan:
-    """Parse a set request for an L3 device, or with `l2` for an L2 (TAP) device."""
-    plan = SetPlan()
-    peer: PeerOp | None = None
-    for n, line in enumerate(lines, 1):
-        key, sep, value = line.partition("=")
-        if not sep:
-            raise UapiError(EPROTO, f"line {n}: expected key=value")
-        if key == "public_key":
-            peer = PeerOp(_hex_key(value, key), n)
-            plan.peers.append(peer)
-            continue
-        if peer is None:
-            if key == "private_key":
-                plan.private_key = _hex_key(value, key)
-            elif key == "listen_port":
-                plan.listen_port = _uint(value, key, 65535)
-            elif key == "fwmark":
-                plan.fwmark = _uint(value, key, 0xFFFFFFFF) if value else 0
-            elif key == "replace_peers":
-                plan.replace_peers = _true(value, key)
-            elif key == "wgpy_relay" and l2:
-                plan.relay = _bool(value, key)
-            elif key in _transport.DEVICE_KEYS:     # --- #7 transports
-                _transport.parse_device_key(plan.transport, key, value)
-            else:
-                raise UapiError(EINVAL, f"line {n}: invalid device key{_name(key)}")
-            continue
-        if key == "remove":
-            peer.remove = _true(value, key)
-        elif key == "update_only":
-            peer.update_only = _true(value, key)
-        elif key == "preshared_key":
-            peer.preshared_key = _hex_key(value, key)
-        elif key == "endpoint":
-            try:
-                peer.endpoint = parse_endpoint(value)
-            except ValueError:
-                raise UapiError(EINVAL, f"line {n}: invalid endpoint") from None
-        elif key == "persistent_keepalive_interval":
-            peer.persistent_keepalive = _uint(value, key, 65535)
-        elif key == "replace_allowed_ips":
-            peer.replace_allowed_ips = _true(value, key)
-        elif key == "allowed_ip" and l2:
-            raise UapiError(EINVAL, f"line {n}: allowed_ip is not used by an L2 (tap) device; "
-                                    "use wgpy_allowed_mac")
-        elif key == "wgpy_replace_allowed_macs" and l2:
-            peer.replace_allowed_macs = _true(value, key)
-        elif key == "wgpy_allowed_mac" and l2:
-            remove = value.startswith("-")
-            try:
-                mac = parse_mac(value[1:] if remove else value)
-            except ValueError:
-                raise UapiError(EINVAL, f"line {n}: invalid wgpy_allowed_mac") from None
-            peer.allowed_macs.append((remove, mac))
-        elif key == "allowed_ip":
-            remove = value.startswith("-")
-            text = value[1:] if remove else value
-            try:
-                if not _PREFIX.fullmatch(text):
-                    raise ValueError
-                net = ipaddress.ip_network(text, strict=False)
-            except ValueError:
-                raise UapiError(EINVAL, f"line {n}: invalid allowed_ip") from None
-            peer.allowed_ips.append((remove, net))
-        elif key == "protocol_version":
-            if value != "1":
-                raise UapiError(EINVAL, f"line {n}: unsupported protocol_version")
-        elif key in _transport.PEER_KEYS:           # --- #7 transports
-            _transport.parse_peer_key(peer.transport, key, value)
-        else:
-            raise UapiError(EINVAL, f"line {n}: invalid peer key{_name(key)}")
-    return plan
 
 
 def apply_set(plan: SetPlan, host: Host) -> None:
@@ -255,6 +108,10 @@ def apply_set(plan: SetPlan, host: Host) -> None:
         dev.set_private_key(None if plan.private_key == ZERO_KEY else plan.private_key)
     if plan.relay is not UNSET:
         dev.relay = plan.relay
+    if plan.mtu_probe_interval is not UNSET:
+        dev.pmtu_interval = plan.mtu_probe_interval
+    if plan.mtu is not UNSET:
+        dev.mtu = plan.mtu
     if plan.replace_peers:
         dev.remove_all_peers()
     own = dev.public_key
@@ -307,52 +164,78 @@ def last_error(peer) -> str | None:
     return "".join(c if c.isprintable() else " " for c in text)[:LAST_ERROR_MAX]
 
 
-def handle_get(host: Host) -> str:
-    dev = host.device
-    lines = []
-    if dev.identity is not None:
-        lines.append(f"private_key={dev.identity.private_raw.hex()}")
-    if host.listen_port:
-        lines.append(f"listen_port={host.listen_port}")
-    if host.fwmark:
-        lines.append(f"fwmark={host.fwmark}")
-    lines.extend(_transport.device_lines(host))     # --- #7 transports
+def _learned(host: Host) -> dict[object, list[str]]:
+    """L2: the MAC table's entries by port (LOCAL or a peer), as get writes them ("MAC AGE")."""
     learned: dict[object, list[str]] = {}
-    if dev.macs is not None:
-        lines.append("wgpy_mode=tap")
-        lines.append(f"wgpy_relay={'true' if dev.relay else 'false'}")
-        for mac, port, age in dev.macs.snapshot(host.now()):
+    if host.device.macs is not None:
+        for mac, port, age in host.device.macs.snapshot(host.now()):
             learned.setdefault(port, []).append(f"{format_mac(mac)} {int(age)}")
-        lines.extend(f"wgpy_local_mac={entry}" for entry in learned.get(LOCAL, ()))
-    if dev.pmtu_auto:                                                       # #8
-        lines.append(f"wgpy_mtu={dev.mtu} auto")
-    for peer in dev.peers.values():
-        lines.append(f"public_key={peer.public_key.hex()}")
-        lines.append(f"preshared_key={peer.handshake.preshared_key.hex()}")
-        lines.append("protocol_version=1")
-        if peer.endpoint is not None and not _transport.is_stream(peer.endpoint):   # #7: wgpy_endpoint below
-            lines.append(f"endpoint={host.format_endpoint(peer.endpoint)}")
-        wall = peer.last_handshake_wall
-        sec = int(wall)
-        lines.append(f"last_handshake_time_sec={sec}")
-        lines.append(f"last_handshake_time_nsec={int((wall - sec) * 1e9) if wall else 0}")
-        lines.append(f"tx_bytes={peer.tx_bytes}")
-        lines.append(f"rx_bytes={peer.rx_bytes}")
-        lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive}")
-        for net in dev.allowed_ips.entries(peer):
-            lines.append(f"allowed_ip={net}")
-        if dev.macs is not None:
-            lines.extend(f"wgpy_allowed_mac={format_mac(mac)}" for mac in sorted(peer.allowed_macs or ()))
-            lines.extend(f"wgpy_mac={entry}" for entry in learned.get(peer, ()))
-        st = peer.pmtu                                                      # #8 path MTU
-        if st is not None and type(peer.endpoint) is tuple:
-            lines.append(f"wgpy_path_mtu={st.mtu} {st.source}{' probing' if st.searching else ''}")
-        if peer.wgpy:
-            lines.append(f"wgpy_peer_wgpy={peer.wgpy & 0x7FFFFFFF}")
-        lines.extend(_transport.peer_lines(peer))       # --- #7 transports
-        err = last_error(peer)                          # issue 20: what is wrong, in words
-        if err is not None:
-            lines.append(f"wgpy_last_error={err}")
+    return learned
+
+
+def _l2(read):
+    return lambda host, peer, ctx: read(host, peer, ctx) if host.device.macs is not None else []
+
+
+def _if(cond, read):
+    return lambda host, peer, ctx: [read(host, peer)] if cond(host, peer) else []
+
+
+def _handshake_nsec(peer) -> int:
+    wall = peer.last_handshake_wall
+    return int((wall - int(wall)) * 1e9) if wall else 0
+
+
+def _path_mtu(peer) -> str:
+    st = peer.pmtu
+    return f"{st.mtu} {st.source}{' probing' if st.searching else ''}"
+
+
+# get: UAPI key -> reader(host, peer, learned) -> values, one per get row of settings/table.py
+_DEVICE_GET = {
+    "private_key": _if(lambda h, p: h.device.identity is not None, lambda h, p: h.device.identity.private_raw.hex()),
+    "listen_port": _if(lambda h, p: h.listen_port, lambda h, p: h.listen_port),
+    "fwmark": _if(lambda h, p: h.fwmark, lambda h, p: h.fwmark),
+    "wgpy_mode": _l2(lambda h, p, ctx: ["tap"]),
+    "wgpy_relay": _l2(lambda h, p, ctx: ["true" if h.device.relay else "false"]),
+    "wgpy_local_mac": _l2(lambda h, p, ctx: ctx.get(LOCAL, [])),
+    "wgpy_mtu": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: f"{h.device.mtu} auto"),
+    "wgpy_mtu_probe_interval": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: f"{h.device.pmtu_interval:g}"),
+}
+_PEER_GET = {
+    "public_key": _if(lambda h, p: True, lambda h, p: p.public_key.hex()),
+    "preshared_key": _if(lambda h, p: True, lambda h, p: p.handshake.preshared_key.hex()),
+    "protocol_version": _if(lambda h, p: True, lambda h, p: 1),
+    "endpoint": _if(lambda h, p: p.endpoint is not None and not _transport.is_stream(p.endpoint),
+                    lambda h, p: h.format_endpoint(p.endpoint)),          # a stream: wgpy_endpoint
+    "last_handshake_time_sec": _if(lambda h, p: True, lambda h, p: int(p.last_handshake_wall)),
+    "last_handshake_time_nsec": _if(lambda h, p: True, lambda h, p: _handshake_nsec(p)),
+    "tx_bytes": _if(lambda h, p: True, lambda h, p: p.tx_bytes),
+    "rx_bytes": _if(lambda h, p: True, lambda h, p: p.rx_bytes),
+    "persistent_keepalive_interval": _if(lambda h, p: True, lambda h, p: p.persistent_keepalive),
+    "allowed_ip": lambda h, p, ctx: h.device.allowed_ips.entries(p),
+    "wgpy_allowed_mac": _l2(lambda h, p, ctx: [format_mac(m) for m in sorted(p.allowed_macs or ())]),
+    "wgpy_mac": _l2(lambda h, p, ctx: ctx.get(p, [])),
+    "wgpy_path_mtu": _if(lambda h, p: p.pmtu is not None and type(p.endpoint) is tuple, lambda h, p: _path_mtu(p)),
+    "wgpy_peer_wgpy": _if(lambda h, p: p.wgpy, lambda h, p: p.wgpy & 0x7FFFFFFF),
+    "wgpy_last_error": lambda h, p, ctx: [e for e in (last_error(p),) if e is not None],
+}
+for _k, _read in _transport.DEVICE_GET.items():
+    _DEVICE_GET[_k] = lambda h, p, ctx, _read=_read: _read(h, p)
+for _k, _read in _transport.PEER_GET.items():
+    _PEER_GET[_k] = lambda h, p, ctx, _read=_read: _read(h, p)
+GET_KEYS = {"interface": [s.uapi for s in rows("interface", get=True)], "peer": [s.uapi for s in rows("peer", get=True)]}
+READERS = {"interface": _DEVICE_GET, "peer": _PEER_GET}
+
+
+def handle_get(host: Host) -> str:
+    learned = _learned(host)
+    lines = []
+    for key in GET_KEYS["interface"]:
+        lines += [f"{key}={v}" for v in _DEVICE_GET[key](host, None, learned)]
+    for peer in host.device.peers.values():
+        for key in GET_KEYS["peer"]:
+            lines += [f"{key}={v}" for v in _PEER_GET[key](host, peer, learned)]
     return "".join(line + "\n" for line in lines)
 
 

@@ -29,76 +29,16 @@ from __future__ import annotations
 import errno
 
 from ..constants import FALLBACK_AFTER, FALLBACK_PROBE_INTERVAL
-from ..config import parse_pin
-from ..streams.endpoint import StreamEndpoint, parse_url
 from ..protocol import fallback
+from ..streams.endpoint import StreamEndpoint
+from .plan import EADDRINUSE, EINVAL, EIO, UNSET, UapiError
 
-EINVAL = -errno.EINVAL
-EADDRINUSE = -errno.EADDRINUSE
-EIO = -errno.EIO
-
-DEVICE_KEYS = ("wgpy_listen_tcp", "wgpy_listen_tls", "wgpy_tls_cert_file", "wgpy_tls_key_file")
-PEER_KEYS = ("wgpy_endpoint", "wgpy_fallback_endpoint", "wgpy_fallback_after", "wgpy_fallback_probe_interval",
-             "wgpy_tls_server_name", "wgpy_tls_ca_file", "wgpy_tls_pin")
-_MISSING = object()
+# the keys and their value types are rows of settings/table.py (dest "transport"); uapi/plan.py parses them
+# into SetPlan.transport / PeerOp.transport, this module acts on them and reads them back for a get
 
 
 def _error(code: int, message: str) -> Exception:
-    from .protocol import UapiError
     return UapiError(code, message)
-
-
-def _port(value: str, key: str) -> int:
-    if not value.isdigit() or len(value) > 5 or int(value) > 65535:
-        raise _error(EINVAL, f"{key}: expected a port number")
-    return int(value)
-
-
-def _seconds(value: str, key: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise _error(EINVAL, f"{key}: expected seconds") from None
-    if not 0.5 <= v <= 86400:
-        raise _error(EINVAL, f"{key}: out of range 0.5..86400")
-    return v
-
-
-def _path(value: str, key: str) -> str:
-    if not value or "\x00" in value:
-        raise _error(EINVAL, f"{key}: expected a file name")
-    return value
-
-
-def parse_device_key(store: dict, key: str, value: str) -> None:
-    if key in ("wgpy_listen_tcp", "wgpy_listen_tls"):
-        store[key] = _port(value, key)
-    else:
-        store[key] = _path(value, key)
-
-
-def parse_peer_key(store: dict, key: str, value: str) -> None:
-    if key in ("wgpy_endpoint", "wgpy_fallback_endpoint"):
-        if key == "wgpy_fallback_endpoint" and value == "":
-            store[key] = None
-            return
-        try:
-            store[key] = parse_url(value)
-        except ValueError as e:
-            raise _error(EINVAL, f"{key}: invalid stream endpoint ({e})") from None
-    elif key in ("wgpy_fallback_after", "wgpy_fallback_probe_interval"):
-        store[key] = _seconds(value, key)
-    elif key == "wgpy_tls_pin":
-        try:
-            store[key] = parse_pin(value)
-        except ValueError as e:
-            raise _error(EINVAL, f"{key}: {e}") from None
-    elif key == "wgpy_tls_server_name":
-        if not value or len(value) > 253 or any(c.isspace() for c in value):
-            raise _error(EINVAL, f"{key}: expected a host name")
-        store[key] = value
-    else:
-        store[key] = _path(value, key)
 
 
 def _streams(host):
@@ -171,7 +111,6 @@ def apply_device(plan, host) -> None:
 
 def apply_peer(op, peer, host, now: float, out: list) -> None:
     """After the standard keys of one peer section were applied."""
-    from .protocol import UNSET
     dev = host.device
     t = op.transport
     if op.endpoint is not UNSET and peer.fallback is not None:
@@ -211,29 +150,44 @@ def is_stream(ep: object) -> bool:
     return isinstance(ep, StreamEndpoint)
 
 
-def device_lines(host) -> list[str]:
-    streams = getattr(host, "streams", None)
-    if streams is None:
-        return []
-    return [f"wgpy_listen_{s}={p}" for s, p in streams.listen_ports.items() if p]
+def _listen(scheme: str):
+    def read(host, peer) -> list:
+        streams = getattr(host, "streams", None)
+        port = streams.listen_ports.get(scheme) if streams is not None else 0
+        return [port] if port else []
+    return read
 
 
-def peer_lines(peer) -> list[str]:
-    lines = []
-    ep = peer.endpoint
-    if isinstance(ep, StreamEndpoint):
-        lines.append(f"wgpy_endpoint={ep.url}")
-        lines.append(f"wgpy_endpoint_state={ep.state}")
-    fb = peer.fallback
-    if fb is not None:
-        lines.append(f"wgpy_fallback_endpoint={fb.target.url}")
-        lines.append(f"wgpy_fallback={'active' if fb.on_fallback(peer) else 'standby'}")
-        lines.append(f"wgpy_fallback_after={fb.after:g}")
-        lines.append(f"wgpy_fallback_probe_interval={fb.probe_interval:g}")
-        lines.append(f"wgpy_fallback_switches={fb.switches}")
-        lines.append(f"wgpy_fallback_returns={fb.returns}")
-        lines.append(f"wgpy_fallback_probes={fb.probes}")
-    return lines
+def _stream_ep(attr: str):
+    def read(host, peer) -> list:
+        ep = peer.endpoint
+        return [getattr(ep, attr)] if isinstance(ep, StreamEndpoint) else []
+    return read
+
+
+def _fb(read_fb):
+    def read(host, peer) -> list:
+        fb = peer.fallback
+        return [read_fb(fb, peer)] if fb is not None else []
+    return read
+
+
+# get: UAPI key -> reader(host, peer) -> values, for the transport rows of settings/table.py
+DEVICE_GET = {
+    "wgpy_listen_tcp": _listen("tcp"),
+    "wgpy_listen_tls": _listen("tls"),
+}
+PEER_GET = {
+    "wgpy_endpoint": _stream_ep("url"),
+    "wgpy_endpoint_state": _stream_ep("state"),
+    "wgpy_fallback_endpoint": _fb(lambda fb, peer: fb.target.url),
+    "wgpy_fallback": _fb(lambda fb, peer: "active" if fb.on_fallback(peer) else "standby"),
+    "wgpy_fallback_after": _fb(lambda fb, peer: f"{fb.after:g}"),
+    "wgpy_fallback_probe_interval": _fb(lambda fb, peer: f"{fb.probe_interval:g}"),
+    "wgpy_fallback_switches": _fb(lambda fb, peer: fb.switches),
+    "wgpy_fallback_returns": _fb(lambda fb, peer: fb.returns),
+    "wgpy_fallback_probes": _fb(lambda fb, peer: fb.probes),
+}
 
 
 def endpoint_error(peer) -> str | None:
