@@ -29,6 +29,7 @@ from .io.stream import StreamManager
 from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
 from .protocol.device import Device
+from .protocol.events import PATH_MTU_CHANGED, FallbackSwitched, TunPacket
 from .uapi import protocol as uapi
 from .uapi.server import UapiServer
 
@@ -74,7 +75,6 @@ class Interface:
         self.device.link_mtu = self.pmtu.link_mtu if host_link else (lambda endpoint: None)
         # TCP/TLS listeners and connections (io/stream.py), in the same epoll
         self.streams = StreamManager(self.epoll, rand=rand, clock=clock)
-        self.device.fallback_log = lambda peer, text: log.info("peer %s: %s", peer, text)
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
 
@@ -263,11 +263,8 @@ class Interface:
                 dev.tick(now, out_net)
             if out_net:
                 self.flush(out_net)
-            if dev.to_tun:                             # #8: ICMP too-big answers for the local stack
-                out_tun.extend(dev.to_tun)
-                dev.to_tun.clear()
-            if dev.pmtu_dirty:                         # #8: a path MTU changed: the interface MTU follows
-                self.pmtu.apply()
+            if dev.events:                             # typed events of the core (protocol/events.py)
+                self._events(out_tun)
             if out_tun:
                 if vnet:
                     bufs: list = []
@@ -286,6 +283,17 @@ class Interface:
             if once:
                 self._last_reads = (tun_last, net_last)
                 return
+
+    def _events(self, out_tun: list) -> None:
+        events = self.device.events
+        self.device.events = []
+        for ev in events:
+            if type(ev) is TunPacket:
+                out_tun.append(ev.packet)           # ICMP too-big answers for the local stack
+            elif ev is PATH_MTU_CHANGED:
+                self.pmtu.apply()                   # the interface MTU follows the smallest peer
+            elif type(ev) is FallbackSwitched:
+                log.info("peer %s: %s", ev.peer, ev.text)
 
     def stop(self, *_args) -> None:
         self.running = False

@@ -18,6 +18,12 @@ EP_A = ("192.0.2.1", 51820)
 EP_B = ("192.0.2.2", 51821)
 EP6_A = ("2001:db8::1", 51820, 0, 0)
 EP6_B = ("2001:db8::2", 51821, 0, 0)
+from wgpy.protocol.events import PATH_MTU_CHANGED, TunPacket
+
+
+def to_tun(dev) -> list[bytes]:
+    """The packets the core handed to the local stack (ICMP errors), from its events."""
+    return [e.packet for e in dev.events if type(e) is TunPacket]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,7 +228,7 @@ def test_hello_exchange_then_probes_find_a_black_hole_path():
     assert p.pa.pmtu.mtu == 1280 and p.pb.pmtu.mtu == 1280
     assert p.pa.pmtu.source == "probe"
     assert p.pa.mtu == 1280 - 60 and p.pb.mtu == 1220
-    assert p.a.pmtu_dirty and p.a.smallest_usable_mtu() == 1220
+    assert PATH_MTU_CHANGED in p.a.events and p.a.smallest_usable_mtu() == 1220
     # the tunnel now carries exactly 1220-byte packets and nothing larger reaches the wire
     pkt = udp4(A_IP4, B_IP4, bytes(1220 - 28))
     n = path.lost
@@ -240,7 +246,7 @@ def test_oversized_packet_with_df_is_answered_with_icmp_frag_needed():
     sent = len(p.log)
     p.send("A", [bytes(big)], 21.0)
     assert len(p.log) == sent                        # nothing on the wire
-    (icmp,) = p.a.to_tun
+    (icmp,) = to_tun(p.a)
     assert icmp[9] == 1 and icmp[12:16] == ipaddress.IPv4Address(B_IP4).packed
     assert icmp[16:20] == ipaddress.IPv4Address(A_IP4).packed
     assert icmp[20:22] == b"\x03\x04" and struct.unpack("!H", icmp[26:28])[0] == 1220
@@ -267,7 +273,7 @@ def test_oversized_ipv6_packet_gets_packet_too_big():
     assert p.pa.mtu == 1340
     big = ipv6(A_IP6, B_IP6, bytes(1400))
     p.send("A", [big], 21.0)
-    (icmp,) = p.a.to_tun
+    (icmp,) = to_tun(p.a)
     assert icmp[6] == 58 and icmp[40] == 2 and struct.unpack("!I", icmp[44:48])[0] == 1340
     assert icmp[8:24] == ipaddress.IPv6Address(B_IP6).packed
 
@@ -279,7 +285,7 @@ def test_icmp_is_rate_limited():
     big = bytearray(udp4(A_IP4, B_IP4, bytes(1300)))
     big[6] |= 0x40
     p.send("A", [bytes(big)] * 200, 21.0)
-    assert 40 <= len(p.a.to_tun) <= 60
+    assert 40 <= len(to_tun(p.a)) <= 60
     assert p.a.drops["too_big_icmp_ratelimited"] >= 140
 
 
@@ -309,11 +315,11 @@ def test_path_shrinking_silently_is_found_at_the_next_round():
 def test_kernel_icmp_lowers_at_once_and_peers_are_matched_by_address():
     p = pmtu_pair(Path(1500))
     p.handshake(0.0)
-    p.a.pmtu_dirty = False
+    p.a.events.clear()
     assert p.a.path_mtu_learned("192.0.2.99", 0, 1280, 1.0) == 0
     assert p.a.path_mtu_learned(EP_B[0], EP_B[1] + 1, 1280, 1.0) == 0
     assert p.a.path_mtu_learned(EP_B[0], 0, 1300, 1.0) == 1
-    assert p.pa.pmtu.mtu == 1300 and p.pa.pmtu.source == "icmp" and p.pa.mtu == 1240 and p.a.pmtu_dirty
+    assert p.pa.pmtu.mtu == 1300 and p.pa.pmtu.source == "icmp" and p.pa.mtu == 1240 and PATH_MTU_CHANGED in p.a.events
 
 
 def test_a_plain_wireguard_peer_gets_three_hellos_and_no_probes():
@@ -371,7 +377,7 @@ def test_l2_control_frames_and_oversized_frames():
     assert not p.b.drops.get("l2_bad_src_mac")
     big = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + bytes(1300)
     p.send("A", [big], 21.0)
-    assert p.a.drops["l2_frame_too_big"] == 1 and p.a.to_tun == []
+    assert p.a.drops["l2_frame_too_big"] == 1 and to_tun(p.a) == []
 
 
 def test_garbage_control_messages_are_counted_not_answered():

@@ -17,6 +17,7 @@ import pytest
 
 from wgpy.constants import FALLBACK_PROBE_ANSWER
 from wgpy.protocol import fallback
+from wgpy.protocol.events import FallbackSwitched
 from wgpy.protocol.device import Device
 
 from wgpy_testkit.core_pair import A_IP4, B_IP4, Clock, make_key, seeded_rand, udp4
@@ -256,11 +257,16 @@ def test_a_session_that_dies_on_udp_falls_back_too():
 def test_switches_are_reported_to_the_io_layer():
     w = Wire(after=3.0, probe=10.0)
     notes = []
-    w.a.fallback_log = lambda peer, text: notes.append((peer, text))
+
+    def drain():
+        notes.extend((e.peer, e.text) for e in w.a.events if type(e) is FallbackSwitched)
+        w.a.events.clear()
     w.block_ab = w.block_ba = True
     w.send("A", b"x", 0.0)
     w.advance(3.0)
+    drain()
     assert notes == [(w.pa, "no handshake answer over UDP for 3 s; using the fallback Stream(T)")]
     w.block_ab = w.block_ba = False
     w.run_traffic(3.5, 20.0)
+    drain()
     assert notes[1:] == [(w.pa, f"UDP answered again; back from the fallback to {B_UDP!r}")]

@@ -21,7 +21,7 @@ failed datagram; port 0 for LOCAL errors of an unconnected socket, meaning any p
 socket of a reuseport group the kernel picks for them (hash, the steering program sees no data), so all four
 sockets are watched.
 
-The interface MTU (automatic mode): after the core changed an estimate (Device.pmtu_dirty), the smallest usable
+The interface MTU (automatic mode): after the core changed an estimate (its PATH_MTU_CHANGED event), the smallest usable
 MTU over the peers with a UDP endpoint becomes the interface MTU (L2: minus the Ethernet header and room for one
 802.1Q tag, 18 bytes, so that full-size VLAN-tagged frames fit the path too), never below
 `min_mtu` (1280 when the interface carries IPv6: Linux removes every IPv6 address from a device whose MTU goes
@@ -168,9 +168,9 @@ class PathMtuIO:
             dev.path_mtu_learned(host, port, mtu, now)
 
     def apply(self) -> None:
-        """After Device.pmtu_dirty: the interface MTU follows the smallest usable peer MTU (automatic mode)."""
+        """After the core's PATH_MTU_CHANGED event: the interface MTU follows the smallest usable peer MTU
+        (automatic mode)."""
         dev = self.device
-        dev.pmtu_dirty = False
         if not self.auto:
             return
         usable = dev.smallest_usable_mtu()

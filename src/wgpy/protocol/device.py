@@ -89,7 +89,8 @@ class ConfigurationError(ValueError):
 class Device(TimersMixin, PmtuMixin):
     def __init__(self, private_key: bytes | None = None, *, rand: Callable[[int], bytes],
                  wall: Callable[[], float], mtu: int = 1420, l2: bool = False) -> None:
-        self._pmtu_init()                  # #8: control channel and path MTU (protocol/pmtu.py)
+        self.events: list = []             # typed events for the runtime (protocol/events.py), rare
+        self._pmtu_init()                  # control channel and path MTU (protocol/pmtu.py)
         self._rand = rand
         self._jitter_pool = b""            # timer jitter bytes, refilled from rand (see TimersMixin._jitter)
         self._jitter_pos = 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from ..constants import FALLBACK_AFTER, FALLBACK_PROBE_ANSWER, FALLBACK_PROBE_INTERVAL, REJECT_AFTER_TIME
 from .peer import Peer
+from .events import FallbackSwitched
 
 
 class FallbackState:
@@ -54,10 +55,8 @@ class FallbackState:
 
 
 def _note(dev, peer: Peer, text: str) -> None:
-    """A switch happened: tell the I/O layer, if it asked (`dev.fallback_log = callable(peer, text)`); rare."""
-    cb = getattr(dev, "fallback_log", None)
-    if cb is not None:
-        cb(peer, text)
+    """A switch happened: an event for the runtime (it logs it); rare."""
+    dev.events.append(FallbackSwitched(peer, text))
 
 
 def _rearm(dev, peer: Peer) -> None:

@@ -42,6 +42,7 @@ from ..constants import (
 )
 from ..routing.ip import checksum
 from . import control
+from .events import PATH_MTU_CHANGED, TunPacket
 from .transport import seal
 
 
@@ -299,9 +300,9 @@ class PmtuMixin:
                         learned from the kernel and reported; packets are limited by the interface MTU alone.
         pmtu_interval   seconds between re-probe rounds (0: only the first round after a HELLO)
         link_mtu        callable(endpoint) -> MTU of the local link toward it, or None
-    Outputs:
-        to_tun          ICMP errors for the TUN, appended by the data path (the I/O layer writes and clears it)
-        pmtu_dirty      some peer's estimate changed (the I/O layer recomputes the interface MTU, then clears it)
+    Outputs (Device.events, protocol/events.py):
+        TunPacket       an ICMP error for the TUN, appended by the data path
+        PATH_MTU_CHANGED  some peer's estimate changed (the runtime recomputes the interface MTU)
     """
 
     control_enabled = False
@@ -309,8 +310,6 @@ class PmtuMixin:
     pmtu_interval = PMTU_PROBE_INTERVAL
 
     def _pmtu_init(self) -> None:
-        self.to_tun: list[bytes] = []
-        self.pmtu_dirty = False
         self.link_mtu = lambda endpoint: None
         self._icmp_tokens = float(ICMP_TOO_BIG_BURST)
         self._icmp_time = 0.0
@@ -346,7 +345,8 @@ class PmtuMixin:
         if st is not None and st.changed:
             st.changed = False
             peer.mtu = self._peer_limit(peer)
-            self.pmtu_dirty = True
+            if PATH_MTU_CHANGED not in self.events:
+                self.events.append(PATH_MTU_CHANGED)
 
     def smallest_usable_mtu(self) -> int | None:
         """min over peers with a UDP path of (path MTU - overhead): what the automatic interface MTU follows."""
@@ -548,7 +548,7 @@ class PmtuMixin:
                 drops["too_big_dropped"] += 1
                 continue
             drops["too_big_icmp_sent"] += 1
-            self.to_tun.append(reply)
+            self.events.append(TunPacket(reply))
         if frags_all:
             self._send_to_peer(peer, frags_all, now, out)
 

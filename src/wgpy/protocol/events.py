@@ -1,0 +1,35 @@
+"""Typed events out of the core, beside the datagrams and TUN packets its calls return (STYLE.md rule 3).
+
+The core appends them to `Device.events`; the runtime loop reads the list after each pass and clears it. They
+are rare (never one per data packet), so a list of small frozen objects costs nothing on the data path:
+    TunPacket(packet)        a packet for the local stack, not from a peer: an ICMP "too big" the core answers as
+                             a router would for a packet above its peer's path MTU
+    PathMtuChanged()         some peer's path MTU estimate changed: in the automatic mode the interface MTU
+                             follows (PATH_MTU_CHANGED, one instance, at most once in the list)
+    FallbackSwitched(peer, text)  a peer moved to or back from its fallback stream endpoint; `text` says why
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TunPacket", "PathMtuChanged", "PATH_MTU_CHANGED", "FallbackSwitched"]
+
+
+@dataclass(frozen=True, slots=True)
+class TunPacket:
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PathMtuChanged:
+    pass
+
+
+PATH_MTU_CHANGED = PathMtuChanged()
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackSwitched:
+    peer: object
+    text: str
