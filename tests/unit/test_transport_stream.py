@@ -23,6 +23,7 @@ from wgpy.constants import STREAM_MAX_FRAME, STREAM_SEND_BUFFER
 from wgpy.io import stream
 from wgpy.io.stream import FrameError, StreamManager, encode_frame, parse_frames, parse_pin, parse_url
 from wgpy.protocol.device import Device
+from wgpy.streams import connection
 
 from wgpy_testkit.core_pair import A_IP4, B_IP4, udp4
 
@@ -305,7 +306,7 @@ def test_send_buffer_is_bounded_when_the_far_end_does_not_read():
 
 
 def test_unauthenticated_connections_are_bounded(monkeypatch):
-    monkeypatch.setattr(stream, "STREAM_MAX_UNAUTHENTICATED", 4)
+    monkeypatch.setattr(connection, "STREAM_MAX_UNAUTHENTICATED", 4)     # the Budget's limit
     server = Node()
     port = free_port()
     server.streams.listen("tcp", port)

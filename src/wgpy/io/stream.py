@@ -1,28 +1,13 @@
-"""TCP and TLS transports: WireGuard messages over a stream, for networks that block or throttle UDP.
+"""TCP and TLS transports, the socket glue: WireGuard messages over a stream, for networks that block or throttle
+UDP (docs/transports.md).
 
-The messages are exactly those of the UDP transport (same handshake, keys, counters and replay protection);
-only the framing changes. Each message is one frame:
+The messages are exactly those of the UDP transport (same handshake, keys, counters and replay protection); only
+the framing changes (streams/framing.py: a 2-byte length before each message). The pure parts live in streams/:
+framing, the endpoint records and URLs (streams/endpoint.py), and each connection's state machine
+(streams/connection.py: connecting, TLS handshake, up, closed; deadlines, the unauthenticated budget, reconnection
+backoff with jitter, the last error). TLS contexts and error words are io/tls.py, socket options io/tcp.py. This
+file owns the sockets and feeds the state machine its events.
 
-    +--------+--------+----------------------------------+
-    | length (16 bit, big-endian) | WireGuard message (length bytes) |
-    +--------+--------+----------------------------------+
-
-A frame shorter than STREAM_MIN_FRAME (a keepalive, 32 bytes) or longer than STREAM_MAX_FRAME, a message type
-other than 1-4 with three zero bytes, or a handshake message of the wrong size closes that connection (counted);
-nothing else is affected. TLS (1.3 only, the standard library's ssl module) wraps the same stream.
-
-Endpoints. The core keeps endpoints opaque (UDP endpoints are address tuples); a stream endpoint is a
-StreamEndpoint, hashable by identity:
-    outbound  one per configured target (tcp://ip:port or tls://ip:port with its TLS settings), interned, so
-              the same configuration always gives the same object; it owns at most one connection at a time and
-              reconnects with backoff and jitter. Messages received on it come from the target itself, so a
-              peer whose endpoint is the target keeps it across reconnections.
-    inbound   one per accepted connection. The listening side does not know which peer a connection belongs to
-              until a message from it authenticates (the core then sets that peer's endpoint to it: the ordinary
-              roaming rule, so a peer moves between UDP and TCP like between two UDP addresses). Until then the
-              connection is "unauthenticated": at most STREAM_MAX_UNAUTHENTICATED at once, for at most
-              STREAM_UNAUTHENTICATED_TIMEOUT seconds and STREAM_UNAUTHENTICATED_FRAMES frames. A peer has one
-              inbound connection: a newer authenticated one replaces the older.
 Sending: at most STREAM_SEND_BUFFER bytes wait in user space per connection (and TCP_NOTSENT_LOWAT bounds the
 kernel's unsent queue); beyond that messages are dropped and counted, never queued without limit: a tunnel
 over TCP must let the inner TCP see loss rather than a growing delay. TCP_NODELAY: each batch is written at once.
@@ -35,8 +20,6 @@ reconnections. No threads.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import heapq
 import logging
 import os
@@ -47,138 +30,19 @@ import time
 from collections import Counter
 
 from ..config import parse_pin  # noqa: F401  (the one TLSPin / wgpy_tls_pin parser; uapi/transport.py uses it)
-from ..protocol.transport import receiver_index
-from ..streams.endpoint import (  # noqa: F401  (re-exported: the record, URLs and states live in streams/)
-    CLOSED, CONNECTING, HANDSHAKE, SCHEMES, UP, StreamEndpoint, format_url, parse_url,
-)
+from ..constants import STREAM_MAX_FRAME, STREAM_SEND_BUFFER
+from ..streams.connection import CONNECT, WAIT, Budget, Retry, authenticated_peer, failed, retry_due
+# re-exported (tests and the UAPI import them from here): the endpoint record and URLs, framing, TLS words
+from ..streams.endpoint import CLOSED, CONNECTING, HANDSHAKE, UP, StreamEndpoint, parse_url  # noqa: F401
 from ..streams.framing import FRAME_LENGTH as _H, FrameError, encode_frame, parse_frames  # noqa: F401
-from ..constants import (
-    STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_KEEPCNT, STREAM_KEEPIDLE,
-    STREAM_KEEPINTVL, STREAM_MAX_FRAME, STREAM_MAX_UNAUTHENTICATED, STREAM_NOTSENT_LOWAT,
-    STREAM_SEND_BUFFER, STREAM_UNAUTHENTICATED_FRAMES, STREAM_UNAUTHENTICATED_TIMEOUT, STREAM_USER_TIMEOUT,
-)
+from .stream_conn import Conn
+from .tcp import open_listeners, set_mark, start_connect, tune
+from .tls import PIN_MISMATCH, client_context, fingerprint, server_context
 
 log = logging.getLogger("wgpy")
 
-SO_MARK = getattr(socket, "SO_MARK", 36)
-TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
-TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-READ_SIZE = 256 * 1024
-READ_BUDGET = 1024 * 1024           # bytes read from one connection per wakeup (fairness between connections)
-TLS_WRITE_CHUNK = 64 * 1024
-RETRY_WHILE_USED = 120.0            # an outbound target reconnects while it was used within this many seconds
 LOG_INTERVAL = 10.0                 # inbound failures (scanners...) are logged at most this often per reason
-
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class Conn:
-    __slots__ = ("sock", "fd", "ep", "tls", "inbound", "state", "rbuf", "wbuf", "deadline", "authenticated",
-                 "peer", "frames", "events", "opened")
-
-    def __init__(self, sock: socket.socket, ep: StreamEndpoint, inbound: bool, now: float) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.ep = ep
-        self.tls = ep.scheme == "tls"
-        self.inbound = inbound
-        self.state = CONNECTING
-        self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.deadline: float | None = None
-        self.authenticated = not inbound
-        self.peer = None
-        self.frames = 0
-        self.events = 0
-        self.opened = now
-
-
-def _tune(sock: socket.socket, fwmark: int) -> None:
-    sock.setblocking(False)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for opt, val in ((TCP_NOTSENT_LOWAT, STREAM_NOTSENT_LOWAT), (socket.TCP_KEEPIDLE, STREAM_KEEPIDLE),
-                     (socket.TCP_KEEPINTVL, STREAM_KEEPINTVL), (socket.TCP_KEEPCNT, STREAM_KEEPCNT),
-                     (TCP_USER_TIMEOUT, int(STREAM_USER_TIMEOUT * 1000))):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, opt, val)
-        except OSError:
-            pass
-    if fwmark:
-        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
-
-
-def client_context(ca_file: str | None, pin: bytes | None) -> ssl.SSLContext:
-    """TLS 1.3 client context: verify against `ca_file` (or the system's CAs), or, with a pin, accept exactly
-    the certificate with that SHA-256 fingerprint (checked after the handshake). Raises OSError/ssl.SSLError."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    if pin is not None:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    elif ca_file:
-        ctx.load_verify_locations(cafile=ca_file)
-    else:
-        ctx.load_default_certs()
-    return ctx
-
-
-def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(cert_file, key_file)
-    return ctx
-
-
-# Failures are remembered per endpoint in words (StreamEndpoint.last_error, shown by `wgpy show` through the UAPI
-# key wgpy_last_error) and logged with the same words: the socket errors a user meets most by a short name, the
-# rest by the C library's text; TLS failures start with "TLS: ".
-_ERRNO_WORDS = {
-    errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset", errno.EPIPE: "connection reset",
-    errno.ECONNABORTED: "connection aborted", errno.ETIMEDOUT: "connection timed out",
-    errno.EHOSTUNREACH: "host unreachable", errno.ENETUNREACH: "network unreachable",
-}
-PIN_MISMATCH = "TLS: certificate does not match the pinned fingerprint"
-
-
-def _os_reason(code: int | None, e: BaseException | None = None) -> str:
-    words = _ERRNO_WORDS.get(code or 0)
-    if words is None:
-        words = os.strerror(code) if code else (getattr(e, "strerror", None) or str(e))
-        words = words[:1].lower() + words[1:]
-    return words
-
-
-def _reason(e: BaseException) -> str:
-    """A connection's exception in words: 'TLS: ...' for TLS errors, else the socket error ('connection reset')."""
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return f"TLS: certificate verify failed: {e.verify_message}"
-    if isinstance(e, ssl.SSLEOFError):
-        return "TLS: closed by the other side"
-    if isinstance(e, ssl.SSLError):
-        return f"TLS: {e.reason.lower().replace('_', ' ') if e.reason else e}"
-    if isinstance(e, OSError):
-        return _os_reason(e.errno, e)
-    return str(e)
-
-
-def authenticated_peer(dev, ep: object, frames: list, out_net: list, start: int):
-    """The peer that `frames` (received on `ep`) proved to be, if any: a transport message whose keypair's peer
-    now has `ep` as its endpoint, or a handshake response we sent back to `ep` for such a peer. Only
-    authenticated messages make the core set peer.endpoint = ep, and `ep` is unique to its connection."""
-    kps = dev.keypairs_by_index
-    for data, _ in frames:
-        if data[0] == 4:
-            kp = kps.get(receiver_index(data))
-            if kp is not None and kp.peer.endpoint is ep:
-                return kp.peer
-    for data, dst in out_net[start:]:
-        if dst is ep and data[0] == 2:
-            kp = kps.get(receiver_index(data))
-            if kp is not None and kp.peer.endpoint is ep:
-                return kp.peer
-    return None
 
 
 class StreamManager:
@@ -197,7 +61,7 @@ class StreamManager:
         self.inbox: list = []
         self.unauth_inbox: list = []
         self.connected: list[StreamEndpoint] = []
-        self.unauthenticated = 0
+        self.budget = Budget()                         # inbound connections not authenticated yet
         self.again: set[Conn] = set()
         self.heap: list = []
         self._seq = 0
@@ -207,6 +71,10 @@ class StreamManager:
         self.fwmark = 0
         self._logged: dict[str, float] = {}
         self.active = False        # streams in use: the daemon's loop and flush check this one attribute
+
+    @property
+    def unauthenticated(self) -> int:
+        return self.budget.count
 
     def _update_active(self) -> None:
         # once true it stays true: a peer may keep a stream endpoint as its endpoint after every listener and
@@ -240,37 +108,7 @@ class StreamManager:
             return
         if scheme == "tls" and port and self.server_ctx is None:
             raise ValueError("ListenTLS needs CertificateFile and KeyFile")
-        new = []
-        try:
-            if port:
-                s4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                new.append(s4)
-                s4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s4.bind(("0.0.0.0", port))
-                try:
-                    s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-                except OSError:
-                    s6 = None
-                if s6 is not None:
-                    new.append(s6)
-                    s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                    s6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    try:
-                        s6.bind(("::", port))
-                    except OSError as e:
-                        if e.errno == errno.EADDRINUSE:
-                            raise
-                        new.remove(s6)          # no IPv6 in this namespace
-                        s6.close()
-                for s in new:
-                    s.setblocking(False)
-                    if self.fwmark:
-                        s.setsockopt(socket.SOL_SOCKET, SO_MARK, self.fwmark)
-                    s.listen(128)
-        except BaseException:
-            for s in new:
-                s.close()
-            raise
+        new = open_listeners(port, self.fwmark) if port else []
         for fd, (sock, s) in list(self.listeners.items()):
             if s == scheme:
                 self._unregister(fd)
@@ -285,10 +123,10 @@ class StreamManager:
     def set_fwmark(self, mark: int) -> None:
         self.fwmark = mark
         for sock, _ in self.listeners.values():
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+            set_mark(sock, mark)
         for conn in self.conns.values():
             try:
-                conn.sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+                set_mark(conn.sock, mark)
             except OSError:
                 pass
 
@@ -305,7 +143,6 @@ class StreamManager:
             self.targets[key] = ep
             self._update_active()
         return ep
-
     def forget_unused(self, in_use: set[int]) -> None:
         """Close and forget outbound targets whose id() is not in `in_use` (no peer refers to them)."""
         for key, ep in list(self.targets.items()):
@@ -368,12 +205,12 @@ class StreamManager:
             except OSError:
                 self.counters["stream_accept_errors"] += 1
                 return
-            if self.unauthenticated >= STREAM_MAX_UNAUTHENTICATED:
+            if self.budget.full:
                 self.counters["stream_unauthenticated_full"] += 1
                 sock.close()
                 continue
             try:
-                _tune(sock, self.fwmark)
+                tune(sock, self.fwmark)
                 if scheme == "tls":
                     sock = self.server_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             except (OSError, ValueError, AttributeError):
@@ -382,14 +219,11 @@ class StreamManager:
                 continue
             self.counters["stream_accepted"] += 1
             ep = StreamEndpoint(scheme, addr[0].split("%")[0].removeprefix("::ffff:"), addr[1], False)
-            conn = Conn(sock, ep, True, now)
+            conn = Conn(sock, ep, now, self.budget)
             ep.conn = conn
             self.conns[conn.fd] = conn
-            self.unauthenticated += 1
-            conn.deadline = now + STREAM_UNAUTHENTICATED_TIMEOUT
             self._at(conn.deadline, "deadline", conn)
-            if scheme == "tls":
-                conn.state = HANDSHAKE
+            if conn.connected() == HANDSHAKE:
                 self._want(conn, EPOLLIN)
                 self._handshake(conn, now)
             else:
@@ -398,79 +232,51 @@ class StreamManager:
 
     def _connect(self, ep: StreamEndpoint, now: float) -> Conn | None:
         ep.connects += 1
-        family = socket.AF_INET6 if ":" in ep.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            _tune(sock, self.fwmark)
-            rc = sock.connect_ex((ep.host, ep.port))
-        except OSError as e:
-            sock.close()
-            self._failed(ep, _os_reason(e.errno, e), now)
+        sock, why = start_connect(ep.host, ep.port, self.fwmark)
+        if sock is None:
+            self._retry(failed(ep, why, now, self._rand), ep)
             return None
-        if rc not in (0, errno.EINPROGRESS):
-            sock.close()
-            self._failed(ep, _os_reason(rc), now)
-            return None
-        conn = Conn(sock, ep, False, now)
+        conn = Conn(sock, ep, now)
         ep.conn = conn
         self.conns[conn.fd] = conn
-        conn.deadline = now + STREAM_CONNECT_TIMEOUT
         self._at(conn.deadline, "deadline", conn)
         self._want(conn, EPOLLOUT)
         self._update_active()
         return conn
 
     def _connected(self, conn: Conn, now: float) -> None:
-        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._close(conn, _os_reason(err), now)
-            return
-        if not conn.tls:
+        error = conn.connect_error() or (conn.start_tls() if conn.tls else None)
+        if error is not None:
+            self._close(conn, error, now)
+        elif conn.connected() == HANDSHAKE:
+            self._handshake(conn, now)
+        else:
             self._up(conn, now)
-            return
-        ep = conn.ep
-        name = ep.server_name or ep.host
-        try:
-            conn.sock = ep.context.wrap_socket(conn.sock, server_hostname=name, do_handshake_on_connect=False)
-        except (OSError, ValueError) as e:
-            reason = _reason(e)
-            self._close(conn, reason if reason.startswith("TLS") else f"TLS: {reason}", now)
-            return
-        conn.state = HANDSHAKE
-        self._handshake(conn, now)
 
     def _handshake(self, conn: Conn, now: float) -> None:
-        try:
-            conn.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._want(conn, EPOLLIN)
-            return
-        except ssl.SSLWantWriteError:
-            self._want(conn, EPOLLOUT)
-            return
-        except (ssl.SSLError, OSError, ValueError) as e:
-            self.counters["stream_tls_handshake_failed"] += 1
-            reason = _reason(e)
-            self._close(conn, reason if reason.startswith("TLS") else f"TLS: {reason}", now)
+        wait, error = conn.handshake()
+        if wait:
+            self._want(conn, wait)
             return
         ep = conn.ep
-        if not conn.inbound and ep.pin is not None:
-            der = conn.sock.getpeercert(binary_form=True) or b""
-            if hashlib.sha256(der).digest() != ep.pin:
-                self.counters["stream_tls_handshake_failed"] += 1
+        if error is None and not conn.inbound and ep.pin is not None:
+            got = fingerprint(conn.sock)
+            if got != ep.pin:
                 self._log(f"pin {ep.label}", "stream %s: the server's certificate has the SHA-256 fingerprint %s",
-                          ep.label, hashlib.sha256(der).hexdigest())
-                self._close(conn, PIN_MISMATCH, now)
-                return
+                          ep.label, got.hex())
+                error = PIN_MISMATCH
+        if error is not None:
+            self.counters["stream_tls_handshake_failed"] += 1
+            self._close(conn, error, now)
+            return
+        conn.tls_done()
         self._up(conn, now)
 
     def _up(self, conn: Conn, now: float) -> None:
-        conn.state = UP
+        """The connection went UP (its state machine has moved): count, log, start reading and writing."""
         if not conn.inbound:
-            conn.deadline = None
             self.counters["stream_connected"] += 1
             self.connected.append(conn.ep)
-            conn.ep.last_error = None
             log.info("stream %s connected", conn.ep.label)
         self._want(conn, EPOLLIN | (EPOLLOUT if conn.wbuf else 0))
         if conn.tls:
@@ -478,18 +284,11 @@ class StreamManager:
         if conn.wbuf:
             self._flush(conn, now)
 
-    def _failed(self, ep: StreamEndpoint, reason: str, now: float, was_up: bool = False) -> None:
-        """An outbound attempt failed or its connection dropped: log, back off, and arm a reconnection."""
-        ep.failures += 1
-        log.warning("stream %s: %s (%s %d; retrying)", ep.label, reason,
-                    "dropped, failure" if was_up else "attempt", ep.failures)
-        ep.last_error = reason
-        self.counters["stream_connect_failed" if not was_up else "stream_dropped"] += 1
-        d = min(STREAM_BACKOFF_MIN * 2 ** (ep.failures - 1), STREAM_BACKOFF_MAX)
-        jitter = int.from_bytes(self._rand(2), "little") / 65536.0
-        ep.retry_at = now + d / 2 + jitter * d / 2
-        if was_up:
-            ep.last_used = now               # it was in use: come back on our own, the listener cannot call us
+    def _retry(self, retry: Retry, ep: StreamEndpoint) -> None:
+        """An outbound attempt failed or its connection dropped: log, count, arm the reconnection."""
+        log.warning("stream %s: %s (%s %d; retrying)", ep.label, retry.reason,
+                    "dropped, failure" if retry.was_up else "attempt", retry.failures)
+        self.counters["stream_dropped" if retry.was_up else "stream_connect_failed"] += 1
         self._arm_retry(ep)
 
     def _arm_retry(self, ep: StreamEndpoint) -> None:
@@ -500,8 +299,7 @@ class StreamManager:
     def _close(self, conn: Conn, reason: str | None, now: float, reconnect: bool = True) -> None:
         if conn.state == CLOSED:
             return
-        was_up = conn.state == UP
-        conn.state = CLOSED
+        retry = conn.close(reason, now, self._rand, reconnect)
         self.conns.pop(conn.fd, None)
         self.again.discard(conn)
         self._unregister(conn.fd)
@@ -509,25 +307,17 @@ class StreamManager:
             conn.sock.close()
         except OSError:
             pass
-        ep = conn.ep
-        if ep.conn is conn:
-            ep.conn = None
         if conn.wbuf:
             self.counters["stream_unsent_bytes_dropped"] += len(conn.wbuf)
             conn.wbuf = bytearray()
         if conn.inbound:
-            if reason is not None:
-                ep.last_error = reason           # the endpoint is this connection's alone: no clearing needed
-            if not conn.authenticated:
-                self.unauthenticated -= 1
             if conn.peer is not None and self.by_peer.get(conn.peer) is conn:
                 del self.by_peer[conn.peer]
             if reason is not None and reason.startswith("TLS"):
-                self._log("tls-in", "stream %s: %s", ep.label, reason)
-        elif reason is not None and reconnect:
-            self._failed(ep, reason, now, was_up)
+                self._log("tls-in", "stream %s: %s", conn.ep.label, reason)
+        elif retry is not None:
+            self._retry(retry, conn.ep)
         self._update_active()
-
     # ---- events ---------------------------------------------------------------------------------------------
 
     def event(self, fd: int, ev: int, now: float) -> None:
@@ -549,33 +339,12 @@ class StreamManager:
             self._handshake(conn, now)
 
     def _read(self, conn: Conn, now: float) -> None:
-        sock = conn.sock
-        rbuf = conn.rbuf
-        got = 0
-        eof: str | None = None
-        try:
-            while got < READ_BUDGET:
-                data = sock.recv(READ_SIZE)
-                if not data:
-                    eof = "closed by the other side"
-                    break
-                rbuf += data
-                got += len(data)
-            else:
-                if conn.tls:
-                    self.again.add(conn)          # decrypted bytes may wait inside the TLS object
-        except _WOULD_BLOCK:
-            self.again.discard(conn)
-        except (ssl.SSLError, OSError) as e:
-            eof = _reason(e)
         frames: list = []
-        bad = None
-        try:
-            used = parse_frames(rbuf, conn.ep, frames)
-            if used:
-                del rbuf[:used]
-        except FrameError as e:
-            bad = e.reason
+        eof, bad, more = conn.read(frames)
+        if more:
+            self.again.add(conn)                  # decrypted bytes may wait inside the TLS object
+        else:
+            self.again.discard(conn)
         if frames:
             if conn.authenticated:
                 self.inbox += frames
@@ -591,23 +360,11 @@ class StreamManager:
             self._close(conn, eof, now)
 
     def _flush(self, conn: Conn, now: float) -> None:
-        wbuf = conn.wbuf
-        sock = conn.sock
-        try:
-            while wbuf:
-                if conn.tls:
-                    # an SSL write that would block must be retried with the same bytes: the chunk starts at the
-                    # same place and only grows, as OpenSSL allows
-                    n = sock.send(wbuf[:TLS_WRITE_CHUNK])
-                else:
-                    n = sock.send(wbuf)
-                del wbuf[:n]
-        except _WOULD_BLOCK:
-            pass
-        except (ssl.SSLError, OSError) as e:
-            self._close(conn, _reason(e), now)
+        error = conn.write()
+        if error is not None:
+            self._close(conn, error, now)
             return
-        self._want(conn, EPOLLIN | EPOLLOUT if wbuf else EPOLLIN)
+        self._want(conn, EPOLLIN | EPOLLOUT if conn.wbuf else EPOLLIN)
 
     # ---- the data path --------------------------------------------------------------------------------------
 
@@ -678,18 +435,17 @@ class StreamManager:
                 # the core sees at most STREAM_UNAUTHENTICATED_FRAMES frames of a connection before it proves
                 # who it is; the rest of a burst (a client that reconnected sends its queue at once) follows
                 # only once it has
-                room = max(STREAM_UNAUTHENTICATED_FRAMES - conn.frames, 0)
-                head, tail = frames[:room], frames[room:]
+                take = conn.take_frames(len(frames))
+                head, tail = frames[:take], frames[take:]
                 start = len(out_net)
                 dev.receive_datagrams(head, now, out_net, out_tun)
-                conn.frames += len(head)
                 peer = authenticated_peer(dev, conn.ep, head, out_net, start)
                 if peer is not None:
                     if conn.state != CLOSED:
                         self._authenticate(conn, peer, now)
                     if tail:
                         dev.receive_datagrams(tail, now, out_net, out_tun)
-                elif conn.frames >= STREAM_UNAUTHENTICATED_FRAMES and conn.state != CLOSED:
+                elif conn.out_of_frames and conn.state != CLOSED:
                     self.counters["stream_unauthenticated_frames"] += 1
                     self._close(conn, None, now)
         if self.connected:
@@ -703,10 +459,7 @@ class StreamManager:
             self.tick(now)
 
     def _authenticate(self, conn: Conn, peer, now: float) -> None:
-        conn.authenticated = True
-        conn.peer = peer
-        conn.deadline = None
-        self.unauthenticated -= 1
+        conn.authenticate(peer)
         self.counters["stream_authenticated"] += 1
         old = self.by_peer.get(peer)
         self.by_peer[peer] = conn
@@ -719,24 +472,20 @@ class StreamManager:
         while heap and heap[0][0] <= now:
             _, _, kind, obj = heapq.heappop(heap)
             if kind == "deadline":
-                conn = obj
-                if conn.state == CLOSED or conn.deadline is None or conn.deadline > now:
-                    continue
-                if conn.inbound:
-                    if not conn.authenticated:
-                        self.counters["stream_unauthenticated_timeout"] += 1
-                        self._close(conn, "TLS: handshake timed out" if conn.state == HANDSHAKE else None, now)
-                else:
-                    self._close(conn, "TLS: handshake timed out" if conn.state == HANDSHAKE else "connect timed out",
-                                now)
+                decision = obj.on_timer(now)
+                if decision is not None:
+                    if decision.counter:
+                        self.counters[decision.counter] += 1
+                    self._close(obj, decision.reason, now)
             else:
                 ep = obj
                 ep.retry_armed = False
                 if ep.conn is not None or ep not in self.targets.values():
                     continue
-                if now < ep.retry_at:
+                due = retry_due(ep, now)
+                if due == WAIT:
                     self._arm_retry(ep)
-                elif now - ep.last_used < RETRY_WHILE_USED:
+                elif due == CONNECT:
                     self.counters["stream_reconnects"] += 1
                     self._connect(ep, now)
 

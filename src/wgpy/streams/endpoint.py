@@ -1,9 +1,17 @@
 """Stream endpoints (wgpy extension, docs/transports.md): the URLs `tcp://host:port` and `tls://host:port`, and
 the StreamEndpoint record the core keeps as an opaque endpoint (UDP endpoints are address tuples).
 
-An outbound endpoint is one configured target with its TLS settings, interned by the stream manager so the same
-configuration always gives the same object; an inbound one stands for one accepted connection. Identity is
-equality. The socket side (io/stream.py) fills in `conn` and `context`; nothing here does I/O.
+Identity is equality; there are two kinds:
+    outbound  one per configured target (tcp://ip:port or tls://ip:port with its TLS settings), interned, so
+              the same configuration always gives the same object; it owns at most one connection at a time and
+              reconnects with backoff and jitter. Messages received on it come from the target itself, so a
+              peer whose endpoint is the target keeps it across reconnections.
+    inbound   one per accepted connection. The listening side does not know which peer a connection belongs to
+              until a message from it authenticates (the core then sets that peer's endpoint to it: the ordinary
+              roaming rule, so a peer moves between UDP and TCP like between two UDP addresses). Until then the
+              connection is "unauthenticated" (limits in streams/connection.py). A peer has one inbound
+              connection: a newer authenticated one replaces the older.
+The socket side (io/stream.py) fills in `conn` and `context`; nothing here does I/O.
 """
 
 from __future__ import annotations
