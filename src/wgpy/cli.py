@@ -300,7 +300,8 @@ def _show_transport_peer(p: dict) -> None:
               f"{p.get('wgpy_fallback_probe_interval', '?')} s; {counts})")
     else:
         print(f"  transport: udp (fallback {p['wgpy_fallback_endpoint']} on standby, used after "
-              f"{p.get('wgpy_fallback_after', '?')} s without a handshake answer; {counts})")
+              f"{p.get('wgpy_fallback_after', '?')} s without a handshake answer, UDP then probed every "
+              f"{p.get('wgpy_fallback_probe_interval', '?')} s; {counts})")
 
 
 def _show_stats(name: str) -> int:

@@ -60,9 +60,16 @@ def host(monkeypatch, tmp_path):
     log: list[str] = []
     fail: set[str] = set()
 
+    class Core:
+        """The core as the session sees it: read only, every setting goes through the UAPI."""
+        mtu = 0
+
+        def __setattr__(self, name, value):
+            raise AssertionError(f"the session wrote device.{name} instead of a UAPI set")
+
     class Iface:
         def __init__(self, name, mode):
-            self.device = SimpleNamespace(mtu=0, pmtu_interval=None)
+            self.device = Core()
             self.fwmark = 0
             self.pmtu = SimpleNamespace(enable_auto=lambda *a: log.append("auto MTU"))
             self.bind = SimpleNamespace(sockets=lambda: [])
@@ -73,7 +80,14 @@ def host(monkeypatch, tmp_path):
                 raise OSError(19, "no TUN")
 
         def handle_uapi(self, text):
-            log.append("UAPI set")
+            body = text.split("\n")[1:-1]
+            if body and body[0].startswith("wgpy_mtu"):           # the link settings, once the MTU is known
+                log.append("UAPI " + " ".join(body))
+                for line in body:
+                    if line.startswith("wgpy_mtu="):
+                        object.__setattr__(self.device, "mtu", int(line.partition("=")[2]))
+            else:
+                log.append("UAPI set")
             return "errno=0\n\n"
 
         def close(self):
@@ -141,7 +155,8 @@ def host(monkeypatch, tmp_path):
     return SimpleNamespace(log=log, fail=fail, pidfile=tmp_path / "wgx0.pid")
 
 
-SETUP = ["PreUp", "open interface", "UAPI set", "netlink", "address 10.0.0.1/24", "mtu 1420 up",
+SETUP = ["PreUp", "open interface", "UAPI set", "netlink", "UAPI wgpy_mtu=1420", "address 10.0.0.1/24",
+         "mtu 1420 up",
          "routes [IPv4Network('10.0.0.2/32')]", "auto MTU", "masquerade", "DNS", "PostUp"]
 
 
@@ -158,6 +173,24 @@ def test_up_then_teardown_undoes_every_step_in_reverse(host):
     del host.log[:]
     s.teardown()                      # twice: nothing left to undo
     assert host.log == []
+
+
+def test_the_mtu_and_the_probe_interval_go_through_the_uapi(host):
+    """`wgpy up` configures the core through the UAPI alone: the MTU once the link has it, then the interval."""
+    s = session_mod.Session(_cfg("MTUProbeInterval = 30"))
+    s.up()
+    assert host.log.index("UAPI wgpy_mtu=1420") < host.log.index("mtu 1420 up")
+    assert host.log.index("UAPI wgpy_mtu_probe_interval=30") < host.log.index("auto MTU")
+    assert s.iface.device.mtu == 1420
+
+
+def test_attach_mode_adopts_the_link_mtu_through_the_uapi(host, monkeypatch):
+    monkeypatch.setattr(session_mod, "has_net_admin", lambda: False)
+    monkeypatch.setattr(netlink, "link_mtu", lambda name: 1380)
+    s = session_mod.Session(_cfg())
+    s.up()
+    assert host.log == ["PreUp", "open interface", "UAPI set", "UAPI wgpy_mtu=1380", "PostUp"]
+    assert s.iface.device.mtu == 1380
 
 
 @pytest.mark.parametrize("step, done_until, undone", [

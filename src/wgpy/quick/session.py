@@ -91,6 +91,12 @@ class Session:
                 raise UpError(f"cannot listen on UDP port {cfg.listen_port}: address already in use")
             raise UpError(f"configuring the interface failed ({reply.strip()})")
 
+    def _set_link(self, mtu: int | None = None, probe_interval: float | None = None) -> None:
+        """The core's MTU (the largest plaintext) and the re-probe interval, through the UAPI like every setting."""
+        reply = self.iface.handle_uapi("set=1\n" + cfgmod.link_uapi(mtu, probe_interval))
+        if reply != "errno=0\n\n":
+            raise UpError(f"configuring the interface failed ({reply.strip()})")
+
     def _close_interface(self) -> None:
         iface, self.iface = self.iface, None
         iface.close()
@@ -100,7 +106,7 @@ class Session:
         link_mtu = netlink.link_mtu(self.cfg.name)
         if link_mtu and self.cfg.mode == "tap":
             link_mtu += ETHERNET_HEADER_LEN      # L2: the plaintext is the frame, header included
-        self.iface.device.mtu = link_mtu or DEFAULT_MTU
+        self._set_link(mtu=link_mtu or DEFAULT_MTU)
 
     def _configure_netlink(self, resolved: dict[int, str]) -> None:
         cfg = self.cfg
@@ -125,7 +131,7 @@ class Session:
             # as wg-quick: route MTU - 80, at least 1280 (IPv6's minimum; in L2 that is the TAP's minimum)
             floor = 1280 + (ETHERNET_HEADER_LEN if l2 else 0)
             mtu = max(base - 80, floor) if base else DEFAULT_MTU
-        self.iface.device.mtu = mtu
+        self._set_link(mtu=mtu)
         for addr in cfg.addresses:
             nl.add_address(addr, nodad=not l2)
         if l2:
@@ -157,14 +163,14 @@ class Session:
         cfg = self.cfg
         iface = self.iface
         if cfg.mtu_probe_interval is not None:
-            iface.device.pmtu_interval = cfg.mtu_probe_interval
+            self._set_link(probe_interval=cfg.mtu_probe_interval)
         if cfg.mtu is not None:
             return
         l2 = cfg.mode == "tap"
         # Linux removes every IPv6 address of a device whose MTU goes below 1280: not below that with IPv6
         min_mtu = 1280 if any(a.version == 6 for a in cfg.addresses) else 576
         current = iface.device.mtu - (ETHERNET_HEADER_LEN if l2 else 0)
-        iface.pmtu.enable_auto(iface.bind.sockets(), min_mtu, cfg.mtu_probe_interval, current)
+        iface.pmtu.enable_auto(iface.bind.sockets(), min_mtu, None, current)   # the interval went by the UAPI
 
     def _masquerade(self) -> None:
         cfg = self.cfg

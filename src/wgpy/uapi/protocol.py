@@ -224,7 +224,7 @@ for _k, _read in _transport.DEVICE_GET.items():
     _DEVICE_GET[_k] = lambda h, p, ctx, _read=_read: _read(h, p)
 for _k, _read in _transport.PEER_GET.items():
     _PEER_GET[_k] = lambda h, p, ctx, _read=_read: _read(h, p)
-GET_KEYS = {"interface": [s.uapi for s in rows("interface", get=True)], "peer": [s.uapi for s in rows("peer", get=True)]}
+GET_KEYS = {section: [s.uapi for s in rows(section, get=True)] for section in ("interface", "peer")}
 READERS = {"interface": _DEVICE_GET, "peer": _PEER_GET}
 
 
