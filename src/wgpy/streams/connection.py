@@ -12,7 +12,8 @@ unauthenticated timeout (inbound, until a message from it authenticates). `on_ti
 
 Inbound connections that have not authenticated yet count against a Budget (at most STREAM_MAX_UNAUTHENTICATED at
 once; more are refused at accept), for at most STREAM_UNAUTHENTICATED_TIMEOUT seconds and, through the core,
-STREAM_UNAUTHENTICATED_FRAMES frames (`take_frames`).
+STREAM_UNAUTHENTICATED_FRAMES frames (`take_frames`); `authenticated_peer` says which peer the frames handed to the
+core proved a connection to be.
 
 An outbound endpoint (streams/endpoint.py StreamEndpoint) keeps its reconnection state across its connections:
 each failure (or drop after being up) backs off min(STREAM_BACKOFF_MIN * 2**(failures - 1), STREAM_BACKOFF_MAX),
@@ -21,7 +22,7 @@ failure in words (`last_error`, cleared when a connection comes up); `retry_due`
 
 Events in, decisions out: a `Close` (reason in words, counter) or a `Retry` (when, why, how often so far). The
 socket glue (io/stream.py) does the rest: sockets, TLS, epoll, logging. Nothing here reads a clock or does I/O,
-and nothing here runs per message.
+and nothing here runs per message of an authenticated connection.
 """
 
 from __future__ import annotations
