@@ -96,6 +96,7 @@ class Interface:
         self.epoll.register(self.tun.fd, select.EPOLLIN)
         if self.uapi is not None:
             self.epoll.register(self.uapi.fileno(), select.EPOLLIN)
+            self.uapi.attach(self.epoll)        # its connections are served in this loop, never blocking it
         # signals wake the loop at once: the handler's byte lands in this pipe
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.epoll.register(self._wake_r, select.EPOLLIN)
@@ -179,6 +180,7 @@ class Interface:
         dev = self.device
         tun_fd = self.tun.fd
         uapi_fd = self.uapi.fileno() if self.uapi is not None else -1
+        uapi_conns = self.uapi.conns if self.uapi is not None else None
         wake_fd = self._wake_r
         read = os.read
         write = os.write
@@ -196,6 +198,8 @@ class Interface:
             next_check = self._next_check
             deadline = dev.next_deadline()
             timeout = min(next_check, deadline if deadline is not None else next_check) - now
+            if uapi_conns:              # a UAPI client's idle cut-off
+                timeout = min(timeout, self.uapi.next_deadline() - now)
             if once:
                 timeout = min(timeout, max_wait)
             if streams.active:          # --- #7 transports: connect/idle timeouts, reconnections
@@ -247,7 +251,10 @@ class Interface:
                 else:
                     sock = self._sock_by_fd.get(fd)
                     if sock is None:
-                        streams.event(fd, ev, now)      # --- #7 transports: a stream socket
+                        if uapi_conns and fd in uapi_conns:
+                            self.uapi.event(fd, ev)     # a UAPI client's connection
+                        else:
+                            streams.event(fd, ev, now)  # a stream transport's socket
                         continue
                     if ev & select.EPOLLERR:
                         self.pmtu.drain(sock, now)     # #8: ICMP/EMSGSIZE from the error queue
@@ -261,6 +268,8 @@ class Interface:
             deadline = dev.next_deadline()
             if deadline is not None and deadline <= now:
                 dev.tick(now, out_net)
+            if uapi_conns:
+                self.uapi.tick(now)
             if out_net:
                 self.flush(out_net)
             if dev.events:                             # typed events of the core (protocol/events.py)

@@ -40,13 +40,13 @@ class FakeClock:
 
 class RuntimeNode:
     def __init__(self, name: str, net: MemoryNetwork, host: str, clock: FakeClock, seed: int,
-                 mode: str = "tun") -> None:
+                 mode: str = "tun", uapi_socket: bool = False) -> None:
         rng = random.Random(seed)
         self.private = crypto.clamp(rng.randbytes(32))
         self.public = crypto.public_from_private(self.private)
         self.tun = MemoryTun(name, mode)
         self.iface = Interface(name, mode, tun=self.tun, bind_factory=lambda: MemoryBind(net, host), clock=clock,
-                               wall=clock.wall, rand=random.Random(seed + 100).randbytes, uapi=False,
+                               wall=clock.wall, rand=random.Random(seed + 100).randbytes, uapi=uapi_socket,
                                host_link=False)
         self.iface.open()
         self.addr = host
@@ -72,10 +72,13 @@ class RuntimeNode:
 class RuntimePair:
     """Two interfaces peered over a MemoryNetwork; A has B as endpoint, B learns A's from the handshake."""
 
-    def __init__(self, mode: str = "tun", keepalive: int = 0) -> None:
+    def __init__(self, mode: str = "tun", keepalive: int = 0, uapi_socket: bool = False) -> None:
+        """`uapi_socket`: A also serves its UAPI on a real unix socket (/run/wireguard/NAME.sock, a unique
+        name), for tests of the control socket inside the loop."""
         self.clock = FakeClock()
         self.net = MemoryNetwork()
-        self.a = RuntimeNode("wgra", self.net, A_ADDR[0], self.clock, 1, mode)
+        name_a = f"wgra{random.SystemRandom().randrange(16 ** 6):06x}" if uapi_socket else "wgra"
+        self.a = RuntimeNode(name_a, self.net, A_ADDR[0], self.clock, 1, mode, uapi_socket)
         self.b = RuntimeNode("wgrb", self.net, B_ADDR[0], self.clock, 2, mode)
         l3 = mode == "tun"
         self.a.uapi(f"set=1\nprivate_key={self.a.private.hex()}\nlisten_port={A_ADDR[1]}\n"

@@ -112,3 +112,49 @@ def test_l2_frames_between_two_taps():
         assert p.a.tun.delivered() == [reply + b"\x00" * (-len(reply) & 15)]
     finally:
         p.close()
+
+
+def test_slow_uapi_clients_never_stall_the_data_path():
+    """16 clients connect to the UAPI socket and send nothing (or half a request); traffic keeps flowing at once
+    and a well-behaved `get` is answered meanwhile. (Before: each was served in a blocking read of up to 2 s
+    inside the loop, freezing the tunnel for 32 s.)"""
+    import os
+    import socket
+    import time as walltime
+    if os.geteuid() != 0:
+        pytest.skip("the UAPI socket directory /run/wireguard is root's")
+    p = RuntimePair(uapi_socket=True)
+    slow = []
+    try:
+        path = p.a.iface.uapi.path
+        for i in range(16):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            if i % 2:
+                s.sendall(b"get=1\n")                  # half a request: no empty line yet
+            slow.append(s)
+        t0 = walltime.monotonic()
+        for n in range(5):
+            pkt = udp4(A_IP4, B_IP4, bytes([n]) * 64)
+            p.a.tun.inject(pkt)
+            p.pump()
+            assert p.b.tun.delivered() == [pkt]
+        good = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        good.connect(path)
+        good.sendall(b"get=1\n\n")
+        reply = b""
+        good.setblocking(False)
+        while not reply.endswith(b"errno=0\n\n") and walltime.monotonic() - t0 < 5:
+            p.pump()
+            try:
+                reply += good.recv(65536)
+            except BlockingIOError:
+                pass
+        good.close()
+        assert reply.endswith(b"errno=0\n\n") and b"listen_port=51820" in reply
+        assert walltime.monotonic() - t0 < 1.5, "the loop waited on a UAPI client"
+        assert len(p.a.iface.uapi.conns) <= 32
+    finally:
+        for s in slow:
+            s.close()
+        p.close()
