@@ -121,7 +121,7 @@ PMTU_HELLO_ATTEMPTS = 3
 ICMP_TOO_BIG_PER_SECOND = 100
 ICMP_TOO_BIG_BURST = 50
 # --- #7 transports ---
-# TCP and TLS transports (io/stream.py) and the automatic fallback to them (protocol/fallback.py); see
+# TCP and TLS transports (io/stream.py) and the automatic fallback to them (ext/fallback.py); see
 # docs/transports.md. On a stream each WireGuard message is one frame: a 2-byte big-endian length, then the message.
 # The smallest valid frame is a keepalive (32 bytes). The largest is the largest UDP payload over IPv4
 # (65535 - 20 - 8): a message that could not travel as one UDP datagram has no business on a stream either,

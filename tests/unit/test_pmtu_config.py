@@ -86,7 +86,7 @@ def test_random_control_messages_from_a_peer():
         n = rng.choice([1, 2, 8, 10, 11, 12, 13, 40, 600])
         msg = bytes([0x57, rng.choice([1, 2, 3, rng.randrange(256)])]) + rng.randbytes(n)
         out: list = []
-        p.a._send_control(p.pa, msg, 6.0 + i * 1e-3, out)
+        p.a.path_mtu._send_control(p.pa, msg, 6.0 + i * 1e-3, out)
         sent_by_a += sum(len(d) for d, _ in out)
         mark = len(p.log)
         p.deliver("A", out, 6.0 + i * 1e-3)

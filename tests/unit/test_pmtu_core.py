@@ -9,8 +9,8 @@ import struct
 import pytest
 
 from wgpy.constants import PMTU_PROBE_TRIES
-from wgpy.protocol import control
-from wgpy.protocol.pmtu import PathMTU, fragment_ipv4, icmp_too_big, overhead
+from wgpy.ext import control
+from wgpy.ext.pmtu import PathMTU, fragment_ipv4, icmp_too_big, overhead
 
 from wgpy_testkit.core_pair import A_IP4, A_IP6, B_IP4, B_IP6, Pair, ipv4, ipv6, seeded_rand, udp4
 
@@ -386,7 +386,7 @@ def test_garbage_control_messages_are_counted_not_answered():
     n = len(p.log)
     for msg in (b"\x57", b"\x57\x01\x01", b"\x57\x03" + bytes(10), b"\x57\x7f" + bytes(30)):
         out: list = []
-        p.a._send_control(p.pa, msg, 1.0, out)
+        p.a.path_mtu._send_control(p.pa, msg, 1.0, out)
         p.deliver("A", out, 1.0)
     assert p.b.drops["control_malformed"] == 2
     assert p.b.drops["control_unknown"] == 1 and p.b.drops["control_stale_reply"] == 1

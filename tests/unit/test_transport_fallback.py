@@ -1,4 +1,4 @@
-"""The UDP -> stream fallback of the sans-IO core (protocol/fallback.py), with two Devices and a fake clock.
+"""The UDP -> stream fallback of the sans-IO core (ext/fallback.py), with two Devices and a fake clock.
 
 The wire below has two paths between client A and server B:
     UDP     A sends to B_UDP and B sees source A_UDP; B sends to A_UDP and A sees source B_UDP. Each direction
@@ -16,7 +16,7 @@ import random
 import pytest
 
 from wgpy.constants import FALLBACK_PROBE_ANSWER
-from wgpy.protocol import fallback
+from wgpy.ext import fallback
 from wgpy.protocol.events import FallbackSwitched
 from wgpy.protocol.device import Device
 

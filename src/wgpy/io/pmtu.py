@@ -6,7 +6,7 @@ Socket options (every UDP socket of the interface, both families, the steered pa
                                 nothing otherwise)
     IP_MTU_DISCOVER / IPV6_MTU_DISCOVER
         automatic MTU:  IP_PMTUDISC_PROBE: DF set on every datagram and the kernel's cached path MTU ignored.
-                        wgpy keeps its own estimate per peer (protocol/pmtu.py); with IP_PMTUDISC_DO the kernel
+                        wgpy keeps its own estimate per peer (ext/pmtu.py); with IP_PMTUDISC_DO the kernel
                         would refuse (EMSGSIZE) every datagram above the path MTU it cached from an ICMP for up to
                         10 minutes (net.ipv4.route.mtu_expires), so probes could not find out that the path grew
                         back. ICMP errors still reach the error queue and still teach the kernel (other sockets).

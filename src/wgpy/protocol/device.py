@@ -47,7 +47,7 @@ from ..constants import (
 )
 from ..routing.allowedips import AllowedIPs
 from ..routing.mactable import LOCAL, MacTable
-from . import fallback, noise
+from . import noise
 from .cookie import CookieChecker
 from .keypair import Keypair
 from .messages import (
@@ -55,11 +55,14 @@ from .messages import (
     Initiation, Response, message_type,
 )
 from .peer import INF, Peer
-from .pmtu import PmtuMixin
-from .control import CONTROL_MARKER, L2_CONTROL_ETHERTYPE
 from .ratelimiter import RateLimiter
 from .timers import TimersMixin
 from .transport import TRANSPORT_WORD, parse_header, receiver_index, seal_batch
+# wgpy's extensions: the device is their composition root (ext/base.py is the interface they implement)
+from ..ext.base import Extension, hooks_of
+from ..ext.control import CONTROL_MARKER, L2_CONTROL_ETHERTYPE
+from ..ext.fallback import FallbackExtension
+from ..ext.pmtu import PathMtuExtension
 
 _ZERO4 = b"\x00" * 4
 _REKEY_RECV_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
@@ -86,11 +89,20 @@ class ConfigurationError(ValueError):
     """Local misuse of the device API (bad key, too many peers); carries no secret."""
 
 
-class Device(TimersMixin, PmtuMixin):
+class Device(TimersMixin):
     def __init__(self, private_key: bytes | None = None, *, rand: Callable[[int], bytes],
                  wall: Callable[[], float], mtu: int = 1420, l2: bool = False) -> None:
         self.events: list = []             # typed events for the runtime (protocol/events.py), rare
-        self._pmtu_init()                  # control channel and path MTU (protocol/pmtu.py)
+        self.peers: dict[bytes, Peer] = {}
+        # wgpy's extensions, plug-ins with their own per-peer state (ext/base.py): path MTU and its control
+        # channel, the UDP -> stream fallback. The core calls them through the hook lists below only.
+        self.path_mtu = PathMtuExtension(self)
+        self.fallback = FallbackExtension(self)
+        self.extensions: list[Extension] = [self.path_mtu, self.fallback]
+        self._on_initiation_sent = hooks_of(self.extensions, "initiation_sent")
+        self._on_response_received = hooks_of(self.extensions, "response_received")
+        self._on_handshake_complete = hooks_of(self.extensions, "handshake_complete")
+        self._ext_timers = [e for e in self.extensions if hooks_of([e], "timer")]
         self._rand = rand
         self._jitter_pool = b""            # timer jitter bytes, refilled from rand (see TimersMixin._jitter)
         self._jitter_pos = 0
@@ -98,7 +110,6 @@ class Device(TimersMixin, PmtuMixin):
         self.mtu = mtu
         self.identity: noise.StaticIdentity | None = None
         self.cookie_checker: CookieChecker | None = None
-        self.peers: dict[bytes, Peer] = {}
         self.allowed_ips = AllowedIPs()
         self.keypairs_by_index: dict[int, Keypair] = {}
         self.handshakes_by_index: dict[int, Peer] = {}
@@ -127,6 +138,40 @@ class Device(TimersMixin, PmtuMixin):
     # ------------------------------------------------------------------------------------------------------
     # configuration
     # ------------------------------------------------------------------------------------------------------
+
+    @property
+    def mtu(self) -> int:
+        """The interface MTU in plaintext bytes (L2: including the Ethernet header); every peer's limit follows
+        (ext/pmtu.py lowers it per peer in the automatic mode)."""
+        return self._mtu
+
+    @mtu.setter
+    def mtu(self, value: int) -> None:
+        self._mtu = value
+        limit = self.path_mtu.limit
+        for peer in self.peers.values():
+            peer.mtu = limit(peer)
+
+    # the path MTU extension's settings and queries, on the device the runtime and the UAPI configure
+    control_enabled = property(lambda self: self.path_mtu.control_enabled,
+                               lambda self, v: setattr(self.path_mtu, "control_enabled", v))
+    pmtu_auto = property(lambda self: self.path_mtu.pmtu_auto)
+    pmtu_interval = property(lambda self: self.path_mtu.pmtu_interval,
+                             lambda self, v: setattr(self.path_mtu, "pmtu_interval", v))
+    link_mtu = property(lambda self: self.path_mtu.link_mtu, lambda self, f: setattr(self.path_mtu, "link_mtu", f))
+
+    def set_pmtu_auto(self, auto: bool) -> None:
+        self.path_mtu.set_pmtu_auto(auto)
+
+    def smallest_usable_mtu(self) -> int | None:
+        return self.path_mtu.smallest_usable_mtu()
+
+    def path_mtu_learned(self, host: str, port: int, mtu: int, now: float) -> int:
+        return self.path_mtu.path_mtu_learned(host, port, mtu, now)
+
+    def schedule(self, peer: Peer, when: float) -> None:
+        """Wake `peer`'s timers at `when` (for extensions that moved a deadline earlier)."""
+        self._schedule(peer, when)
 
     @property
     def public_key(self) -> bytes | None:
@@ -167,7 +212,7 @@ class Device(TimersMixin, PmtuMixin):
         if len(self.peers) >= MAX_PEERS:
             raise ConfigurationError("too many peers")
         peer = Peer(public_key, self._new_handshake(public_key, None))
-        peer.mtu = self._peer_limit(peer)
+        peer.mtu = self.path_mtu.limit(peer)
         self.peers[public_key] = peer
         return peer
 
@@ -285,7 +330,7 @@ class Device(TimersMixin, PmtuMixin):
         if ctr > REKEY_AFTER_MESSAGES or (kp.is_initiator and now - kp.created >= REKEY_AFTER_TIME):
             self.initiate_handshake(peer, now, out, retry=False)
         if big is not None:
-            self.packets_too_big(peer, big, mtu, now, out)   # #8: ICMP / fragments / unpadded (pmtu.py)
+            self.path_mtu.packets_too_big(peer, big, mtu, now, out)   # ICMP / fragments / unpadded (ext/pmtu.py)
 
     def _stage(self, peer: Peer, pkts: list[bytes]) -> None:
         """Queue packets until the peer has a session: per peer the oldest go beyond MAX_STAGED_PACKETS, over
@@ -398,8 +443,8 @@ class Device(TimersMixin, PmtuMixin):
         append = out_tun.append
         for peer, pt in opened:
             if src_lookup(pt) is not peer:
-                if pt[0] == CONTROL_MARKER:
-                    self.receive_control(peer, pt, len(pt), now, out_net)
+                if pt[0] == CONTROL_MARKER:       # wgpy's control channel (ext/control.py), not IP
+                    self.path_mtu.receive_control(peer, pt, len(pt), now, out_net)
                     continue
                 drops["dishonest_peer"] += 1
                 continue
@@ -427,7 +472,8 @@ class Device(TimersMixin, PmtuMixin):
         peer.next = None
         self.timers_handshake_complete(peer)
         self.send_staged(peer, now, out)
-        self.control_handshake_complete(peer, now, out)    # #8: HELLO, path MTU state
+        for hook in self._on_handshake_complete:
+            hook(peer, now, out)
 
     def _under_load(self, now: float) -> bool:
         if now - self._hs_window_start >= 1.0:
@@ -518,14 +564,15 @@ class Device(TimersMixin, PmtuMixin):
             self.drops["invalid_response"] += 1
             return
         self._handshake_authenticated(peer, src, now)
-        if peer.fallback is not None:   # --- #7 transports: our initiation was answered (over which path?)
-            fallback.response_received(self, peer, src, now)
+        for hook in self._on_response_received:
+            hook(peer, src, now)
         keys = noise.begin_session(peer.handshake)
         self._install_keypair(peer, keys, now)
         self.timers_session_derived(peer, now)
         self.timers_handshake_complete(peer)
         self.send_keepalive(peer, now, out)
-        self.control_handshake_complete(peer, now, out)    # #8: HELLO, path MTU state
+        for hook in self._on_handshake_complete:
+            hook(peer, now, out)
 
     # ------------------------------------------------------------------------------------------------------
     # handshake initiation
@@ -562,8 +609,8 @@ class Device(TimersMixin, PmtuMixin):
         else:
             self.drops["no_endpoint"] += 1
         self.timers_handshake_initiated(peer, now)
-        if peer.fallback is not None:   # --- #7 transports: start the no-answer clock (protocol/fallback.py)
-            fallback.initiation_sent(self, peer, now)
+        for hook in self._on_initiation_sent:
+            hook(peer, now)
 
     # ------------------------------------------------------------------------------------------------------
     # L2 data path (Mode = tap): a learning switch between the TAP (LOCAL) and the peers
@@ -653,8 +700,8 @@ class Device(TimersMixin, PmtuMixin):
                 continue
             smac = pt[6:12]
             if pt[6] & 1 or smac == _ZERO_MAC:
-                if smac == _ZERO_MAC and pt[12:14] == L2_CONTROL_ETHERTYPE:   # #8: control frame (control.py)
-                    self.receive_control(peer, pt[14:], len(pt), now, out_net)
+                if smac == _ZERO_MAC and pt[12:14] == L2_CONTROL_ETHERTYPE:   # a control frame (ext/control.py)
+                    self.path_mtu.receive_control(peer, pt[14:], len(pt), now, out_net)
                     continue
                 drops["l2_bad_src_mac"] += 1
                 continue

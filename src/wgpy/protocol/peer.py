@@ -42,9 +42,10 @@ class Peer:
         "handshake_attempts", "last_sent_handshake", "sent_lastminute_handshake", "need_another_keepalive",
         "unanswered_initiations",
         "scheduled", "removed", "allowed_macs",
-        # #8 path MTU (protocol/pmtu.py): plaintext limit, path state, its timer, what HELLO told us
-        "mtu", "pmtu", "t_pmtu", "wgpy", "hellos_sent",
-        "fallback",     # --- #7 transports: FallbackState (protocol/fallback.py) or None
+        "mtu",          # the plaintext limit the data path applies (the interface MTU, or less: ext/pmtu.py)
+        # state of wgpy's extensions (ext/), kept here so the data path reaches it without a lookup:
+        "pmtu", "t_pmtu", "wgpy", "hellos_sent",   # ext/pmtu.py: path state, its deadline, the peer's HELLO
+        "fallback",     # ext/fallback.py: FallbackState or None
     )
 
     def __init__(self, public_key: bytes, handshake: Handshake) -> None:
@@ -73,22 +74,20 @@ class Peer:
         self.scheduled = INF          # earliest deadline this peer has in the device's timer heap
         self.removed = False
         self.allowed_macs: frozenset[bytes] | None = None   # L2 mode: source MACs accepted (None: any)
-        # #8 path MTU
         self.mtu = 65535               # largest plaintext sent to this peer (the device sets it)
         self.pmtu = None               # PathMTU for a UDP endpoint, made once a handshake completed
         self.t_pmtu: float | None = None   # next probe step / retry / re-probe round
         self.wgpy = 0                  # extensions announced by the peer's HELLO (0: not known to be wgpy)
         self.hellos_sent = 0           # HELLOs sent without having received one
-        self.fallback = None          # --- #7 transports: FallbackState when a FallbackEndpoint is set
+        self.fallback = None          # FallbackState when a FallbackEndpoint is set
 
     def keypairs(self) -> list[Keypair]:
         return [k for k in (self.previous, self.current, self.next) if k is not None]
 
     def next_deadline(self) -> float | None:
+        """The earliest of the protocol's five timers (the extensions' deadlines are theirs: ext/base.py)."""
         ds = [d for d in (self.t_retransmit, self.t_send_keepalive, self.t_new_handshake, self.t_zero_keys,
-                          self.t_persistent, self.t_pmtu) if d is not None]
-        if self.fallback is not None and self.fallback.deadline is not None:   # --- #7 transports
-            ds.append(self.fallback.deadline)
+                          self.t_persistent) if d is not None]
         return min(ds) if ds else None
 
     def handshake_error(self) -> str | None:

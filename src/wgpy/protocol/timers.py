@@ -22,7 +22,6 @@ import heapq
 from ..constants import (
     KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REJECT_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
 )
-from . import fallback
 from .peer import INF, Peer
 
 
@@ -100,6 +99,10 @@ class TimersMixin:
             peer.scheduled = INF
             self._run_timers(peer, now, out)
             nd = peer.next_deadline()
+            for ext in self._ext_timers:
+                d = ext.deadline(peer)
+                if d is not None and (nd is None or d < nd):
+                    nd = d
             if nd is not None:
                 self._schedule(peer, nd)
 
@@ -126,13 +129,10 @@ class TimersMixin:
             peer.t_persistent = None
             if peer.persistent_keepalive:
                 self.send_keepalive(peer, now, out)
-        if peer.t_pmtu is not None and peer.t_pmtu <= now:     # #8: path MTU probes (protocol/pmtu.py)
-            peer.t_pmtu = None
-            self.pmtu_timer(peer, now, out)
-        # --- #7 transports: the fallback's own deadline (protocol/fallback.py)
-        fb = peer.fallback
-        if fb is not None and fb.deadline is not None and fb.deadline <= now:
-            fallback.run_timer(self, peer, now, out)
+        for ext in self._ext_timers:                          # the extensions' own deadlines (ext/base.py)
+            d = ext.deadline(peer)
+            if d is not None and d <= now:
+                ext.timer(peer, now, out)
 
     def _expired_retransmit_handshake(self, peer: Peer, now: float, out: list) -> None:
         if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:

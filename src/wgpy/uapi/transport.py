@@ -29,7 +29,7 @@ from __future__ import annotations
 import errno
 
 from ..constants import FALLBACK_AFTER, FALLBACK_PROBE_INTERVAL
-from ..protocol import fallback
+from ..ext import fallback
 from ..streams.endpoint import StreamEndpoint
 from .plan import EADDRINUSE, EINVAL, EIO, UNSET, UapiError
 

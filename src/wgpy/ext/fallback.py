@@ -28,8 +28,9 @@ fallback target is compared by identity.
 from __future__ import annotations
 
 from ..constants import FALLBACK_AFTER, FALLBACK_PROBE_ANSWER, FALLBACK_PROBE_INTERVAL, REJECT_AFTER_TIME
-from .peer import Peer
-from .events import FallbackSwitched
+from ..protocol.events import FallbackSwitched
+from ..protocol.peer import Peer
+from .base import Extension
 
 
 class FallbackState:
@@ -192,3 +193,28 @@ def _probe(dev, peer: Peer, now: float, out: list) -> None:
     out.append((data, fb.primary))
     dev.send_keepalive(peer, now, out)
     fb.probe_check = now + FALLBACK_PROBE_ANSWER
+
+
+class FallbackExtension(Extension):
+    """The fallback as a plug-in of the device (ext/base.py): its per-peer state is peer.fallback (FallbackState,
+    None unless a FallbackEndpoint is configured, through configure() above)."""
+
+    name = "fallback"
+
+    def __init__(self, dev) -> None:
+        self.dev = dev
+
+    def initiation_sent(self, peer, now: float) -> None:
+        if peer.fallback is not None:
+            initiation_sent(self.dev, peer, now)
+
+    def response_received(self, peer, src: object, now: float) -> None:
+        if peer.fallback is not None:
+            response_received(self.dev, peer, src, now)
+
+    def deadline(self, peer) -> float | None:
+        fb = peer.fallback
+        return fb.deadline if fb is not None else None
+
+    def timer(self, peer, now: float, out: list) -> None:
+        run_timer(self.dev, peer, now, out)

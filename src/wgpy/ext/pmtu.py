@@ -41,9 +41,10 @@ from ..constants import (
     REJECT_AFTER_TIME, UDP_HEADER_LEN, WIREGUARD_DATA_OVERHEAD,
 )
 from ..routing.ip import checksum
+from ..protocol.events import PATH_MTU_CHANGED, TunPacket
+from ..protocol.transport import seal
 from . import control
-from .events import PATH_MTU_CHANGED, TunPacket
-from .transport import seal
+from .base import Extension
 
 
 
@@ -286,11 +287,13 @@ def fragment_ipv4(pkt: bytes, mtu: int) -> list[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The Device's side
+# The extension: the device's side
 # ---------------------------------------------------------------------------------------------------------------
 
-class PmtuMixin:
-    """Control channel and path MTU for Device (needs the device's peers, drops, timers and l2 flag).
+class PathMtuExtension(Extension):
+    """Control channel and path MTU, a plug-in of the device (ext/base.py): its per-peer state is peer.pmtu
+    (PathMTU), peer.t_pmtu (its deadline), peer.wgpy and peer.hellos_sent; it sets peer.mtu, the plaintext limit
+    the data path applies.
 
     Settings (the I/O layer sets them):
         control_enabled speak the control channel (HELLO, answer probes); off by default so the bare core
@@ -305,30 +308,25 @@ class PmtuMixin:
         PATH_MTU_CHANGED  some peer's estimate changed (the runtime recomputes the interface MTU)
     """
 
-    control_enabled = False
-    pmtu_auto = False
-    pmtu_interval = PMTU_PROBE_INTERVAL
+    name = "pmtu"
 
-    def _pmtu_init(self) -> None:
+    def __init__(self, dev) -> None:
+        self.dev = dev
+        self.control_enabled = False
+        self.pmtu_auto = False
+        self.pmtu_interval = PMTU_PROBE_INTERVAL
         self.link_mtu = lambda endpoint: None
         self._icmp_tokens = float(ICMP_TOO_BIG_BURST)
         self._icmp_time = 0.0
 
     # ---- MTU bookkeeping ----------------------------------------------------------------------------------------
 
-    @property
-    def mtu(self) -> int:
-        return self._mtu
-
-    @mtu.setter
-    def mtu(self, value: int) -> None:
-        """The interface MTU in plaintext bytes (L2: including the Ethernet header); every peer's limit follows."""
-        self._mtu = value
-        for peer in getattr(self, "peers", {}).values():
-            peer.mtu = self._peer_limit(peer)
+    def limit(self, peer) -> int:
+        """The plaintext limit for `peer`: the interface MTU, or less when its path is smaller (automatic mode)."""
+        return self._peer_limit(peer)
 
     def _peer_limit(self, peer) -> int:
-        m = self._mtu
+        m = self.dev._mtu
         st = peer.pmtu
         if self.pmtu_auto and st is not None:
             u = st.mtu - st.overhead
@@ -338,20 +336,20 @@ class PmtuMixin:
 
     def set_pmtu_auto(self, auto: bool) -> None:
         self.pmtu_auto = auto
-        self.mtu = self._mtu
+        self.dev.mtu = self.dev.mtu               # every peer's limit follows
 
     def _pmtu_note(self, peer) -> None:
         st = peer.pmtu
         if st is not None and st.changed:
             st.changed = False
             peer.mtu = self._peer_limit(peer)
-            if PATH_MTU_CHANGED not in self.events:
-                self.events.append(PATH_MTU_CHANGED)
+            if PATH_MTU_CHANGED not in self.dev.events:
+                self.dev.events.append(PATH_MTU_CHANGED)
 
     def smallest_usable_mtu(self) -> int | None:
         """min over peers with a UDP path of (path MTU - overhead): what the automatic interface MTU follows."""
         best = None
-        for peer in self.peers.values():
+        for peer in self.dev.peers.values():
             st = peer.pmtu
             if st is not None and type(peer.endpoint) is tuple:
                 u = st.mtu - st.overhead
@@ -376,7 +374,7 @@ class PmtuMixin:
         t = st.next_event() if st is not None else None
         peer.t_pmtu = t
         if t is not None:
-            self._schedule(peer, t)
+            self.dev._schedule(peer, t)
 
     def _pmtu_probing(self, peer) -> bool:
         return (self.pmtu_auto and self.control_enabled and bool(peer.wgpy & control.EXT_PMTU)
@@ -384,7 +382,14 @@ class PmtuMixin:
 
     # ---- hooks called by the device ----------------------------------------------------------------------------
 
-    def control_handshake_complete(self, peer, now: float, out: list) -> None:
+    def deadline(self, peer) -> float | None:
+        return peer.t_pmtu
+
+    def timer(self, peer, now: float, out: list) -> None:
+        peer.t_pmtu = None
+        self.pmtu_timer(peer, now, out)
+
+    def handshake_complete(self, peer, now: float, out: list) -> None:
         """A handshake with `peer` completed: path state for its endpoint, and a HELLO unless it never answers."""
         st = self._pmtu_ensure(peer, now)
         if st is not None and st.due and not st.searching:
@@ -425,7 +430,7 @@ class PmtuMixin:
     def path_mtu_learned(self, host: str, port: int, mtu: int, now: float) -> int:
         """The kernel reported `mtu` for datagrams to host:port (port 0: any port). Returns how many peers."""
         n = 0
-        for peer in self.peers.values():
+        for peer in self.dev.peers.values():
             ep = peer.endpoint
             if type(ep) is tuple and ep[0] == host and (not port or ep[1] == port):
                 st = self._pmtu_ensure(peer, now)
@@ -439,11 +444,11 @@ class PmtuMixin:
     def receive_control(self, peer, msg: bytes, received: int, now: float, out: list) -> None:
         """An authenticated control message from `peer` (`received`: its plaintext length)."""
         if not self.control_enabled:
-            self.drops["control_disabled"] += 1
+            self.dev.drops["control_disabled"] += 1
             return
         parsed = control.parse(msg)
         if parsed is None:
-            self.drops["control_malformed"] += 1
+            self.dev.drops["control_malformed"] += 1
             return
         kind = parsed[0]
         if kind == control.PROBE:
@@ -453,7 +458,7 @@ class PmtuMixin:
             st = peer.pmtu
             size = st.ids.pop(parsed[1], None) if st is not None else None
             if size is None:
-                self.drops["control_stale_reply"] += 1
+                self.dev.drops["control_stale_reply"] += 1
                 return
             sizes: list[int] = []
             st.answered(size, now, sizes)
@@ -472,7 +477,7 @@ class PmtuMixin:
                     st.next_round = now             # first round at once
                     self._pmtu_schedule(peer)
         else:
-            self.drops["control_unknown"] += 1
+            self.dev.drops["control_unknown"] += 1
 
     # ---- sending ---------------------------------------------------------------------------------------------
 
@@ -483,7 +488,7 @@ class PmtuMixin:
             del ids[pid]                            # bounded: only the sizes of the current step are awaited
         if not sizes:
             return
-        ov = st.overhead + (len(control.L2_CONTROL_HEADER) if self.l2 else 0)
+        ov = st.overhead + (len(control.L2_CONTROL_HEADER) if self.dev.l2 else 0)
         for size in sizes:
             st.seq = pid = (st.seq + 1) & 0xFFFFFFFF
             ids[pid] = size
@@ -496,14 +501,14 @@ class PmtuMixin:
         if (kp is None or ep is None or now - kp.created >= REJECT_AFTER_TIME
                 or kp.send_counter >= REJECT_AFTER_MESSAGES - 1):
             return False
-        pt = control.L2_CONTROL_HEADER + msg if self.l2 else msg
+        pt = control.L2_CONTROL_HEADER + msg if self.dev.l2 else msg
         m = seal(kp, pt)
         out.append((m, ep))
         peer.tx_bytes += len(m)
         if not probe:
             peer.t_send_keepalive = None            # any authenticated packet sent (a probe may be lost)
         if peer.persistent_keepalive:
-            self._set_timer_persistent(peer, now)
+            self.dev._set_timer_persistent(peer, now)
         return True
 
     # ---- packets too big for their peer ------------------------------------------------------------------------
@@ -514,11 +519,11 @@ class PmtuMixin:
         Automatic MTU, L3: a router's answer: ICMP too-big into the TUN (rate-limited), or for IPv4 without DF,
         fragments. L2: dropped and counted, as a switch drops an oversized frame. Explicit MTU: sent as they
         are, unpadded (the interface MTU is the user's choice; the kernel fragments the outer packet)."""
-        drops = self.drops
+        drops = self.dev.drops
         if not self.pmtu_auto:
             self._send_unpadded(peer, pkts, now, out)
             return
-        if self.l2:
+        if self.dev.l2:
             drops["l2_frame_too_big"] += len(pkts)
             return
         frags_all: list[bytes] = []
@@ -548,9 +553,9 @@ class PmtuMixin:
                 drops["too_big_dropped"] += 1
                 continue
             drops["too_big_icmp_sent"] += 1
-            self.events.append(TunPacket(reply))
+            self.dev.events.append(TunPacket(reply))
         if frags_all:
-            self._send_to_peer(peer, frags_all, now, out)
+            self.dev._send_to_peer(peer, frags_all, now, out)
 
     def _send_unpadded(self, peer, pkts: list[bytes], now: float, out: list) -> None:
         kp = peer.current
