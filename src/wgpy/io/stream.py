@@ -36,7 +36,7 @@ from ..streams.connection import CONNECT, WAIT, Budget, Retry, authenticated_pee
 from ..streams.endpoint import CLOSED, CONNECTING, HANDSHAKE, UP, StreamEndpoint, parse_url  # noqa: F401
 from ..streams.framing import FRAME_LENGTH as _H, FrameError, encode_frame, parse_frames  # noqa: F401
 from .stream_conn import Conn
-from .tcp import open_listeners, set_mark, start_connect, tune
+from .tcp import accept_all, open_listeners, prepare_accepted, set_mark, start_connect
 from .tls import PIN_MISMATCH, client_context, fingerprint, server_context
 
 log = logging.getLogger("wgpy")
@@ -197,25 +197,17 @@ class StreamManager:
     # ---- connections ----------------------------------------------------------------------------------------
 
     def _accept(self, lsock: socket.socket, scheme: str, now: float) -> None:
-        for _ in range(64):
-            try:
-                sock, addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+        for sock, addr in accept_all(lsock):
+            if sock is None:
                 self.counters["stream_accept_errors"] += 1
                 return
             if self.budget.full:
                 self.counters["stream_unauthenticated_full"] += 1
                 sock.close()
                 continue
-            try:
-                tune(sock, self.fwmark)
-                if scheme == "tls":
-                    sock = self.server_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            except (OSError, ValueError, AttributeError):
+            sock = prepare_accepted(sock, self.fwmark, scheme == "tls", self.server_ctx)
+            if sock is None:
                 self.counters["stream_accept_errors"] += 1
-                sock.close()
                 continue
             self.counters["stream_accepted"] += 1
             ep = StreamEndpoint(scheme, addr[0].split("%")[0].removeprefix("::ffff:"), addr[1], False)

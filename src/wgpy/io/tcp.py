@@ -9,7 +9,7 @@ import socket
 from ..constants import STREAM_KEEPCNT, STREAM_KEEPIDLE, STREAM_KEEPINTVL, STREAM_NOTSENT_LOWAT, STREAM_USER_TIMEOUT
 from .tls import os_reason
 
-__all__ = ["SO_MARK", "tune", "open_listeners", "start_connect", "set_mark"]
+__all__ = ["SO_MARK", "tune", "open_listeners", "start_connect", "set_mark", "accept_all", "prepare_accepted"]
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
@@ -87,3 +87,30 @@ def start_connect(host: str, port: int, fwmark: int) -> tuple[socket.socket | No
         sock.close()
         return None, os_reason(rc)
     return sock, None
+
+
+def accept_all(lsock: socket.socket, limit: int = 64):
+    """The connections waiting on a listening socket, at most `limit`: yields (socket, address); stops when none
+    is left, or after yielding (None, None) once when accept() fails."""
+    for _ in range(limit):
+        try:
+            conn = lsock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            yield None, None
+            return
+        yield conn
+
+
+def prepare_accepted(sock: socket.socket, fwmark: int, tls: bool, server_ctx) -> socket.socket | None:
+    """An accepted socket tuned, and for TLS wrapped for a server handshake with `server_ctx` -> the socket to
+    use, or None (closed) when that failed (a TLS listener without a context included)."""
+    try:
+        tune(sock, fwmark)
+        if tls:
+            sock = server_ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    except (OSError, ValueError, AttributeError):
+        sock.close()
+        return None
+    return sock
