@@ -88,7 +88,7 @@ class World:
         assert self.pa.cookie.cookie, "no cookie reply"
         # ... and B, no longer under load, consumes that initiation (so a copy of it is a replay), A the response
         self.b.under_load_threshold = UNDER_LOAD_HANDSHAKES_PER_SECOND
-        self.b._under_load_until = float("-inf")
+        self.b.handshakes._under_load_until = float("-inf")
         p.deliver("A", [(cookied, EP_B)], self.clock.now)
         self.corpus: list[bytes] = [d for *_, d in p.log]
         del self.corpus[-2]   # (the same initiation is in the corpus once)

@@ -35,54 +35,33 @@ Allowed IPs play no part in L2: neither for forwarding nor as a source check. Fr
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from typing import Callable, Iterable
 
 from .. import crypto
 from ..constants import (
-    COOKIE_REPLIES_PER_SECOND, COOKIE_REPLY_BURST, KEEPALIVE_TIMEOUT, MAX_PEERS, MAX_STAGED_PACKETS_TOTAL, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
-    MESSAGE_TRANSPORT_MIN_SIZE, REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME, REKEY_TIMEOUT, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_HANDSHAKES_PER_SECOND,
+    KEEPALIVE_TIMEOUT, MAX_PEERS, MAX_STAGED_PACKETS_TOTAL, MESSAGE_TRANSPORT_MIN_SIZE, REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT,
 )
 from ..routing.allowedips import AllowedIPs
-from ..routing.mactable import LOCAL, MacTable
+from ..routing.mactable import MacTable
 from . import noise
 from .cookie import CookieChecker
+from .handshake import Handshakes, ratelimit_key  # noqa: F401  (ratelimit_key: re-exported for the tests)
 from .keypair import Keypair
-from .messages import (
-    INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET, RESPONSE_MAC1_OFFSET, RESPONSE_MAC2_OFFSET, CookieReply,
-    Initiation, Response, message_type,
-)
-from .peer import INF, Peer
-from .ratelimiter import RateLimiter
+from .peer import Peer
+from .router import Router
+from .switch import Switch
 from .timers import TimersMixin
-from .transport import TRANSPORT_WORD, parse_header, receiver_index, seal_batch
+from .transport import TRANSPORT_WORD, parse_header, seal_batch
 # wgpy's extensions: the device is their composition root (ext/base.py is the interface they implement)
 from ..ext.base import Extension, hooks_of
-from ..ext.control import CONTROL_MARKER, L2_CONTROL_ETHERTYPE
 from ..ext.fallback import FallbackExtension
 from ..ext.pmtu import PathMtuExtension
 
 _ZERO4 = b"\x00" * 4
 _REKEY_RECV_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
-_ZERO_MAC = b"\x00" * 6
-_ETH_HLEN = 14
 InvalidTag = crypto.InvalidTag
-
-
-def ratelimit_key(src: object) -> object:
-    """The rate limiter's key for a source endpoint: the IPv4 address, or the /64 of an IPv6 address (an IPv6
-    host usually has a whole /64 to pick source addresses from). Other endpoint values are used as they are."""
-    if isinstance(src, tuple) and src:
-        host = src[0]
-        if len(src) == 4 or ":" in str(host):
-            try:
-                return ipaddress.IPv6Address(host.split("%")[0]).packed[:8]
-            except (ValueError, AttributeError):
-                return host
-        return host
-    return src
 
 
 class ConfigurationError(ValueError):
@@ -113,25 +92,21 @@ class Device(TimersMixin):
         self.allowed_ips = AllowedIPs()
         self.keypairs_by_index: dict[int, Keypair] = {}
         self.handshakes_by_index: dict[int, Peer] = {}
-        self.ratelimiter = RateLimiter()
-        self.cookie_limiter = RateLimiter(COOKIE_REPLIES_PER_SECOND, COOKIE_REPLY_BURST, allow_when_full=True)
         self.drops: Counter[str] = Counter()
         self.staged_total = 0          # packets staged over all peers (bounded by MAX_STAGED_PACKETS_TOTAL)
         self._heap: list[tuple[float, int, Peer]] = []
         self._heap_seq = 0
-        self._hs_window_start = -INF
-        self._hs_count = 0
-        self._under_load_until = -INF
-        self.under_load_threshold = UNDER_LOAD_HANDSHAKES_PER_SECOND
+        self.handshakes = Handshakes(self)   # handshake and cookie messages, rate limits (handshake.py)
+        self.receive_handshake = self.handshakes.receive
+        self.initiate_handshake = self.handshakes.initiate
+        self.new_initiation = self.handshakes.new_initiation
         self.is_up = True
         self.l2 = l2
-        self.relay = False                 # L2: forward frames between peers (the hub of a star)
-        self.macs: MacTable | None = None
-        if l2:
-            self.macs = MacTable()
-            # the L2 data path under the names the I/O layer calls: chosen once here, never per packet
-            self.send_packets = self.send_frames                    # type: ignore[method-assign]
-            self.receive_datagrams = self.receive_datagrams_l2      # type: ignore[method-assign]
+        # the forwarding strategy, chosen once here, never per packet: a router (L3, router.py) or a learning
+        # switch (L2, switch.py); the I/O layer calls send_packets / receive_datagrams either way
+        self.forwarding = Switch(self) if l2 else Router(self)
+        self.send_packets = self.forwarding.send
+        self._inbound = self.forwarding.inbound
         if private_key is not None:
             self.set_private_key(private_key)
 
@@ -168,6 +143,39 @@ class Device(TimersMixin):
 
     def path_mtu_learned(self, host: str, port: int, mtu: int, now: float) -> int:
         return self.path_mtu.path_mtu_learned(host, port, mtu, now)
+
+    # the parts' state the UAPI and the tests read or set on the device
+    ratelimiter = property(lambda self: self.handshakes.ratelimiter)
+    cookie_limiter = property(lambda self: self.handshakes.cookie_limiter)
+    under_load_threshold = property(lambda self: self.handshakes.under_load_threshold,
+                                    lambda self, v: setattr(self.handshakes, "under_load_threshold", v))
+
+    def is_under_load(self, now: float) -> bool:
+        return self.handshakes.is_under_load(now)
+
+    @property
+    def macs(self) -> MacTable | None:
+        """L2: the switch's MAC table (None in L3)."""
+        return self.forwarding.macs if self.l2 else None
+
+    @macs.setter
+    def macs(self, table: MacTable) -> None:
+        self.forwarding.macs = table
+
+    @property
+    def relay(self) -> bool:
+        return self.l2 and self.forwarding.relay
+
+    @relay.setter
+    def relay(self, on: bool) -> None:
+        if self.l2:
+            self.forwarding.relay = on
+
+    def set_allowed_macs(self, peer: Peer, macs: Iterable[bytes] | None) -> None:
+        if self.l2:
+            self.forwarding.set_allowed_macs(peer, macs)
+        else:
+            peer.allowed_macs = frozenset(macs) if macs else None
 
     def schedule(self, peer: Peer, when: float) -> None:
         """Wake `peer`'s timers at `when` (for extensions that moved a deadline earlier)."""
@@ -288,23 +296,6 @@ class Device(TimersMixin):
     # outbound data path
     # ------------------------------------------------------------------------------------------------------
 
-    def send_packets(self, packets: Iterable[bytes], now: float, out: list) -> None:
-        """Route, then encrypt or stage, a batch of IP packets read from the TUN device."""
-        lookup = self.allowed_ips.lookup_dst
-        groups: dict[Peer, list[bytes]] = {}
-        for pkt in packets:
-            peer = lookup(pkt)
-            if peer is None:
-                self.drops["no_route"] += 1
-                continue
-            g = groups.get(peer)
-            if g is None:
-                groups[peer] = [pkt]
-            else:
-                g.append(pkt)
-        for peer, pkts in groups.items():
-            self._send_to_peer(peer, pkts, now, out)
-
     def _send_to_peer(self, peer: Peer, pkts: list[bytes], now: float, out: list) -> None:
         kp = peer.current
         if (kp is None or now - kp.created >= REJECT_AFTER_TIME
@@ -377,7 +368,7 @@ class Device(TimersMixin):
         each failure dropped and counted: known receiver index, keypair not expired, AEAD tag, replay window.
         Then it is authenticated: the peer's endpoint becomes the source, a `next` keypair is confirmed, and the
         timer hooks of an authenticated packet (and of data, for a non-empty one) run. Returns the non-empty
-        plaintexts with their peers, in order, for the forwarding step (route_inbound / switch_inbound)."""
+        plaintexts with their peers, in order, for the forwarding step (Router.inbound / Switch.inbound)."""
         kps = self.keypairs_by_index
         unpack = parse_header
         drops = self.drops
@@ -429,38 +420,10 @@ class Device(TimersMixin):
 
     def receive_datagrams(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
                           out_tun: list) -> None:
-        """L3: open a batch, then route it (the router strategy; L2 installs receive_datagrams_l2 instead)."""
+        """Inbound: open a batch (open_transport), then forward it (the router or the switch)."""
         opened = self.open_transport(datagrams, now, out_net)
         if opened:
-            self.route_inbound(opened, now, out_net, out_tun)
-
-    def route_inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
-        """L3 forwarding of opened plaintexts: the inner source must be allowed for the peer whose key opened it
-        (cryptokey routing: "dishonest peer" otherwise), the inner length must fit; wgpy control messages, which
-        are no IP packets (control.py), go to the control channel."""
-        src_lookup = self.allowed_ips.lookup_src
-        drops = self.drops
-        append = out_tun.append
-        for peer, pt in opened:
-            if src_lookup(pt) is not peer:
-                if pt[0] == CONTROL_MARKER:       # wgpy's control channel (ext/control.py), not IP
-                    self.path_mtu.receive_control(peer, pt, len(pt), now, out_net)
-                    continue
-                drops["dishonest_peer"] += 1
-                continue
-            v = pt[0] >> 4
-            if v == 4:
-                length = (pt[2] << 8) | pt[3]
-            elif v == 6:
-                length = ((pt[4] << 8) | pt[5]) + 40
-            else:
-                drops["bad_inner_packet"] += 1
-                continue
-            n = len(pt)
-            if length > n or length < 20:
-                drops["bad_inner_packet"] += 1
-                continue
-            append(pt if length == n else pt[:length])
+            self._inbound(opened, now, out_net, out_tun)
 
     def _received_with_keypair(self, peer: Peer, kp: Keypair, now: float, out: list) -> None:
         """A transport message authenticated with `next` confirms the responder's new session."""
@@ -474,279 +437,6 @@ class Device(TimersMixin):
         self.send_staged(peer, now, out)
         for hook in self._on_handshake_complete:
             hook(peer, now, out)
-
-    def _under_load(self, now: float) -> bool:
-        if now - self._hs_window_start >= 1.0:
-            self._hs_window_start = now
-            self._hs_count = 0
-        self._hs_count += 1
-        if self._hs_count > self.under_load_threshold:
-            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
-        return now < self._under_load_until
-
-    def is_under_load(self, now: float) -> bool:
-        """Whether handshake messages currently need a valid mac2 (introspection; counts nothing)."""
-        return now < self._under_load_until
-
-    def receive_handshake(self, data: bytes, src: object, now: float, out: list) -> None:
-        t = message_type(data)
-        checker = self.cookie_checker
-        if t == 0 or checker is None:
-            self.drops["invalid_message"] += 1
-            return
-        if t == MESSAGE_COOKIE_REPLY:
-            reply = CookieReply.unpack(data)
-            peer = self.handshakes_by_index.get(reply.receiver)
-            if peer is None:
-                kp = self.keypairs_by_index.get(reply.receiver)   # a reply to our response
-                peer = kp.peer if kp is not None else None
-            if peer is None or not peer.cookie.consume_reply(reply, now):
-                self.drops["invalid_cookie_reply"] += 1
-            return
-        if t == MESSAGE_INITIATION:
-            mac1_off, mac2_off = INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET
-        elif t == MESSAGE_RESPONSE:
-            mac1_off, mac2_off = RESPONSE_MAC1_OFFSET, RESPONSE_MAC2_OFFSET
-        else:
-            self.drops["invalid_message"] += 1   # a transport message too short to hold a tag
-            return
-        if not checker.check_mac1(data, mac1_off):
-            self.drops["invalid_mac1"] += 1
-            return
-        if self._under_load(now):
-            source = repr(src).encode()
-            if not checker.check_mac2(data, mac2_off, source, now):
-                if not self.cookie_limiter.allow(ratelimit_key(src), now):
-                    self.drops["cookie_ratelimited"] += 1
-                    return
-                sender = receiver_index(data)                # the sender field sits where a receiver would
-                out.append((checker.create_reply(data, sender, mac1_off, source, now,
-                                                 lambda: self._rand(32), self._rand(24)), src))
-                self.drops["cookie_sent"] += 1
-                return
-            if not self.ratelimiter.allow(ratelimit_key(src), now):
-                self.drops["ratelimited"] += 1
-                return
-        if t == MESSAGE_INITIATION:
-            self._consume_initiation(Initiation.unpack(data), src, now, out)
-        else:
-            self._consume_response(Response.unpack(data), src, now, out)
-
-    def _handshake_authenticated(self, peer: Peer, src: object, now: float) -> None:
-        """A handshake message from `peer` authenticated: roam to its source; timers for any authenticated
-        packet received (cancel the new-handshake timer) and traversal (re-arm persistent keepalive)."""
-        peer.endpoint = src
-        peer.t_new_handshake = None
-        if peer.persistent_keepalive:
-            self._set_timer_persistent(peer, now)
-
-    def _consume_initiation(self, msg: Initiation, src: object, now: float, out: list) -> None:
-        peer = noise.consume_initiation(self.identity, msg, self.peers.get, now)
-        if peer is None:
-            self.drops["invalid_initiation"] += 1
-            return
-        self._handshake_authenticated(peer, src, now)
-        self._drop_handshake_index(peer)
-        idx = self._new_index()
-        resp = noise.create_response(peer.handshake, idx, self._rand(32))
-        if resp is None:
-            self.drops["invalid_initiation"] += 1
-            return
-        keys = noise.begin_session(peer.handshake)
-        self._install_keypair(peer, keys, now)
-        self.timers_session_derived(peer, now)
-        peer.t_send_keepalive = None   # any authenticated packet sent
-        out.append((peer.cookie.add_macs(resp.pack(), RESPONSE_MAC1_OFFSET, now), src))
-
-    def _consume_response(self, msg: Response, src: object, now: float, out: list) -> None:
-        peer = self.handshakes_by_index.get(msg.receiver)
-        if peer is None or not noise.consume_response(self.identity, peer.handshake, msg):
-            self.drops["invalid_response"] += 1
-            return
-        self._handshake_authenticated(peer, src, now)
-        for hook in self._on_response_received:
-            hook(peer, src, now)
-        keys = noise.begin_session(peer.handshake)
-        self._install_keypair(peer, keys, now)
-        self.timers_session_derived(peer, now)
-        self.timers_handshake_complete(peer)
-        self.send_keepalive(peer, now, out)
-        for hook in self._on_handshake_complete:
-            hook(peer, now, out)
-
-    # ------------------------------------------------------------------------------------------------------
-    # handshake initiation
-    # ------------------------------------------------------------------------------------------------------
-
-    def new_initiation(self, peer: Peer, now: float) -> bytes | None:
-        """A fresh initiation to `peer` with its MACs, its index registered (the previous one dropped); None if
-        the handshake state cannot make one. Sends nothing and touches no timer."""
-        self._drop_handshake_index(peer)
-        idx = self._new_index()
-        msg = noise.create_initiation(self.identity, peer.handshake, idx, self._wall(), self._rand(32))
-        if msg is None:
-            return None
-        self.handshakes_by_index[idx] = peer
-        return peer.cookie.add_macs(msg.pack(), INITIATION_MAC1_OFFSET, now)
-
-    def initiate_handshake(self, peer: Peer, now: float, out: list, retry: bool) -> None:
-        """Send a handshake initiation unless one went out less than REKEY_TIMEOUT ago."""
-        if not retry:
-            peer.handshake_attempts = 0
-        if now - peer.last_sent_handshake < REKEY_TIMEOUT or self.identity is None or peer.removed:
-            return
-        peer.last_sent_handshake = now
-        data = self.new_initiation(peer, now)
-        if data is None:
-            return
-        # timers: any authenticated packet traversal / sent
-        if peer.persistent_keepalive:
-            self._set_timer_persistent(peer, now)
-        peer.t_send_keepalive = None
-        if peer.endpoint is not None:
-            out.append((data, peer.endpoint))
-            peer.unanswered_initiations += 1     # until a handshake completes (timers_handshake_complete)
-        else:
-            self.drops["no_endpoint"] += 1
-        self.timers_handshake_initiated(peer, now)
-        for hook in self._on_initiation_sent:
-            hook(peer, now)
-
-    # ------------------------------------------------------------------------------------------------------
-    # L2 data path (Mode = tap): a learning switch between the TAP (LOCAL) and the peers
-    # ------------------------------------------------------------------------------------------------------
-
-    def set_allowed_macs(self, peer: Peer, macs: Iterable[bytes] | None) -> None:
-        """Restrict the source MACs accepted from `peer` (None or empty: any). Entries it taught the table
-        that are no longer allowed are forgotten."""
-        allowed = frozenset(macs) if macs else None
-        peer.allowed_macs = allowed
-        if allowed is not None and self.macs is not None:
-            entries = self.macs.entries
-            for mac in [m for m, e in entries.items() if e[0] is peer and m not in allowed]:
-                del entries[mac]
-
-    def send_frames(self, frames: Iterable[bytes], now: float, out: list) -> None:
-        """Switch a batch of Ethernet frames read from the TAP device to the peers, then encrypt or stage."""
-        macs = self.macs
-        entries = macs.entries
-        learn = macs.learn
-        aging = macs.aging
-        drops = self.drops
-        groups: dict[Peer, list[bytes]] = {}
-        everyone: list[list[bytes]] | None = None
-        for f in frames:
-            if len(f) < _ETH_HLEN:
-                drops["l2_short_frame"] += 1
-                continue
-            src = f[6:12]
-            if f[6] & 1 or src == _ZERO_MAC:
-                drops["l2_bad_src_mac"] += 1
-                continue
-            e = entries.get(src)
-            if e is not None and e[0] is LOCAL:
-                e[1] = now
-            else:
-                learn(src, LOCAL, now)
-            if not f[0] & 1:
-                e = entries.get(f[:6])
-                if e is not None and now - e[1] < aging:
-                    port = e[0]
-                    if port is LOCAL:
-                        drops["l2_filtered"] += 1      # both ends are on this side of the TAP
-                        continue
-                    g = groups.get(port)
-                    if g is None:
-                        groups[port] = [f]
-                    else:
-                        g.append(f)
-                    continue
-            # broadcast, multicast or unknown unicast: every peer gets a copy
-            if everyone is None:
-                everyone = []
-                for peer in self.peers.values():
-                    g = groups.get(peer)
-                    if g is None:
-                        g = groups[peer] = []
-                    everyone.append(g)
-            for g in everyone:
-                g.append(f)
-        for peer, batch in groups.items():
-            if batch:
-                self._send_to_peer(peer, batch, now, out)
-
-    def receive_datagrams_l2(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
-                             out_tun: list) -> None:
-        """L2: open a batch (the same open_transport as L3), then switch each frame (the learning switch)."""
-        opened = self.open_transport(datagrams, now, out_net)
-        if opened:
-            self.switch_inbound(opened, now, out_net, out_tun)
-
-    def switch_inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
-        """L2 forwarding of opened frames: the source MAC must be unicast (and allowed, with AllowedMACs), it is
-        learnt at the peer; local or unknown or multi/broadcast destinations go to the TAP; with relay on,
-        frames for another peer (and floods) are re-encrypted to it. wgpy control frames go to the control
-        channel."""
-        drops = self.drops
-        macs = self.macs
-        entries = macs.entries
-        learn = macs.learn
-        aging = macs.aging
-        relay = self.relay
-        groups: dict[Peer, list[bytes]] | None = None
-        for peer, pt in opened:
-            if len(pt) < _ETH_HLEN:
-                drops["l2_short_frame"] += 1
-                continue
-            smac = pt[6:12]
-            if pt[6] & 1 or smac == _ZERO_MAC:
-                if smac == _ZERO_MAC and pt[12:14] == L2_CONTROL_ETHERTYPE:   # a control frame (ext/control.py)
-                    self.path_mtu.receive_control(peer, pt[14:], len(pt), now, out_net)
-                    continue
-                drops["l2_bad_src_mac"] += 1
-                continue
-            allowed = peer.allowed_macs
-            if allowed is not None and smac not in allowed:
-                drops["l2_mac_not_allowed"] += 1
-                continue
-            e = entries.get(smac)
-            if e is not None and e[0] is peer:
-                e[1] = now
-            else:
-                learn(smac, peer, now)
-            if not pt[0] & 1:
-                e = entries.get(pt[:6])
-                if e is not None and now - e[1] < aging:
-                    port = e[0]
-                    if port is LOCAL:
-                        out_tun.append(pt)
-                    elif port is peer or not relay:
-                        drops["l2_filtered"] += 1      # not for this side: never sent back, relay off
-                    else:
-                        if groups is None:
-                            groups = {}
-                        g = groups.get(port)
-                        if g is None:
-                            groups[port] = [pt]
-                        else:
-                            g.append(pt)
-                    continue
-            # broadcast, multicast or unknown unicast: the TAP, and with relay every other peer
-            out_tun.append(pt)
-            if relay:
-                if groups is None:
-                    groups = {}
-                for other in self.peers.values():
-                    if other is not peer:
-                        g = groups.get(other)
-                        if g is None:
-                            groups[other] = [pt]
-                        else:
-                            g.append(pt)
-        if groups:
-            for port, batch in groups.items():
-                if not port.removed:
-                    self._send_to_peer(port, batch, now, out_net)
 
     # ------------------------------------------------------------------------------------------------------
     # introspection
