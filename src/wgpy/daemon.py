@@ -121,7 +121,7 @@ class Interface:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
         self.bind.close()
-        self.streams.close()            # --- #7 transports
+        self.streams.close()
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -150,7 +150,7 @@ class Interface:
     def set_fwmark(self, mark: int) -> None:
         self.fwmark = mark
         self.bind.set_fwmark(mark)
-        self.streams.set_fwmark(mark)   # --- #7 transports: outbound TCP must bypass the tunnel too
+        self.streams.set_fwmark(mark)   # outbound TCP must bypass the tunnel too
 
     parse_endpoint = staticmethod(parse_endpoint)
     format_endpoint = staticmethod(format_endpoint)
@@ -202,7 +202,7 @@ class Interface:
                 timeout = min(timeout, self.uapi.next_deadline() - now)
             if once:
                 timeout = min(timeout, max_wait)
-            if streams.active:          # --- #7 transports: connect/idle timeouts, reconnections
+            if streams.active:          # the stream transports' connect/idle timeouts, reconnections
                 sd = streams.next_deadline()
                 if sd is not None:
                     timeout = min(timeout, sd - now)
@@ -257,14 +257,14 @@ class Interface:
                             streams.event(fd, ev, now)  # a stream transport's socket
                         continue
                     if ev & select.EPOLLERR:
-                        self.pmtu.drain(sock, now)     # #8: ICMP/EMSGSIZE from the error queue
+                        self.pmtu.drain(sock, now)     # ICMP/EMSGSIZE from the error queue (path MTU)
                     datagrams: list = []
                     receive(sock, BATCH if now - net_last < QUIET else 1, datagrams)   # as for the TUN
                     net_last = now
                     if datagrams:
                         dev.receive_datagrams(datagrams, now, out_net, out_tun)
-            if streams.active:          # --- #7 transports: received frames to the core, timers
-                streams.service(dev, now, out_net, out_tun)
+            if streams.active:          # the stream transports' messages to the core, their owners, timers
+                self._streams(now, out_net, out_tun)
             deadline = dev.next_deadline()
             if deadline is not None and deadline <= now:
                 dev.tick(now, out_net)
@@ -292,6 +292,26 @@ class Interface:
             if once:
                 self._last_reads = (tun_last, net_last)
                 return
+
+    def _streams(self, now: float, out_net: list, out_tun: list) -> None:
+        """The stream transports are a source of messages like the UDP bind: the loop hands them to the core and
+        tells the stream manager who owns a new connection (the core's answer, not a parse of the bytes)."""
+        dev = self.device
+        streams = self.streams
+        batch, pending = streams.take_received(now)
+        if batch:
+            dev.receive_datagrams(batch, now, out_net, out_tun)
+        for conn, frames in pending:
+            dev.receive_datagrams(frames, now, out_net, out_tun)
+            owners = dev.peers_at(conn.ep)
+            held = streams.owner_found(conn, owners[0] if owners else None, now)
+            if held:
+                dev.receive_datagrams(held, now, out_net, out_tun)
+        for ep in streams.take_connected():
+            for peer in dev.peers_at(ep):
+                if peer.current is not None:
+                    dev.send_keepalive(peer, now, out_net)   # tells the listener who this connection is
+        streams.tick_due(now)
 
     def _events(self, out_tun: list) -> None:
         events = self.device.events

@@ -7,7 +7,6 @@ import datetime
 import hashlib
 import ipaddress
 import os
-import select
 import socket
 import ssl
 import struct
@@ -20,9 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from wgpy.constants import STREAM_MAX_FRAME, STREAM_SEND_BUFFER
+from wgpy.daemon import Interface
 from wgpy.io import stream
-from wgpy.io.stream import FrameError, StreamManager, encode_frame, parse_frames, parse_pin, parse_url
-from wgpy.protocol.device import Device
+from wgpy.io.memory import MemoryBind, MemoryNetwork, MemoryTun
+from wgpy.io.stream import FrameError, encode_frame, parse_frames, parse_pin, parse_url
 from wgpy.streams import connection
 
 from wgpy_testkit.core_pair import A_IP4, B_IP4, udp4
@@ -98,29 +98,29 @@ def test_urls_and_pins():
 # ---------------------------------------------------------------------------------------------------------------
 
 class Node:
+    """One real event loop (daemon.Interface) with an in-memory TUN, its UDP bind on a private in-memory network
+    (unused here) and the real stream manager over loopback TCP/TLS; `tun` collects what the tunnel delivered.
+    The runtime layer, not a copy of the loop."""
+
     def __init__(self, private: bytes | None = None) -> None:
-        self.epoll = select.epoll()
-        self.streams = StreamManager(self.epoll)
-        self.dev = Device(private or os.urandom(32), rand=os.urandom, wall=time.time)
+        self._tun = MemoryTun("wgst")
+        net = MemoryNetwork()
+        self.iface = Interface("wgst", tun=self._tun, bind_factory=lambda: MemoryBind(net, "198.51.100.1"),
+                               uapi=False, host_link=False)
+        self.iface.open()
+        self.dev = self.iface.device
+        self.dev.control_enabled = False        # byte for byte the messages a plain WireGuard core sends
+        self.dev.set_private_key(private or os.urandom(32))
+        self.streams = self.iface.streams
+        self.epoll = self.iface.epoll
         self.tun: list[bytes] = []
 
     def step(self, timeout: float = 0.01) -> None:
-        now = time.monotonic()
-        out: list = []
-        for fd, ev in self.epoll.poll(timeout):
-            self.streams.event(fd, ev, now)
-        if self.streams.active:
-            self.streams.service(self.dev, now, out, self.tun)
-        d = self.dev.next_deadline()
-        if d is not None and d <= now:
-            self.dev.tick(now, out)
-        if out:
-            rest = self.streams.send(out)
-            assert rest == []
+        self.iface.step(timeout)
+        self.tun.extend(self._tun.delivered())
 
     def close(self) -> None:
-        self.streams.close()
-        self.epoll.close()
+        self.iface.close()
 
 
 def free_port() -> int:

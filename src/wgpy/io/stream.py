@@ -31,7 +31,7 @@ from collections import Counter
 
 from ..config import parse_pin  # noqa: F401  (the one TLSPin / wgpy_tls_pin parser; uapi/transport.py uses it)
 from ..constants import STREAM_MAX_FRAME, STREAM_SEND_BUFFER
-from ..streams.connection import CONNECT, WAIT, Budget, Retry, authenticated_peer, failed, retry_due
+from ..streams.connection import CONNECT, WAIT, Budget, Retry, failed, retry_due
 # re-exported (tests and the UAPI import them from here): the endpoint record and URLs, framing, TLS words
 from ..streams.endpoint import CLOSED, CONNECTING, HANDSHAKE, UP, StreamEndpoint, parse_url  # noqa: F401
 from ..streams.framing import FRAME_LENGTH as _H, FrameError, encode_frame, parse_frames  # noqa: F401
@@ -406,47 +406,53 @@ class StreamManager:
                 self._flush(conn, now or self._clock())
         return udp
 
-    def service(self, dev, now: float, out_net: list, out_tun: list) -> None:
-        """After a wakeup: hand received messages to the core, authenticate inbound connections, greet peers over
-        outbound connections that just came up, run expired timers."""
+    # ---- what the event loop takes after each wakeup (the loop alone calls the core) -------------------------
+
+    def take_received(self, now: float) -> tuple[list, list]:
+        """The messages received since the last call: (those of authenticated and outbound connections, for the
+        core as one batch; [(connection, frames)] of each unauthenticated inbound connection). The core sees at
+        most STREAM_UNAUTHENTICATED_FRAMES frames of a connection before it proves who it is: the rest of a
+        burst (a client that reconnected sends its queue at once) waits in the connection until owner_found()."""
         if self.again:
             for conn in list(self.again):
                 if conn.state == UP:
                     self._read(conn, now)
-        if self.inbox:
-            batch = self.inbox
-            self.inbox = []
-            dev.receive_datagrams(batch, now, out_net, out_tun)
+        batch = self.inbox
+        self.inbox = []
+        pending = []
         if self.unauth_inbox:
             items = self.unauth_inbox
             self.unauth_inbox = []
             for conn, frames in items:
                 if conn.authenticated:          # by an earlier read of this same wakeup
-                    dev.receive_datagrams(frames, now, out_net, out_tun)
+                    batch.extend(frames)
                     continue
-                # the core sees at most STREAM_UNAUTHENTICATED_FRAMES frames of a connection before it proves
-                # who it is; the rest of a burst (a client that reconnected sends its queue at once) follows
-                # only once it has
                 take = conn.take_frames(len(frames))
-                head, tail = frames[:take], frames[take:]
-                start = len(out_net)
-                dev.receive_datagrams(head, now, out_net, out_tun)
-                peer = authenticated_peer(dev, conn.ep, head, out_net, start)
-                if peer is not None:
-                    if conn.state != CLOSED:
-                        self._authenticate(conn, peer, now)
-                    if tail:
-                        dev.receive_datagrams(tail, now, out_net, out_tun)
-                elif conn.out_of_frames and conn.state != CLOSED:
-                    self.counters["stream_unauthenticated_frames"] += 1
-                    self._close(conn, None, now)
-        if self.connected:
-            eps = self.connected
-            self.connected = []
-            for ep in eps:
-                for peer in list(dev.peers.values()):
-                    if peer.endpoint is ep and peer.current is not None:
-                        dev.send_keepalive(peer, now, out_net)   # tells the listener who this connection is
+                conn.held = frames[take:]
+                pending.append((conn, frames[:take]))
+        return batch, pending
+
+    def owner_found(self, conn: Conn, peer, now: float) -> list:
+        """After the core took an unauthenticated connection's frames: `peer` is the peer whose endpoint is now
+        this connection (the core sets it only for an authenticated message), or None. Returns the frames held
+        back, for the core, once the connection has an owner; closes it when its frame budget is spent."""
+        held, conn.held = conn.held, []
+        if peer is not None:
+            if conn.state != CLOSED:
+                self._authenticate(conn, peer, now)
+            return held
+        if conn.out_of_frames and conn.state != CLOSED:
+            self.counters["stream_unauthenticated_frames"] += 1
+            self._close(conn, None, now)
+        return []
+
+    def take_connected(self) -> list:
+        """Outbound endpoints whose connection came up since the last call (the loop greets their peers with a
+        keepalive, which tells the listener who the connection is)."""
+        eps, self.connected = self.connected, []
+        return eps
+
+    def tick_due(self, now: float) -> None:
         if self.heap and self.heap[0][0] <= now:
             self.tick(now)
 

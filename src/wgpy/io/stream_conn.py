@@ -26,10 +26,11 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSL
 class Conn(Connection):
     """A Connection (its state machine: streams/connection.py) with its socket, buffers and epoll registration."""
 
-    __slots__ = ("sock", "fd", "rbuf", "wbuf", "events")
+    __slots__ = ("sock", "fd", "rbuf", "wbuf", "events", "held")
 
     def __init__(self, sock: socket.socket, ep: StreamEndpoint, now: float, budget: Budget | None = None) -> None:
         super().__init__(ep, now, budget)
+        self.held: list = []       # frames beyond the unauthenticated budget, until the owner is known
         self.sock = sock
         self.fd = sock.fileno()
         self.rbuf = bytearray()

@@ -177,6 +177,12 @@ class Device(TimersMixin):
         else:
             peer.allowed_macs = frozenset(macs) if macs else None
 
+    def peers_at(self, endpoint: object) -> list[Peer]:
+        """The peers whose endpoint is `endpoint` (by identity: a stream endpoint is one connection's or one
+        target's). Only an authenticated message or the configuration makes an endpoint a peer's, so for a
+        fresh connection this says whom its messages proved it to be. Not for the data path: it scans."""
+        return [p for p in self.peers.values() if p.endpoint is endpoint]
+
     def schedule(self, peer: Peer, when: float) -> None:
         """Wake `peer`'s timers at `when` (for extensions that moved a deadline earlier)."""
         self._schedule(peer, when)

@@ -12,8 +12,8 @@ unauthenticated timeout (inbound, until a message from it authenticates). `on_ti
 
 Inbound connections that have not authenticated yet count against a Budget (at most STREAM_MAX_UNAUTHENTICATED at
 once; more are refused at accept), for at most STREAM_UNAUTHENTICATED_TIMEOUT seconds and, through the core,
-STREAM_UNAUTHENTICATED_FRAMES frames (`take_frames`); `authenticated_peer` says which peer the frames handed to the
-core proved a connection to be.
+STREAM_UNAUTHENTICATED_FRAMES frames (`take_frames`); the core (Device.peers_at) then says which peer the frames
+handed to it proved a connection to be.
 
 An outbound endpoint (streams/endpoint.py StreamEndpoint) keeps its reconnection state across its connections:
 each failure (or drop after being up) backs off min(STREAM_BACKOFF_MIN * 2**(failures - 1), STREAM_BACKOFF_MAX),
@@ -33,11 +33,10 @@ from ..constants import (
     STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_MAX_UNAUTHENTICATED,
     STREAM_UNAUTHENTICATED_FRAMES, STREAM_UNAUTHENTICATED_TIMEOUT,
 )
-from ..protocol.transport import receiver_index
 from .endpoint import CLOSED, CONNECTING, HANDSHAKE, UP, StreamEndpoint
 
 __all__ = ["Budget", "Close", "Connection", "Retry", "RETRY_WHILE_USED", "CONNECT", "WAIT", "IDLE", "backoff",
-           "failed", "retry_due", "authenticated_peer", "TLS_TIMEOUT", "CONNECT_TIMEOUT"]
+           "failed", "retry_due", "TLS_TIMEOUT", "CONNECT_TIMEOUT"]
 
 RETRY_WHILE_USED = 120.0            # an outbound target reconnects while it was used within this many seconds
 CONNECT, WAIT, IDLE = "connect", "wait", "idle"       # what an outbound endpoint's retry timer does
@@ -102,24 +101,6 @@ def retry_due(ep: StreamEndpoint, now: float) -> str:
     if now - ep.last_used < RETRY_WHILE_USED:
         return CONNECT
     return IDLE
-
-
-def authenticated_peer(dev, ep: object, frames: list, out_net: list, start: int):
-    """The peer that `frames` (received on `ep`) proved to be, if any: a transport message whose keypair's peer
-    now has `ep` as its endpoint, or a handshake response we sent back to `ep` for such a peer. Only
-    authenticated messages make the core set peer.endpoint = ep, and `ep` is unique to its connection."""
-    kps = dev.keypairs_by_index
-    for data, _ in frames:
-        if data[0] == 4:
-            kp = kps.get(receiver_index(data))
-            if kp is not None and kp.peer.endpoint is ep:
-                return kp.peer
-    for data, dst in out_net[start:]:
-        if dst is ep and data[0] == 2:
-            kp = kps.get(receiver_index(data))
-            if kp is not None and kp.peer.endpoint is ep:
-                return kp.peer
-    return None
 
 
 class Connection:
