@@ -138,7 +138,7 @@ def snapshot(dev: Device) -> tuple:
         tuple(peers),
         tuple(sorted((i, id(k)) for i, k in dev.keypairs_by_index.items())),
         tuple(sorted((i, id(p)) for i, p in dev.handshakes_by_index.items())),
-        tuple(dev._heap), dev._heap_seq, dev.staged_total, id(dev.identity), dev.is_up,
+        tuple(dev.timers.heap), dev.timers._seq, dev.staged_total, id(dev.identity), dev.is_up,
     )
 
 

@@ -66,7 +66,7 @@ def _rearm(dev, peer: Peer) -> None:
                       fb.next_probe, fb.probe_check) if d is not None]
     fb.deadline = min(ds) if ds else None
     if fb.deadline is not None:
-        dev._schedule(peer, fb.deadline)
+        dev.schedule(peer, fb.deadline)
 
 
 def configure(dev, peer: Peer, target: object | None, now: float, out: list, *, after: float = FALLBACK_AFTER,

@@ -374,7 +374,7 @@ class PathMtuExtension(Extension):
         t = st.next_event() if st is not None else None
         peer.t_pmtu = t
         if t is not None:
-            self.dev._schedule(peer, t)
+            self.dev.schedule(peer, t)
 
     def _pmtu_probing(self, peer) -> bool:
         return (self.pmtu_auto and self.control_enabled and bool(peer.wgpy & control.EXT_PMTU)
@@ -505,10 +505,10 @@ class PathMtuExtension(Extension):
         m = seal(kp, pt)
         out.append((m, ep))
         peer.tx_bytes += len(m)
-        if not probe:
-            peer.t_send_keepalive = None            # any authenticated packet sent (a probe may be lost)
-        if peer.persistent_keepalive:
-            self.dev._set_timer_persistent(peer, now)
+        if probe:
+            self.dev.timers.traversal(peer, now)            # a probe may be lost: it does not count as sent
+        else:
+            self.dev.timers.authenticated_sent(peer, now)
         return True
 
     # ---- packets too big for their peer ------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from .keypair import Keypair
 from .peer import Peer
 from .router import Router
 from .switch import Switch
-from .timers import TimersMixin
+from .timers import Timers
 from .transport import TRANSPORT_WORD, parse_header, seal_batch
 # wgpy's extensions: the device is their composition root (ext/base.py is the interface they implement)
 from ..ext.base import Extension, hooks_of
@@ -68,7 +68,7 @@ class ConfigurationError(ValueError):
     """Local misuse of the device API (bad key, too many peers); carries no secret."""
 
 
-class Device(TimersMixin):
+class Device:
     def __init__(self, private_key: bytes | None = None, *, rand: Callable[[int], bytes],
                  wall: Callable[[], float], mtu: int = 1420, l2: bool = False) -> None:
         self.events: list = []             # typed events for the runtime (protocol/events.py), rare
@@ -83,8 +83,6 @@ class Device(TimersMixin):
         self._on_handshake_complete = hooks_of(self.extensions, "handshake_complete")
         self._ext_timers = [e for e in self.extensions if hooks_of([e], "timer")]
         self._rand = rand
-        self._jitter_pool = b""            # timer jitter bytes, refilled from rand (see TimersMixin._jitter)
-        self._jitter_pos = 0
         self._wall = wall
         self.mtu = mtu
         self.identity: noise.StaticIdentity | None = None
@@ -94,8 +92,8 @@ class Device(TimersMixin):
         self.handshakes_by_index: dict[int, Peer] = {}
         self.drops: Counter[str] = Counter()
         self.staged_total = 0          # packets staged over all peers (bounded by MAX_STAGED_PACKETS_TOTAL)
-        self._heap: list[tuple[float, int, Peer]] = []
-        self._heap_seq = 0
+        self.timers = Timers(self, rand, wall)   # the five deadlines per peer, one heap (timers.py)
+        self.timers.extensions = self._ext_timers
         self.handshakes = Handshakes(self)   # handshake and cookie messages, rate limits (handshake.py)
         self.receive_handshake = self.handshakes.receive
         self.initiate_handshake = self.handshakes.initiate
@@ -185,7 +183,23 @@ class Device(TimersMixin):
 
     def schedule(self, peer: Peer, when: float) -> None:
         """Wake `peer`'s timers at `when` (for extensions that moved a deadline earlier)."""
-        self._schedule(peer, when)
+        self.timers.schedule(peer, when)
+
+    def next_deadline(self) -> float | None:
+        return self.timers.next_deadline()
+
+    def tick(self, now: float, out: list) -> None:
+        """Run every expired timer."""
+        self.timers.tick(now, out)
+
+    def set_persistent_keepalive(self, peer: Peer, interval: int, now: float, out: list) -> None:
+        self.timers.set_persistent_keepalive(peer, interval, now, out)
+
+    def erase_keys(self, peer: Peer) -> None:
+        """Forget every key of `peer`'s sessions and handshake (REJECT_AFTER_TIME * 3 after the last session)."""
+        self._drop_handshake_index(peer)
+        peer.handshake.clear()
+        self._clear_keypairs(peer)
 
     @property
     def public_key(self) -> bytes | None:
@@ -317,12 +331,10 @@ class Device(TimersMixin):
         nbytes, big = seal_batch(kp, pkts, mtu, ep, out)
         ctr = kp.send_counter
         peer.tx_bytes += nbytes
-        # timers: data sent, any authenticated packet sent / traversal
-        if peer.t_new_handshake is None and any(pkts):
-            self._set_timer_new_handshake(peer, now)   # data sent (a keepalive is not data)
-        peer.t_send_keepalive = None
-        if peer.persistent_keepalive:
-            self._set_timer_persistent(peer, now)
+        timers = self.timers
+        if any(pkts):
+            timers.data_sent(peer, now)    # a keepalive is not data
+        timers.authenticated_sent(peer, now)
         # keep the key fresh
         if ctr > REKEY_AFTER_MESSAGES or (kp.is_initiator and now - kp.created >= REKEY_AFTER_TIME):
             self.initiate_handshake(peer, now, out, retry=False)
@@ -372,16 +384,20 @@ class Device(TimersMixin):
 
         Handshake messages go to receive_handshake as they come. A transport message is checked in this order,
         each failure dropped and counted: known receiver index, keypair not expired, AEAD tag, replay window.
-        Then it is authenticated: the peer's endpoint becomes the source, a `next` keypair is confirmed, and the
-        timer hooks of an authenticated packet (and of data, for a non-empty one) run. Returns the non-empty
+        Then it is authenticated: the peer's endpoint becomes the source and a `next` keypair is confirmed; the
+        timer hooks of authenticated packets received run once per peer of the batch. Returns the non-empty
         plaintexts with their peers, in order, for the forwarding step (Router.inbound / Switch.inbound)."""
         kps = self.keypairs_by_index
         unpack = parse_header
         drops = self.drops
         opened: list[tuple[Peer, bytes]] = []
         append = opened.append
+        seen: dict[Peer, int] = {}       # authenticated so far: peer -> data packets (timers run once per peer)
+        seen_get = seen.get
         for data, src in datagrams:
             if data[:4] != TRANSPORT_WORD or len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
+                if seen:                 # what came before a handshake message is settled first, in order
+                    self._authenticated_batch(seen, now, out_net)
                 self.receive_handshake(data, src, now, out_net)
                 continue
             idx, ctr = unpack(data, 4)
@@ -405,24 +421,27 @@ class Device(TimersMixin):
             if kp is not peer.current:
                 self._received_with_keypair(peer, kp, now, out_net)
             peer.rx_bytes += len(data)
-            # timers: any authenticated packet received / traversal
-            peer.t_new_handshake = None
-            if peer.persistent_keepalive:
-                self._set_timer_persistent(peer, now)
+            if pt:
+                seen[peer] = seen_get(peer, 0) + 1
+                append((peer, pt))
+            elif peer not in seen:
+                seen[peer] = 0          # a keepalive: authenticated, no data
+        if seen:
+            self._authenticated_batch(seen, now, out_net)
+        return opened
+
+    def _authenticated_batch(self, seen: dict, now: float, out: list) -> None:
+        """The timer hooks of authenticated packets received, once per peer of a batch (`seen`: peer -> how many
+        carried data), and the initiator's last-minute rekey (the kernel's keep_key_fresh on receive)."""
+        received = self.timers.received
+        for peer, data in seen.items():
+            received(peer, now, data)
             cur = peer.current
             if (cur is not None and cur.is_initiator and not peer.sent_lastminute_handshake
                     and now - cur.created >= _REKEY_RECV_AGE):
                 peer.sent_lastminute_handshake = True
-                self.initiate_handshake(peer, now, out_net, retry=False)
-            if not pt:
-                continue   # keepalive
-            # timers: data received
-            if peer.t_send_keepalive is None:
-                self._set_timer_send_keepalive(peer, now)
-            else:
-                peer.need_another_keepalive = True
-            append((peer, pt))
-        return opened
+                self.initiate_handshake(peer, now, out, retry=False)
+        seen.clear()
 
     def receive_datagrams(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
                           out_tun: list) -> None:
@@ -439,7 +458,7 @@ class Device(TimersMixin):
         peer.previous = peer.current
         peer.current = kp
         peer.next = None
-        self.timers_handshake_complete(peer)
+        self.timers.handshake_complete(peer)
         self.send_staged(peer, now, out)
         for hook in self._on_handshake_complete:
             hook(peer, now, out)
@@ -450,6 +469,4 @@ class Device(TimersMixin):
 
     def zero_all(self) -> None:
         for peer in self.peers.values():
-            self._drop_handshake_index(peer)
-            peer.handshake.clear()
-            self._clear_keypairs(peer)
+            self.erase_keys(peer)

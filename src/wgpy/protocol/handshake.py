@@ -121,11 +121,8 @@ class Handshakes:
     def _authenticated(self, peer: Peer, src: object, now: float) -> None:
         """A handshake message from `peer` authenticated: roam to its source; timers for any authenticated
         packet received (cancel the new-handshake timer) and traversal (re-arm persistent keepalive)."""
-        dev = self.dev
         peer.endpoint = src
-        peer.t_new_handshake = None
-        if peer.persistent_keepalive:
-            dev._set_timer_persistent(peer, now)
+        self.dev.timers.handshake_received(peer, now)
 
     def _consume_initiation(self, msg: Initiation, src: object, now: float, out: list) -> None:
         dev = self.dev
@@ -142,8 +139,8 @@ class Handshakes:
             return
         keys = noise.begin_session(peer.handshake)
         dev._install_keypair(peer, keys, now)
-        dev.timers_session_derived(peer, now)
-        peer.t_send_keepalive = None   # any authenticated packet sent
+        dev.timers.session_derived(peer, now)
+        dev.timers.authenticated_sent(peer, now)        # the response, below
         out.append((peer.cookie.add_macs(resp.pack(), RESPONSE_MAC1_OFFSET, now), src))
 
     def _consume_response(self, msg: Response, src: object, now: float, out: list) -> None:
@@ -157,8 +154,8 @@ class Handshakes:
             hook(peer, src, now)
         keys = noise.begin_session(peer.handshake)
         dev._install_keypair(peer, keys, now)
-        dev.timers_session_derived(peer, now)
-        dev.timers_handshake_complete(peer)
+        dev.timers.session_derived(peer, now)
+        dev.timers.handshake_complete(peer)
         dev.send_keepalive(peer, now, out)
         for hook in dev._on_handshake_complete:
             hook(peer, now, out)
@@ -187,15 +184,11 @@ class Handshakes:
         data = self.new_initiation(peer, now)
         if data is None:
             return
-        # timers: any authenticated packet traversal / sent
-        if peer.persistent_keepalive:
-            dev._set_timer_persistent(peer, now)
-        peer.t_send_keepalive = None
         if peer.endpoint is not None:
             out.append((data, peer.endpoint))
-            peer.unanswered_initiations += 1     # until a handshake completes (timers_handshake_complete)
+            peer.unanswered_initiations += 1     # until a handshake completes (Timers.handshake_complete)
         else:
             dev.drops["no_endpoint"] += 1
-        dev.timers_handshake_initiated(peer, now)
+        dev.timers.handshake_initiated(peer, now)     # with any authenticated packet sent and traversal
         for hook in dev._on_initiation_sent:
             hook(peer, now)

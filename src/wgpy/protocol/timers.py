@@ -1,18 +1,28 @@
-"""Protocol timers (whitepaper section 6, with the event hooks of the kernel's timers.c).
+"""Protocol timers (whitepaper section 6), as the kernel's timers.c has them: five deadlines per peer (peer.py)
+moved only by the hooks below, and the expiry actions.
 
-Each peer holds five deadlines (see peer.py). The device keeps one heap of (deadline, seq, peer) entries; at most
+    retransmit      resend an initiation REKEY_TIMEOUT + jitter after one went unanswered (up to
+                    MAX_TIMER_HANDSHAKES times, then give up and erase keys later)
+    send_keepalive  a keepalive KEEPALIVE_TIMEOUT after data was received without any sent back
+    new_handshake   a new handshake when data was sent and nothing came back for KEEPALIVE + REKEY_TIMEOUT
+    zero_keys       erase every key REJECT_AFTER_TIME * 3 after the last session was derived
+    persistent      a keepalive `persistent_keepalive` seconds after the last authenticated packet either way
+
+Hooks (call after ...; nothing outside this file writes a deadline):
+    data_sent(peer, now)                       data (not a keepalive) was sent
+    authenticated_sent(peer, now)              any authenticated packet was sent (with traversal)
+    traversal(peer, now)                       an authenticated packet went either way
+    received(peer, now, data)                  authenticated packets were received (with traversal), `data` of
+                                               them carried data; the data path calls it once per peer and batch
+    handshake_initiated(peer, now)             an initiation was sent
+    handshake_complete(peer)                   a handshake completed (response consumed, or first packet on
+                                               `next`); also resets the count of unanswered initiations
+    session_derived(peer, now)                 a new keypair was derived
+
+One heap of (deadline, seq, peer) entries serves every peer and every extension deadline (ext/base.py); at most
 one live entry per peer, at `peer.scheduled`. A deadline moved later is not re-pushed: when its old entry pops,
-`_run_timers` finds nothing expired and re-arms the peer at its true next deadline. That keeps the per-packet
-cost of timer bookkeeping to attribute stores, and tick() to O(expired peers * log n).
-
-Hooks (call after ...):
-    timers_handshake_initiated   an initiation was sent
-    timers_handshake_complete    a handshake completed (response consumed, or first packet on `next`);
-                                 also resets the peer's count of unanswered initiations
-    timers_session_derived       a new keypair was derived
-Data-path hooks are inlined in device.py: data sent arms t_new_handshake if unset; any authenticated packet
-sent cancels t_send_keepalive; any authenticated packet received cancels t_new_handshake; data received arms
-t_send_keepalive if unset; any authenticated packet traversal re-arms t_persistent.
+nothing has expired and the peer is re-armed at its true next deadline, so moving a deadline costs an
+attribute store and tick() costs O(expired peers * log n).
 """
 
 from __future__ import annotations
@@ -24,16 +34,29 @@ from ..constants import (
 )
 from .peer import INF, Peer
 
+__all__ = ["Timers"]
 
-class TimersMixin:
-    """Timer bookkeeping for Device (needs self._heap, self._heap_seq, self._rand, self._jitter_pool,
-    self._jitter_pos and the send methods)."""
 
-    def _schedule(self, peer: Peer, when: float) -> None:
+class Timers:
+    """One device's timers (see the module docstring). `dev` carries out the expiry actions (sending a keepalive,
+    starting a handshake, erasing keys); `rand(n) -> bytes` gives the jitter; `wall()` the handshake time."""
+
+    def __init__(self, dev, rand, wall) -> None:
+        self.dev = dev
+        self._rand = rand
+        self._wall = wall
+        self.heap: list[tuple[float, int, Peer]] = []
+        self._seq = 0
+        self._jitter_pool = b""
+        self._jitter_pos = 0
+        self.extensions: list = []          # extensions with deadlines of their own (set by the device)
+
+    def schedule(self, peer: Peer, when: float) -> None:
+        """Make sure `peer`'s timers run at `when` (the extensions call it for their deadlines too)."""
         if when < peer.scheduled:
             peer.scheduled = when
-            self._heap_seq += 1
-            heapq.heappush(self._heap, (when, self._heap_seq, peer))
+            self._seq += 1
+            heapq.heappush(self.heap, (when, self._seq, peer))
 
     def _jitter(self) -> float:
         # two bytes of a pool drawn from `rand` 512 bytes at a time: a getrandom() call per jitter cost ~18 us
@@ -46,33 +69,63 @@ class TimersMixin:
         self._jitter_pos = i + 2
         return (pool[i] | pool[i + 1] << 8) / 65536.0 * REKEY_TIMEOUT_JITTER_MAX
 
-    def _set_timer_new_handshake(self, peer: Peer, now: float) -> None:
-        peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
-        self._schedule(peer, t)
+    # ---- hooks --------------------------------------------------------------------------------------------------
 
-    def _set_timer_send_keepalive(self, peer: Peer, now: float) -> None:
-        peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
-        self._schedule(peer, t)
+    def data_sent(self, peer: Peer, now: float) -> None:
+        if peer.t_new_handshake is None:
+            peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+            self.schedule(peer, t)
 
-    def _set_timer_persistent(self, peer: Peer, now: float) -> None:
-        peer.t_persistent = t = now + peer.persistent_keepalive
-        if t < peer.scheduled:
-            self._schedule(peer, t)
+    def authenticated_sent(self, peer: Peer, now: float) -> None:
+        """Any authenticated packet sent, and its traversal: no passive keepalive is owed any more; the
+        persistent keepalive counts from now."""
+        peer.t_send_keepalive = None
+        if peer.persistent_keepalive:
+            self._persistent(peer, now)
 
-    def timers_handshake_initiated(self, peer: Peer, now: float) -> None:
+    def traversal(self, peer: Peer, now: float) -> None:
+        """An authenticated packet went either way (the persistent keepalive counts from now)."""
+        if peer.persistent_keepalive:
+            self._persistent(peer, now)
+
+    def received(self, peer: Peer, now: float, data: int) -> None:
+        """Authenticated packets received (`data` of them with data), and their traversal."""
+        peer.t_new_handshake = None
+        if peer.persistent_keepalive:
+            self._persistent(peer, now)
+        if data:
+            if peer.t_send_keepalive is None:
+                peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
+                self.schedule(peer, t)
+                if data > 1:
+                    peer.need_another_keepalive = True   # the kernel's rule, for the second and later packets
+            else:
+                peer.need_another_keepalive = True
+
+    def handshake_received(self, peer: Peer, now: float) -> None:
+        """An authenticated handshake message received, and its traversal (no data)."""
+        self.received(peer, now, 0)
+
+    def handshake_initiated(self, peer: Peer, now: float) -> None:
+        self.authenticated_sent(peer, now)
         peer.t_retransmit = t = now + REKEY_TIMEOUT + self._jitter()
-        self._schedule(peer, t)
+        self.schedule(peer, t)
 
-    def timers_handshake_complete(self, peer: Peer) -> None:
+    def handshake_complete(self, peer: Peer) -> None:
         peer.t_retransmit = None
         peer.handshake_attempts = 0
         peer.unanswered_initiations = 0
         peer.sent_lastminute_handshake = False
         peer.last_handshake_wall = self._wall()
 
-    def timers_session_derived(self, peer: Peer, now: float) -> None:
+    def session_derived(self, peer: Peer, now: float) -> None:
         peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
-        self._schedule(peer, t)
+        self.schedule(peer, t)
+
+    def _persistent(self, peer: Peer, now: float) -> None:
+        peer.t_persistent = t = now + peer.persistent_keepalive
+        if t < peer.scheduled:
+            self.schedule(peer, t)
 
     def set_persistent_keepalive(self, peer: Peer, interval: int, now: float, out: list) -> None:
         """Configure the interval; as wireguard-go does, turning it on sends a keepalive at once."""
@@ -80,56 +133,63 @@ class TimersMixin:
         peer.persistent_keepalive = interval
         if not interval:
             peer.t_persistent = None
-        elif not was and self.is_up and peer.endpoint is not None:
-            self.send_keepalive(peer, now, out)
-            self._set_timer_persistent(peer, now)
+        elif not was and self.dev.is_up and peer.endpoint is not None:
+            self.dev.send_keepalive(peer, now, out)
+            self._persistent(peer, now)
 
-    # ------------------------------------------------------------------------------------------------------
+    def keepalive_now(self, peer: Peer, now: float, out: list) -> None:
+        """A keepalive at once, and the persistent keepalive counting from it (a peer's first endpoint arrived
+        after the interval was set, e.g. from the fallback)."""
+        self.dev.send_keepalive(peer, now, out)
+        self._persistent(peer, now)
+
+    # ---- expiry --------------------------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+        return self.heap[0][0] if self.heap else None
 
     def tick(self, now: float, out: list) -> None:
         """Run every expired timer."""
-        heap = self._heap
+        heap = self.heap
+        exts = self.extensions
         while heap and heap[0][0] <= now:
             when, _, peer = heapq.heappop(heap)
             if when != peer.scheduled or peer.removed:
                 continue   # superseded by an earlier entry, or the peer is gone
             peer.scheduled = INF
-            self._run_timers(peer, now, out)
+            self._run(peer, now, out)
             nd = peer.next_deadline()
-            for ext in self._ext_timers:
+            for ext in exts:
                 d = ext.deadline(peer)
                 if d is not None and (nd is None or d < nd):
                     nd = d
             if nd is not None:
-                self._schedule(peer, nd)
+                self.schedule(peer, nd)
 
-    def _run_timers(self, peer: Peer, now: float, out: list) -> None:
+    def _run(self, peer: Peer, now: float, out: list) -> None:
+        dev = self.dev
         if peer.t_retransmit is not None and peer.t_retransmit <= now:
             peer.t_retransmit = None
             self._expired_retransmit_handshake(peer, now, out)
         if peer.t_send_keepalive is not None and peer.t_send_keepalive <= now:
             peer.t_send_keepalive = None
-            self.send_keepalive(peer, now, out)
+            dev.send_keepalive(peer, now, out)
             if peer.need_another_keepalive:
                 peer.need_another_keepalive = False
-                self._set_timer_send_keepalive(peer, now)
+                peer.t_send_keepalive = t = now + KEEPALIVE_TIMEOUT
+                self.schedule(peer, t)
         if peer.t_new_handshake is not None and peer.t_new_handshake <= now:
             # data was sent and nothing came back: the session may be dead, start a new one
             peer.t_new_handshake = None
-            self.initiate_handshake(peer, now, out, retry=False)
+            dev.initiate_handshake(peer, now, out, retry=False)
         if peer.t_zero_keys is not None and peer.t_zero_keys <= now:
             peer.t_zero_keys = None
-            self._drop_handshake_index(peer)
-            peer.handshake.clear()
-            self._clear_keypairs(peer)
+            dev.erase_keys(peer)
         if peer.t_persistent is not None and peer.t_persistent <= now:
             peer.t_persistent = None
             if peer.persistent_keepalive:
-                self.send_keepalive(peer, now, out)
-        for ext in self._ext_timers:                          # the extensions' own deadlines (ext/base.py)
+                dev.send_keepalive(peer, now, out)
+        for ext in self.extensions:                          # the extensions' own deadlines (ext/base.py)
             d = ext.deadline(peer)
             if d is not None and d <= now:
                 ext.timer(peer, now, out)
@@ -138,10 +198,10 @@ class TimersMixin:
         if peer.handshake_attempts > MAX_TIMER_HANDSHAKES:
             # give up: REKEY_ATTEMPT_TIME passed without an answer
             peer.t_send_keepalive = None
-            self.clear_staged(peer)
+            self.dev.clear_staged(peer)
             if peer.t_zero_keys is None:
                 peer.t_zero_keys = t = now + REJECT_AFTER_TIME * 3
-                self._schedule(peer, t)
+                self.schedule(peer, t)
         else:
             peer.handshake_attempts += 1
-            self.initiate_handshake(peer, now, out, retry=True)
+            self.dev.initiate_handshake(peer, now, out, retry=True)

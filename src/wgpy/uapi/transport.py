@@ -128,8 +128,7 @@ def apply_peer(op, peer, host, now: float, out: list) -> None:
                                                 old.probe_interval if old else FALLBACK_PROBE_INTERVAL))
     if not had_endpoint and peer.endpoint is not None and peer.persistent_keepalive and dev.is_up:
         # the fallback gave the peer its first endpoint: start the keepalives set_persistent_keepalive could not
-        dev.send_keepalive(peer, now, out)
-        dev._set_timer_persistent(peer, now)
+        dev.timers.keepalive_now(peer, now, out)
 
 
 def after_set(host) -> None:
