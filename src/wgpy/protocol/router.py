@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Iterable
 
 from ..ext.control import CONTROL_MARKER
@@ -26,17 +27,13 @@ class Router:
         """Route, then encrypt or stage, a batch of IP packets read from the TUN device."""
         dev = self.dev
         lookup = dev.allowed_ips.lookup_dst
-        groups: dict[Peer, list[bytes]] = {}
+        groups: defaultdict[Peer, list[bytes]] = defaultdict(list)
         for pkt in packets:
             peer = lookup(pkt)
             if peer is None:
                 dev.drops["no_route"] += 1
                 continue
-            g = groups.get(peer)
-            if g is None:
-                groups[peer] = [pkt]
-            else:
-                g.append(pkt)
+            groups[peer].append(pkt)
         for peer, pkts in groups.items():
             dev._send_to_peer(peer, pkts, now, out)
 

@@ -13,6 +13,8 @@ them to the TAP with that padding (docs/architecture.md, "L2 mode").
 
 from __future__ import annotations
 
+from collections import defaultdict
+from itertools import repeat
 from typing import Iterable
 
 from ..ext.control import L2_CONTROL_ETHERTYPE
@@ -43,60 +45,20 @@ class Switch:
                 del entries[mac]
 
     def send(self, frames: Iterable[bytes], now: float, out: list) -> None:
-        """Switch a batch of Ethernet frames read from the TAP device to the peers, then encrypt or stage."""
-        dev = self.dev
-        macs = self.macs
-        entries = macs.entries
-        learn = macs.learn
-        aging = macs.aging
-        drops = dev.drops
-        groups: dict[Peer, list[bytes]] = {}
-        everyone: list[list[bytes]] | None = None
-        for f in frames:
-            if len(f) < _ETH_HLEN:
-                drops["l2_short_frame"] += 1
-                continue
-            src = f[6:12]
-            if f[6] & 1 or src == _ZERO_MAC:
-                drops["l2_bad_src_mac"] += 1
-                continue
-            e = entries.get(src)
-            if e is not None and e[0] is LOCAL:
-                e[1] = now
-            else:
-                learn(src, LOCAL, now)
-            if not f[0] & 1:
-                e = entries.get(f[:6])
-                if e is not None and now - e[1] < aging:
-                    port = e[0]
-                    if port is LOCAL:
-                        drops["l2_filtered"] += 1      # both ends are on this side of the TAP
-                        continue
-                    g = groups.get(port)
-                    if g is None:
-                        groups[port] = [f]
-                    else:
-                        g.append(f)
-                    continue
-            # broadcast, multicast or unknown unicast: every peer gets a copy
-            if everyone is None:
-                everyone = []
-                for peer in dev.peers.values():
-                    g = groups.get(peer)
-                    if g is None:
-                        g = groups[peer] = []
-                    everyone.append(g)
-            for g in everyone:
-                g.append(f)
-        for peer, batch in groups.items():
-            if batch:
-                dev._send_to_peer(peer, batch, now, out)
+        """Switch a batch of Ethernet frames read from the TAP device (port LOCAL) to the peers."""
+        self.forward(zip(repeat(LOCAL), frames), now, out, [])   # nothing goes back to the TAP it came from
 
     def inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
-        """L2 forwarding of opened frames: the source MAC must be unicast (and allowed, with AllowedMACs), it is
-        learnt at the peer; local or unknown or multi/broadcast destinations go to the TAP; with relay on,
-        frames for another peer (and floods) are re-encrypted to it. wgpy control frames go to the control
-        channel."""
+        """Switch the frames opened from the peers (`opened`: (peer, frame) pairs) to the TAP and, with relay
+        on, to other peers."""
+        self.forward(opened, now, out_net, out_tun)
+
+    def forward(self, items: Iterable[tuple[object, bytes]], now: float, out_net: list, out_tun: list) -> None:
+        """The learning switch, for frames from any port: `items` are (ingress port, frame), the port LOCAL (the
+        TAP) or a peer. Learn source -> ingress; a known destination gets the frame unless it is the ingress
+        itself, or it is another peer and the frame came from a peer with relay off ("l2_filtered"); broadcast,
+        multicast and unknown destinations are flooded to every port but the ingress (peers to peers only with
+        relay on). Frames for peers are sealed per peer once the batch is switched."""
         dev = self.dev
         drops = dev.drops
         macs = self.macs
@@ -104,57 +66,50 @@ class Switch:
         learn = macs.learn
         aging = macs.aging
         relay = self.relay
-        groups: dict[Peer, list[bytes]] | None = None
-        for peer, pt in opened:
-            if len(pt) < _ETH_HLEN:
+        groups: defaultdict[Peer, list[bytes]] = defaultdict(list)
+        for port_in, f in items:
+            if len(f) < _ETH_HLEN:
                 drops["l2_short_frame"] += 1
                 continue
-            smac = pt[6:12]
-            if pt[6] & 1 or smac == _ZERO_MAC:
-                if smac == _ZERO_MAC and pt[12:14] == L2_CONTROL_ETHERTYPE:   # a control frame (ext/control.py)
-                    dev.path_mtu.receive_control(peer, pt[14:], len(pt), now, out_net)
+            from_tap = port_in is LOCAL
+            smac = f[6:12]
+            if f[6] & 1 or smac == _ZERO_MAC:
+                if not from_tap and smac == _ZERO_MAC and f[12:14] == L2_CONTROL_ETHERTYPE:
+                    dev.path_mtu.receive_control(port_in, f[14:], len(f), now, out_net)   # ext/control.py
                     continue
                 drops["l2_bad_src_mac"] += 1
                 continue
-            allowed = peer.allowed_macs
-            if allowed is not None and smac not in allowed:
-                drops["l2_mac_not_allowed"] += 1
-                continue
+            if not from_tap:
+                allowed = port_in.allowed_macs
+                if allowed is not None and smac not in allowed:
+                    drops["l2_mac_not_allowed"] += 1
+                    continue
             e = entries.get(smac)
-            if e is not None and e[0] is peer:
+            if e is not None and e[0] is port_in:
                 e[1] = now
             else:
-                learn(smac, peer, now)
-            if not pt[0] & 1:
-                e = entries.get(pt[:6])
+                learn(smac, port_in, now)
+            if not f[0] & 1:
+                e = entries.get(f[:6])
                 if e is not None and now - e[1] < aging:
                     port = e[0]
                     if port is LOCAL:
-                        out_tun.append(pt)
-                    elif port is peer or not relay:
-                        drops["l2_filtered"] += 1      # not for this side: never sent back, relay off
+                        if from_tap:
+                            drops["l2_filtered"] += 1  # both ends are on this side of the TAP
+                        else:
+                            out_tun.append(f)
+                    elif port is port_in or not (from_tap or relay):
+                        drops["l2_filtered"] += 1      # never sent back where it came from; relay off
                     else:
-                        if groups is None:
-                            groups = {}
-                        g = groups.get(port)
-                        if g is None:
-                            groups[port] = [pt]
-                        else:
-                            g.append(pt)
+                        groups[port].append(f)
                     continue
-            # broadcast, multicast or unknown unicast: the TAP, and with relay every other peer
-            out_tun.append(pt)
-            if relay:
-                if groups is None:
-                    groups = {}
+            # broadcast, multicast or unknown unicast
+            if not from_tap:
+                out_tun.append(f)
+            if from_tap or relay:
                 for other in dev.peers.values():
-                    if other is not peer:
-                        g = groups.get(other)
-                        if g is None:
-                            groups[other] = [pt]
-                        else:
-                            g.append(pt)
-        if groups:
-            for port, batch in groups.items():
-                if not port.removed:
-                    dev._send_to_peer(port, batch, now, out_net)
+                    if other is not port_in:
+                        groups[other].append(f)
+        for port, batch in groups.items():
+            if not port.removed:
+                dev._send_to_peer(port, batch, now, out_net)

@@ -39,6 +39,32 @@ def _normalise(network):
     return ip_network(network, strict=False)
 
 
+def _lookup_at(off4: int, off6: int, which: str, use: str):
+    """A lookup of the address at byte `off4` (IPv4) / `off6` (IPv6) of a raw IP packet, written once for the
+    destination and the source (per packet on the data path: the offsets are closure constants, not arguments)."""
+    def lookup(self, packet):
+        n = len(packet)
+        if n < 20:
+            return None
+        v = packet[0] >> 4
+        if v == 4:
+            a = _unpack_u32(packet, off4)[0]
+            levels = self._levels4
+        elif v == 6 and n >= 40:
+            hi, lo = _unpack_2u64(packet, off6)
+            a = hi << 64 | lo
+            levels = self._levels6
+        else:
+            return None
+        for shift, table in levels:
+            peer = table.get(a >> shift)
+            if peer is not None:
+                return peer
+        return None
+    lookup.__doc__ = f"Peer for the {which} address of a raw IP packet ({use}), or None."
+    return lookup
+
+
 class AllowedIPs:
     __slots__ = ("_tables4", "_tables6", "_levels4", "_levels6", "_by_peer")
 
@@ -158,47 +184,8 @@ class AllowedIPs:
                 return peer
         return None
 
-    def lookup_dst(self, packet):
-        """Peer for the destination address of a raw IP packet (outgoing: which peer to send to), or None."""
-        n = len(packet)
-        if n < 20:
-            return None
-        v = packet[0] >> 4
-        if v == 4:
-            a = _unpack_u32(packet, 16)[0]
-            levels = self._levels4
-        elif v == 6 and n >= 40:
-            hi, lo = _unpack_2u64(packet, 24)
-            a = hi << 64 | lo
-            levels = self._levels6
-        else:
-            return None
-        for shift, table in levels:
-            peer = table.get(a >> shift)
-            if peer is not None:
-                return peer
-        return None
-
-    def lookup_src(self, packet):
-        """Peer for the source address of a raw IP packet (incoming: which peer may have sent it), or None."""
-        n = len(packet)
-        if n < 20:
-            return None
-        v = packet[0] >> 4
-        if v == 4:
-            a = _unpack_u32(packet, 12)[0]
-            levels = self._levels4
-        elif v == 6 and n >= 40:
-            hi, lo = _unpack_2u64(packet, 8)
-            a = hi << 64 | lo
-            levels = self._levels6
-        else:
-            return None
-        for shift, table in levels:
-            peer = table.get(a >> shift)
-            if peer is not None:
-                return peer
-        return None
+    lookup_dst = _lookup_at(16, 24, "destination", "outgoing: which peer to send to")
+    lookup_src = _lookup_at(12, 8, "source", "incoming: which peer may have sent it")
 
     def __repr__(self) -> str:
         return f"<AllowedIPs {len(self)} prefixes, {len(self._by_peer)} peers>"
