@@ -83,7 +83,7 @@ def check_permissions(path: str) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------- #7 transports: TLS files
+# -------------------------------------------------------------------------------------- TLS transport: files
 # load() reads the files the config names, so that a missing, unreadable or wrong one is reported with the line and
 # key naming it before anything is set up (the daemon could only answer errno=-22 to the UAPI set). The checks are
 # the ones the daemon's ssl calls make (io/stream.py server_context, client_context), done first with the same

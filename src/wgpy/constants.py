@@ -90,7 +90,7 @@ MAC_AGING_TIME = 300.0
 # Ethernet header (destination MAC, source MAC, EtherType): the TAP's MTU is the tunnel MTU minus this.
 ETHERNET_HEADER_LEN = 14
 
-# --- #8 path MTU ---------------------------------------------------------------------------------------------------
+# --- path MTU (ext/pmtu.py, docs/pmtu.md) ------------------------------------------------------------------------
 # Path MTU = the largest outer IP packet that crosses the path to a peer unfragmented (docs/pmtu.md).
 # Never assumed below the minimum every IPv4 host must accept (RFC 791) / the IPv6 minimum link MTU (RFC 8200).
 PMTU_FLOOR_V4 = 576
@@ -98,7 +98,7 @@ PMTU_FLOOR_V6 = 1280
 # The local link MTU toward an endpoint when it cannot be found out (Ethernet's).
 PMTU_DEFAULT_LINK_MTU = 1500
 # Encapsulation overhead: outer IP header, UDP header, WireGuard data header (16) + Poly1305 tag (16).
-# TCP/TLS transports (#7) carry frames on a byte stream: no per-packet size limit, so they do not constrain the
+# The TCP/TLS transports carry frames on a byte stream: no per-packet size limit, so they do not constrain the
 # tunnel MTU; their per-packet overhead (outer IP + TCP header 20 + options + the 2-byte frame length, + TLS
 # record overhead) is documented in docs/pmtu.md.
 IPV4_HEADER_LEN = 20
@@ -120,7 +120,7 @@ PMTU_HELLO_ATTEMPTS = 3
 # ICMP "fragmentation needed" / "packet too big" written into the TUN: token bucket per device.
 ICMP_TOO_BIG_PER_SECOND = 100
 ICMP_TOO_BIG_BURST = 50
-# --- #7 transports ---
+# --- TCP/TLS transports and the fallback ---
 # TCP and TLS transports (io/stream.py) and the automatic fallback to them (ext/fallback.py); see
 # docs/transports.md. On a stream each WireGuard message is one frame: a 2-byte big-endian length, then the message.
 # The smallest valid frame is a keepalive (32 bytes). The largest is the largest UDP payload over IPv4

@@ -1,4 +1,5 @@
-"""Path MTU, the I/O side (#8): socket options, the UDP error queue, the local link MTU, the interface MTU.
+"""Path MTU, the I/O side (the core's is ext/pmtu.py): socket options, the UDP error queue, the local link MTU,
+the interface MTU.
 
 Socket options (every UDP socket of the interface, both families, the steered pairs included):
     IP_RECVERR / IPV6_RECVERR   ICMP errors about our datagrams are queued on the socket's error queue with the

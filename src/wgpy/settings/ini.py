@@ -55,7 +55,7 @@ class PeerConfig:
     persistent_keepalive: int = 0  # seconds; 0 = disabled
     allowed_macs: list[bytes] = field(default_factory=list)  # Mode = tap: source MACs accepted (empty: any)
     line: int = 0  # line of the [Peer] header
-    # --- #7 transports (docs/transports.md): (scheme, host, port) with scheme "tcp" or "tls"
+    # TCP/TLS transports (docs/transports.md): (scheme, host, port) with scheme "tcp" or "tls"
     stream_endpoint: tuple[str, str, int] | None = None     # Endpoint = tcp://... / tls://...
     fallback_endpoint: tuple[str, str, int] | None = None   # FallbackEndpoint
     fallback_after: float | None = None
@@ -88,9 +88,9 @@ class InterfaceConfig:
     masquerade: list[str] = field(default_factory=list)  # uplink interface names
     user: str | None = None  # user name or numeric uid to run as after setup
     relay: bool = False  # Mode = tap: forward frames between peers (the hub of a star)
-    mtu_probe_interval: float | None = None  # #8: seconds between path MTU re-probes (None: default, 0: off)
+    mtu_probe_interval: float | None = None  # seconds between path MTU re-probes (None: default, 0: off)
     peers: list[PeerConfig] = field(default_factory=list)
-    # --- #7 transports
+    # TCP/TLS transports
     listen_tcp: int | None = None
     listen_tls: int | None = None
     certificate_file: str | None = None
