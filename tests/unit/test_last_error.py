@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from wgpy import cli, crypto
+from wgpy import crypto, show as wgshow
 from wgpy.constants import (
     MAX_TIMER_HANDSHAKES, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, UNANSWERED_INITIATIONS_REPORTED,
 )
@@ -253,7 +253,7 @@ def test_wgpy_show_prints_the_last_error(monkeypatch, capsys):
              "errno=0\n\n")
     import wgpy.uapi.server
     monkeypatch.setattr(wgpy.uapi.server, "request", lambda name, req: reply)
-    assert cli._show_one("wgtest0", None) == 0
+    assert wgshow.show_one("wgtest0", None) == 0
     shown = capsys.readouterr().out
     blocks = shown.split("\n\n")
     first = next(b for b in blocks if crypto.encode_key(pk1) in b)

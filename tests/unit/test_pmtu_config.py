@@ -44,7 +44,7 @@ class Host:
 
 
 def test_uapi_get_reports_path_mtu_and_show_parses_it():
-    from wgpy.cli import _parse_get
+    from wgpy.show import parse_get as _parse_get
     p = pmtu_pair(Path(1280))
     p.handshake(0.0)
     settle(p, 20.0)
@@ -60,7 +60,7 @@ def test_uapi_get_reports_path_mtu_and_show_parses_it():
 
 
 def test_show_marks_a_path_mtu_still_being_probed():
-    from wgpy.cli import _parse_get, _path_mtu
+    from wgpy.show import parse_get as _parse_get, path_mtu_column as _path_mtu
     p = pmtu_pair(Path(1280))
     p.handshake(0.0)
     settle(p, 0.3)                          # HELLOs exchanged, the first probe round is out, none answered yet

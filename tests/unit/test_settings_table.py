@@ -17,7 +17,7 @@ import time
 import pytest
 
 import wgpy.uapi.server
-from wgpy import cli, crypto
+from wgpy import crypto, show as wgshow
 from wgpy.config import link_uapi, parse, to_uapi
 from wgpy.io import udp
 from wgpy.io.stream import StreamManager
@@ -100,11 +100,11 @@ def round_trip(text: str, path: str, l2: bool, monkeypatch, capsys):
     body += link
     host.device.set_pmtu_auto(True)           # what io/pmtu.py does in the automatic mode (get: wgpy_mtu ... auto)
     reply = handle_get(host)
-    dev, peers = cli._parse_get(reply)
+    dev, peers = wgshow.parse_get(reply)
     monkeypatch.setattr(wgpy.uapi.server, "request", lambda name, req: reply + "errno=0\n\n")
     monkeypatch.setenv("WG_HIDE_KEYS", "always")
     capsys.readouterr()
-    assert cli._show_one("wgtest0", None) == 0
+    assert wgshow.show_one("wgtest0", None) == 0
     show = capsys.readouterr().out
     return body, host, dev, {p["public_key"]: p for p in peers}, show
 

@@ -8,7 +8,7 @@ Who iterates it:
     config.py       INI keys -> attributes of InterfaceConfig/PeerConfig (by_ini), "did you mean" suggestions
     render.py       InterfaceConfig -> the body of a UAPI set (`render` says how a row is written)
     uapi/protocol   a set request: key -> row -> parsed into the SetPlan (`dest`); a get reply, in table order
-    cli.py          `wgpy show`: which get keys repeat (list rows)
+    show.py         `wgpy show`: which get keys repeat (list rows); its field table reads the get keys
 
 `render`: "given" (written when not None), "nonzero" (when true/non-zero), "each" (one line per list item),
 "always" (`fixed` written every time; l2 rows only for Mode = tap), "link" (written by `wgpy up` once the link's
