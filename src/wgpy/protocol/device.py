@@ -48,6 +48,7 @@ from ..routing.mactable import MacTable
 from . import noise
 from .cookie import CookieChecker
 from .handshake import Handshakes, ratelimit_key  # noqa: F401  (ratelimit_key: re-exported for the tests)
+from .indextable import IndexTable
 from .keypair import Keypair
 from .peer import Peer
 from .router import Router
@@ -88,8 +89,9 @@ class Device:
         self.identity: noise.StaticIdentity | None = None
         self.cookie_checker: CookieChecker | None = None
         self.allowed_ips = AllowedIPs()
-        self.keypairs_by_index: dict[int, Keypair] = {}
-        self.handshakes_by_index: dict[int, Peer] = {}
+        self.index = IndexTable(rand)      # receiver index -> handshake or keypair (indextable.py)
+        self.keypairs_by_index = self.index.keypairs        # the same dicts, read by the data path
+        self.handshakes_by_index = self.index.handshakes
         self.drops: Counter[str] = Counter()
         self.staged_total = 0          # packets staged over all peers (bounded by MAX_STAGED_PACKETS_TOTAL)
         self.timers = Timers(self, rand, wall)   # the five deadlines per peer, one heap (timers.py)
@@ -197,9 +199,9 @@ class Device:
 
     def erase_keys(self, peer: Peer) -> None:
         """Forget every key of `peer`'s sessions and handshake (REJECT_AFTER_TIME * 3 after the last session)."""
-        self._drop_handshake_index(peer)
+        self.index.drop_handshake(peer)
         peer.handshake.clear()
-        self._clear_keypairs(peer)
+        self.index.clear_keypairs(peer)
 
     @property
     def public_key(self) -> bytes | None:
@@ -219,9 +221,9 @@ class Device:
             self.remove_peer(self.identity.public)
         for peer in self.peers.values():
             psk = peer.handshake.preshared_key
-            self._drop_handshake_index(peer)
+            self.index.drop_handshake(peer)
             peer.handshake = self._new_handshake(peer.public_key, psk)
-            self._clear_keypairs(peer)
+            self.index.clear_keypairs(peer)
             peer.unanswered_initiations = 0      # a new identity: earlier initiations say nothing about it
 
     def _new_handshake(self, public_key: bytes, psk: bytes | None) -> noise.Handshake:
@@ -255,62 +257,13 @@ class Device:
         self.allowed_ips.remove_by_peer(peer)
         if self.macs is not None:
             self.macs.remove_port(peer)
-        self._drop_handshake_index(peer)
-        self._clear_keypairs(peer)
+        self.index.drop_handshake(peer)
+        self.index.clear_keypairs(peer)
         self.clear_staged(peer)
 
     def remove_all_peers(self) -> None:
         for key in list(self.peers):
             self.remove_peer(key)
-
-    # ------------------------------------------------------------------------------------------------------
-    # index table
-    # ------------------------------------------------------------------------------------------------------
-
-    def _new_index(self) -> int:
-        while True:
-            idx = int.from_bytes(self._rand(4), "little")
-            if idx and idx not in self.keypairs_by_index and idx not in self.handshakes_by_index:
-                return idx
-
-    def _drop_handshake_index(self, peer: Peer) -> None:
-        idx = peer.handshake.local_index
-        if idx and self.handshakes_by_index.get(idx) is peer:
-            del self.handshakes_by_index[idx]
-
-    def _drop_keypair(self, kp: Keypair | None) -> None:
-        if kp is not None and self.keypairs_by_index.get(kp.local_index) is kp:
-            del self.keypairs_by_index[kp.local_index]
-
-    def _clear_keypairs(self, peer: Peer) -> None:
-        for kp in (peer.previous, peer.current, peer.next):
-            self._drop_keypair(kp)
-        peer.previous = peer.current = peer.next = None
-
-    def _install_keypair(self, peer: Peer, keys: noise.SessionKeys, now: float) -> Keypair:
-        """Add a new session's keypair with the rotation rules of the kernel's noise.c."""
-        kp = Keypair(keys.send_key, keys.recv_key, keys.is_initiator, keys.local_index, keys.remote_index,
-                     now, peer)
-        self.handshakes_by_index.pop(keys.local_index, None)
-        self.keypairs_by_index[keys.local_index] = kp
-        if keys.is_initiator:
-            # the initiator can use it at once; a pending `next` becomes `previous`
-            if peer.next is not None:
-                self._drop_keypair(peer.previous)
-                self._drop_keypair(peer.current)
-                peer.previous = peer.next
-                peer.next = None
-            else:
-                self._drop_keypair(peer.previous)
-                peer.previous = peer.current
-            peer.current = kp
-        else:
-            # the responder waits for the initiator's first transport message before using it
-            self._drop_keypair(peer.next)
-            peer.next = kp
-            self._drop_keypair(peer.previous)
-            peer.previous = None
-        return kp
 
     # ------------------------------------------------------------------------------------------------------
     # outbound data path
@@ -454,7 +407,7 @@ class Device:
         """A transport message authenticated with `next` confirms the responder's new session."""
         if kp is not peer.next:
             return
-        self._drop_keypair(peer.previous)
+        self.index.drop_keypair(peer.previous)
         peer.previous = peer.current
         peer.current = kp
         peer.next = None

@@ -131,14 +131,14 @@ class Handshakes:
             dev.drops["invalid_initiation"] += 1
             return
         self._authenticated(peer, src, now)
-        dev._drop_handshake_index(peer)
-        idx = dev._new_index()
+        dev.index.drop_handshake(peer)
+        idx = dev.index.new_index()
         resp = noise.create_response(peer.handshake, idx, dev._rand(32))
         if resp is None:
             dev.drops["invalid_initiation"] += 1
             return
         keys = noise.begin_session(peer.handshake)
-        dev._install_keypair(peer, keys, now)
+        dev.index.install_keypair(peer, keys, now)
         dev.timers.session_derived(peer, now)
         dev.timers.authenticated_sent(peer, now)        # the response, below
         out.append((peer.cookie.add_macs(resp.pack(), RESPONSE_MAC1_OFFSET, now), src))
@@ -153,7 +153,7 @@ class Handshakes:
         for hook in dev._on_response_received:
             hook(peer, src, now)
         keys = noise.begin_session(peer.handshake)
-        dev._install_keypair(peer, keys, now)
+        dev.index.install_keypair(peer, keys, now)
         dev.timers.session_derived(peer, now)
         dev.timers.handshake_complete(peer)
         dev.send_keepalive(peer, now, out)
@@ -165,8 +165,8 @@ class Handshakes:
         """A fresh initiation to `peer` with its MACs, its index registered (the previous one dropped); None if
         the handshake state cannot make one. Sends nothing and touches no timer."""
         dev = self.dev
-        dev._drop_handshake_index(peer)
-        idx = dev._new_index()
+        dev.index.drop_handshake(peer)
+        idx = dev.index.new_index()
         msg = noise.create_initiation(dev.identity, peer.handshake, idx, dev._wall(), dev._rand(32))
         if msg is None:
             return None
