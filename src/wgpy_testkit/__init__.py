@@ -1,8 +1,9 @@
 """wgpy's test and benchmark support: one package imported by the unit tests, the namespace tests, the tools
 they run (tests/tools/) and the benchmarks (bench/), so none of them reaches into another by path.
 
-    core_pair    two sans-IO Device cores wired by hand on a fake clock (Pair), seeded keys and randomness,
-                 IP packet builders: the unit tests' harness, also used by bench/micro.py and the fuzzer
+    core_pair    sans-IO Device cores wired by hand on a fake clock (Net: any named cores and peering, with
+                 blockable paths and stream stand-ins; Pair: A and B), seeded keys and randomness, IP packet
+                 builders: the unit tests' harness, also used by bench/micro.py and the fuzzer
     fuzz         the fuzz targets and invariants of the core's datagram path (bench/fuzz.py is its command line,
                  tests/unit/test_fuzz.py runs a sample)
     procs        bounded commands (`run`, `wait_for`) and tracked background processes (`Proc`)

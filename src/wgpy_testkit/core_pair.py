@@ -1,9 +1,11 @@
-"""The two-core harness: two sans-IO Device cores wired to each other by hand, and the helpers around it.
+"""The core harness: sans-IO Device cores wired to each other by hand, and the helpers around it.
 
 Nothing here touches the network, a real clock or the OS random generator: randomness comes from seeded
-`random.Random` instances and time from a `Clock` the tests advance by hand.  The unit tests, the fuzzer
-(wgpy_testkit.fuzz) and bench/micro.py build their pairs of cores with `Pair` (the last two may hand it
-os.urandom and real monotonic times; the harness does not care).
+`random.Random` instances and time from a `Clock` the tests advance by hand.  `Net` is any number of named
+cores with any peering (an L2 hub and its spokes, a mesh), each path of its wire blockable on its own and with
+extra endpoints (a stream connection's stand-in beside UDP); `Pair` is the common case, A and B peering with
+each other.  The unit tests, the fuzzer (wgpy_testkit.fuzz) and bench/micro.py build their cores here (the
+last two may hand a Pair os.urandom and real monotonic times; the harness does not care).
 """
 
 from __future__ import annotations
@@ -89,60 +91,82 @@ def mtype(dgram: bytes) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Two devices wired by hand
+# Devices wired by hand
 # ---------------------------------------------------------------------------------------------------------------
 
-class Pair:
-    """Devices A and B, each with the other as its only peer.
+class Stream:
+    """An opaque endpoint, as io/stream.py hands the core for a stream connection: equal only to itself."""
 
-    Endpoints are plain strings. `addr[name]` is the source address a device's datagrams appear to come from;
-    `route[endpoint]` is the device a datagram sent to `endpoint` reaches (unknown endpoints are a black hole).
-    `drop(sender_name, datagram) -> bool` simulates loss. Every datagram put on the wire is logged as
-    (now, sender_name, endpoint, datagram), whether it is then dropped or not.
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Stream({self.name})"
+
+
+class Net:
+    """Named devices on one fake clock; `links` says who peers with whom (both ways).
+
+    The wire: `addr[name]` is the source address a device's datagrams appear to come from (the device's name
+    unless `endpoints` says otherwise); `route[endpoint]` is the device a datagram sent to `endpoint` reaches;
+    `seen_as[endpoint]`, where set, is the source the receiver sees instead of the sender's address (the two
+    ends of a stream connection, see `link`). Unknown endpoints are a black hole, or fail the test if `strict`
+    (so does a datagram a device sends to itself).
+    Loss: datagrams sent to an endpoint in `blocked` are lost (each endpoint is one direction of one path), and
+    so are those for which `drop(sender_name, datagram)` is true. Order: datagrams to an endpoint in `overtake`
+    overtake the others that the same send or timer put on the wire. Every datagram put on the wire is logged
+    as (now, sender_name, endpoint, datagram), whether it is then lost or not; `tun[name]` (also `tap`) holds
+    what each device wrote to its TUN or TAP.
     """
 
-    def __init__(self, seed: int = 1, *, psk_a: bytes | None = None, psk_b: bytes | None = None,
-                 a_thinks_b_is: bytes | None = None, b_knows_a: bool = True, rand_a=None, rand_b=None,
-                 l2: bool = False, endpoints: tuple[object, object] = ("A", "B"),
-                 keys: tuple[bytes, bytes] | None = None, inner_v6: bool = True) -> None:
-        """`l2`: both devices in L2 mode (frames, learning switch; no allowed IPs). `endpoints`: the addresses
-        A and B send from and are reached at (strings, or real (ip, port) tuples). `keys`: both private keys
-        instead of ones drawn from `seed`. `inner_v6`: also route fd00::1/fd00::2 (L3)."""
+    def __init__(self, names, links=(), *, seed: int = 1, l2: bool = False, keys=None, rands=None,
+                 endpoints=None, strict: bool = False) -> None:
+        """`names`: one name per device ("ABC" or a list). `keys`: the private keys instead of ones drawn from
+        `seed`; `rands`: the devices' `rand(n)` callables instead of seeded ones; `endpoints`: the addresses
+        they send from and are reached at; each a sequence in the order of `names`. `l2`: TAP devices."""
         self.clock = Clock()
         rng = random.Random(seed)
-        if keys is None:
-            self.priv_a, self.pub_a = make_key(rng)
-            self.priv_b, self.pub_b = make_key(rng)
-        else:
-            (self.priv_a, self.priv_b), (self.pub_a, self.pub_b) = keys, map(crypto.public_from_private, keys)
-        self.a = Device(self.priv_a, rand=rand_a or seeded_rand(seed * 1000 + 1), wall=self.clock.wall, l2=l2)
-        self.b = Device(self.priv_b, rand=rand_b or seeded_rand(seed * 1000 + 2), wall=self.clock.wall, l2=l2)
-        ep_a, ep_b = endpoints
-        self.pa = self.a.add_peer(a_thinks_b_is or self.pub_b)       # A's view of B
-        self.pb = self.b.add_peer(self.pub_a) if b_knows_a else None  # B's view of A
-        if not l2:
-            self.a.allowed_ips.insert(ipaddress.ip_network(B_IP4 + "/32"), self.pa)
-            if inner_v6:
-                self.a.allowed_ips.insert(ipaddress.ip_network(B_IP6 + "/128"), self.pa)
-        self.pa.endpoint = ep_b
-        if self.pb is not None:
-            if not l2:
-                self.b.allowed_ips.insert(ipaddress.ip_network(A_IP4 + "/32"), self.pb)
-                if inner_v6:
-                    self.b.allowed_ips.insert(ipaddress.ip_network(A_IP6 + "/128"), self.pb)
-            self.pb.endpoint = ep_a
-        if psk_a is not None:
-            self.a.set_preshared_key(self.pa, psk_a)
-        if psk_b is not None and self.pb is not None:
-            self.b.set_preshared_key(self.pb, psk_b)
-        self.addr = {"A": ep_a, "B": ep_b}
-        self.route = {ep_a: "A", ep_b: "B"}
+        self.dev: dict[str, Device] = {}
+        self.priv: dict[str, bytes] = {}
+        self.keys: dict[str, bytes] = {}               # public keys
+        self.addr: dict[str, object] = {}
+        self.route: dict[object, str] = {}
+        for i, name in enumerate(names):
+            if keys is None:
+                self.priv[name], self.keys[name] = make_key(rng)
+            else:
+                self.priv[name], self.keys[name] = keys[i], crypto.public_from_private(keys[i])
+            rand = rands[i] if rands is not None else seeded_rand(seed * 100 + i)
+            self.dev[name] = Device(self.priv[name], rand=rand, wall=self.clock.wall, l2=l2)
+            self.addr[name] = ep = name if endpoints is None else endpoints[i]
+            self.route[ep] = name
+        self.peer: dict[tuple[str, str], object] = {}     # (x, y) -> x's Peer object for y
+        for x, y in links:
+            self.add_peer(x, y)
+            self.add_peer(y, x)
+        self.seen_as: dict[object, object] = {}
+        self.blocked: set = set()
+        self.overtake: set = set()
         self.drop = None
+        self.strict = strict
         self.log: list[tuple[float, str, object, bytes]] = []
-        self.tun: dict[str, list[bytes]] = {"A": [], "B": []}
+        self.tun: dict[str, list[bytes]] = {name: [] for name in self.dev}
+        self.tap = self.tun
 
-    def dev(self, name: str) -> Device:
-        return self.a if name == "A" else self.b
+    def add_peer(self, x: str, y: str, key: bytes | None = None):
+        """Give device `x` a peer for `y` (with `key` instead of y's public key if given), reached at addr[y]."""
+        p = self.dev[x].add_peer(key or self.keys[y])
+        p.endpoint = self.addr[y]
+        self.peer[(x, y)] = p
+        return p
+
+    def link(self, endpoint, to: str, seen_as=None) -> None:
+        """Datagrams sent to `endpoint` reach device `to`, which sees them come from `seen_as` (if given).
+        A stream connection from A to B is two of these: A's end T reaches B from B's end C, and C reaches A
+        from T."""
+        self.route[endpoint] = to
+        if seen_as is not None:
+            self.seen_as[endpoint] = seen_as
 
     def at(self, now: float) -> None:
         """Move the fake clock forward to `now` (call before driving a device directly)."""
@@ -152,35 +176,40 @@ class Pair:
     def deliver(self, sender: str, out: list, now: float) -> None:
         """Put `out` (sent by `sender`) on the wire and keep shuttling the answers until the wire is quiet."""
         self.at(now)
+        if self.overtake:
+            out.sort(key=lambda item: item[1] not in self.overtake)
         queue = [(sender, d, ep) for d, ep in out]
         out.clear()
         steps = 0
         while queue:
             steps += 1
-            assert steps < 100_000, "datagram storm"
+            assert steps < 100_000, "datagram storm (a forwarding loop?)"
             s, d, ep = queue.pop(0)
-            self.log.append((now, s, ep, d))
-            if self.drop is not None and self.drop(s, d):
-                continue
             target = self.route.get(ep)
-            if target is None:
+            if self.strict and target in (None, s):
+                raise AssertionError(f"{s} sent to {ep!r}")
+            self.log.append((now, s, ep, d))
+            if ep in self.blocked or (self.drop is not None and self.drop(s, d)) or target is None:
                 continue
             net: list = []
-            self.dev(target).receive_datagrams([(d, self.addr[s])], now, net, self.tun[target])
+            src = self.seen_as.get(ep, self.addr[s])
+            self.dev[target].receive_datagrams([(d, src)], now, net, self.tun[target])
             queue.extend((target, d2, ep2) for d2, ep2 in net)
 
-    def send(self, name: str, packets: list[bytes], now: float) -> None:
+    def send(self, name: str, packets: list[bytes], now: float | None = None) -> None:
+        """Device `name` sends `packets` (from its TUN or TAP) at `now` (default: the clock's time)."""
+        now = self.clock.now if now is None else now
         self.at(now)
         out: list = []
-        self.dev(name).send_packets(packets, now, out)
+        self.dev[name].send_packets(packets, now, out)
         self.deliver(name, out, now)
 
     def advance(self, until: float) -> None:
-        """Run both devices' timers, in deadline order, up to and including `until`."""
+        """Run every device's timers, in deadline order, up to and including `until`."""
         for _ in range(100_000):
             cands = []
-            for name in ("A", "B"):
-                d = self.dev(name).next_deadline()
+            for name, dev in self.dev.items():
+                d = dev.next_deadline()
                 if d is not None and d <= until:
                     cands.append((d, name))
             if not cands:
@@ -188,11 +217,62 @@ class Pair:
             d, name = min(cands)
             self.at(d)
             out: list = []
-            self.dev(name).tick(d, out)
+            self.dev[name].tick(d, out)
             self.deliver(name, out, d)
         else:  # pragma: no cover
             raise AssertionError("timer loop does not converge")
         self.at(until)
+
+    def connect(self, *pairs: tuple[str, str], now: float = 0.0) -> None:
+        """Complete handshakes (x initiates to y, with a keepalive after), so that what follows sees only data."""
+        for x, y in pairs:
+            out: list = []
+            self.dev[x].initiate_handshake(self.peer[(x, y)], now, out, retry=False)
+            self.deliver(x, out, now)
+
+    def sent(self, sender: str | None = None, since: int = 0, type_: int | None = None):
+        """Logged datagrams (now, sender, endpoint, datagram), filtered."""
+        return [e for e in self.log[since:] if (sender is None or e[1] == sender)
+                and (type_ is None or mtype(e[3]) == type_)]
+
+    def data_to(self, endpoint, since: int = 0) -> int:
+        """How many transport messages carrying data (not keepalives) were sent to `endpoint`."""
+        return sum(1 for _, _, ep, d in self.log[since:] if ep == endpoint and mtype(d) == 4 and len(d) > 32)
+
+
+class Pair(Net):
+    """Devices A and B, each with the other as its only peer (`pa`: A's view of B, `pb`: B's view of A).
+
+    Endpoints are "A" and "B" unless given. A routes B_IP4 (and B_IP6) to B, and B the A addresses to A.
+    """
+
+    def __init__(self, seed: int = 1, *, psk_a: bytes | None = None, psk_b: bytes | None = None,
+                 a_thinks_b_is: bytes | None = None, b_knows_a: bool = True, rand_a=None, rand_b=None,
+                 l2: bool = False, endpoints: tuple[object, object] = ("A", "B"),
+                 keys: tuple[bytes, bytes] | None = None, inner_v6: bool = True, strict: bool = False) -> None:
+        """`l2`: both devices in L2 mode (frames, learning switch; no allowed IPs). `endpoints`: the addresses
+        A and B send from and are reached at (strings, or real (ip, port) tuples). `keys`: both private keys
+        instead of ones drawn from `seed`. `inner_v6`: also route fd00::1/fd00::2 (L3)."""
+        rands = (rand_a or seeded_rand(seed * 1000 + 1), rand_b or seeded_rand(seed * 1000 + 2))
+        super().__init__("AB", seed=seed, l2=l2, keys=keys, rands=rands, endpoints=endpoints, strict=strict)
+        self.a, self.b = self.dev["A"], self.dev["B"]
+        (self.priv_a, self.priv_b), (self.pub_a, self.pub_b) = self.priv.values(), self.keys.values()
+        self.pa = self.add_peer("A", "B", a_thinks_b_is)
+        self.pb = self.add_peer("B", "A") if b_knows_a else None
+        if not l2:
+            self._route_inner(self.a, self.pa, B_IP4, B_IP6 if inner_v6 else None)
+            if self.pb is not None:
+                self._route_inner(self.b, self.pb, A_IP4, A_IP6 if inner_v6 else None)
+        if psk_a is not None:
+            self.a.set_preshared_key(self.pa, psk_a)
+        if psk_b is not None and self.pb is not None:
+            self.b.set_preshared_key(self.pb, psk_b)
+
+    @staticmethod
+    def _route_inner(dev: Device, peer, ip4: str, ip6: str | None) -> None:
+        dev.allowed_ips.insert(ipaddress.ip_network(ip4 + "/32"), peer)
+        if ip6 is not None:
+            dev.allowed_ips.insert(ipaddress.ip_network(ip6 + "/128"), peer)
 
     def handshake(self, now: float = 0.0, payload: bytes = b"hello") -> bytes:
         """A sends one IPv4 packet to B, which triggers (and completes) a handshake. Returns the packet."""
@@ -200,7 +280,21 @@ class Pair:
         self.send("A", [pkt], now)
         return pkt
 
-    def sent(self, sender: str | None = None, since: int = 0, type_: int | None = None):
-        """Logged datagrams (now, sender, endpoint, datagram), filtered."""
-        return [e for e in self.log[since:] if (sender is None or e[1] == sender)
-                and (type_ is None or mtype(e[3]) == type_)]
+    def send_udp(self, name: str, payload: bytes, now: float) -> None:
+        """As a live device: run the timers due by `now`, then `name` sends one IPv4/UDP packet to the other."""
+        self.advance(now)
+        src, dst = (A_IP4, B_IP4) if name == "A" else (B_IP4, A_IP4)
+        self.send(name, [udp4(src, dst, payload)], now)
+
+    def traffic(self, start: float, end: float, step: float = 0.5, both: bool = True) -> tuple[int, int]:
+        """A (and B, `step` / 2 later, if `both`) send one packet every `step` seconds from `start` until
+        `end`; returns (delivered to B, delivered to A) in that time."""
+        b0, a0 = len(self.tun["B"]), len(self.tun["A"])
+        t, i = start, 0
+        while t < end:
+            self.send_udp("A", b"a%d" % i, t)
+            if both:
+                self.send_udp("B", b"b%d" % i, t + step / 2)
+            t += step
+            i += 1
+        return len(self.tun["B"]) - b0, len(self.tun["A"]) - a0

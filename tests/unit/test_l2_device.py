@@ -1,7 +1,7 @@
 """L2 mode of the sans-IO core (Device(..., l2=True)): switching, learning, flooding, relaying, allowed MACs.
 
-Devices are wired by hand with a fake clock, as in test_device_pair.py; `Net` generalises core_pair.Pair to any
-number of devices and any peering (star, mesh).
+Devices are wired by hand with a fake clock (core_pair.Net, the generalisation of the Pair of test_device_pair.py
+to any number of devices and any peering: star, mesh).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from wgpy.protocol.device import Device
 from wgpy.uapi.protocol import handle_request
 from wgpy.routing.mactable import LOCAL, MacTable
 
-from wgpy_testkit.core_pair import Clock, make_key, mtype, seeded_rand
+from wgpy_testkit.core_pair import Clock, Net, mtype, seeded_rand
 
 BCAST = b"\xff" * 6
 
@@ -50,60 +50,16 @@ def unpad(received: bytes, sent: bytes) -> bool:
             and len(received) == len(sent) + (-len(sent) & 15))
 
 
-class Net:
-    """Named L2 devices; `links` says who peers with whom (both ways). Endpoints are the device names."""
-
-    def __init__(self, names: str, links: list[tuple[str, str]], seed: int = 1, relay: set[str] = frozenset()):
-        self.clock = Clock()
-        rng = random.Random(seed)
-        self.dev: dict[str, Device] = {}
-        self.keys = {}
-        for i, n in enumerate(names):
-            priv, pub = make_key(rng)
-            self.keys[n] = pub
-            self.dev[n] = Device(priv, rand=seeded_rand(seed * 100 + i), wall=self.clock.wall, l2=True)
-            self.dev[n].relay = n in relay
-        self.peer: dict[tuple[str, str], object] = {}     # (a, b) -> a's Peer object for b
-        for a, b in links:
-            for x, y in ((a, b), (b, a)):
-                p = self.dev[x].add_peer(self.keys[y])
-                p.endpoint = y
-                self.peer[(x, y)] = p
-        self.tap: dict[str, list[bytes]] = {n: [] for n in names}
-        self.wire: list[tuple[str, str, bytes]] = []
-
-    def deliver(self, sender: str, out: list, now: float) -> None:
-        queue = [(sender, d, ep) for d, ep in out]
-        steps = 0
-        while queue:
-            steps += 1
-            assert steps < 10_000, "datagram storm (a forwarding loop?)"
-            s, d, ep = queue.pop(0)
-            self.wire.append((s, ep, d))
-            net: list = []
-            self.dev[ep].receive_datagrams([(d, s)], now, net, self.tap[ep])
-            queue.extend((ep, d2, ep2) for d2, ep2 in net)
-
-    def send(self, name: str, frames: list[bytes], now: float | None = None) -> None:
-        now = self.clock.now if now is None else now
-        self.clock.now = now
-        out: list = []
-        self.dev[name].send_packets(frames, now, out)
-        self.deliver(name, out, now)
-
-    def data_to(self, dst: str, since: int = 0) -> int:
-        return sum(1 for s, ep, d in self.wire[since:] if ep == dst and mtype(d) == 4 and len(d) > 32)
-
-    def connect(self, *pairs: tuple[str, str]) -> None:
-        """Complete handshakes (with a keepalive each) so that tests below see only data."""
-        for a, b in pairs:
-            out: list = []
-            self.dev[a].initiate_handshake(self.peer[(a, b)], 0.0, out, retry=False)
-            self.deliver(a, out, 0.0)
+def net(names: str, links: list[tuple[str, str]], relay: set[str] = frozenset()) -> Net:
+    """Named L2 devices peering as `links` says (both ways); the hubs in `relay` forward between their peers."""
+    n = Net(names, links, l2=True, strict=True)
+    for name, dev in n.dev.items():
+        dev.relay = name in relay
+    return n
 
 
 def pair() -> Net:
-    n = Net("AB", [("A", "B")])
+    n = net("AB", [("A", "B")])
     n.connect(("A", "B"))
     return n
 
@@ -121,25 +77,25 @@ def test_l2_device_uses_the_l2_data_path_and_l3_is_untouched():
 
 
 def test_broadcast_triggers_handshake_and_arrives_padded():
-    n = Net("AB", [("A", "B")])
+    n = net("AB", [("A", "B")])
     f = eth(BCAST, m(1), b"arp-ish" + b"\x00" * 21)        # 42 bytes, like an ARP request
     n.send("A", [f], 0.0)
-    assert [mtype(d) for _, _, d in n.wire] == [1, 2, 4]   # initiation, response, the staged frame
+    assert [mtype(d) for *_, d in n.log] == [1, 2, 4]   # initiation, response, the staged frame
     assert len(n.tap["B"]) == 1 and unpad(n.tap["B"][0], f) and len(n.tap["B"][0]) == 48
     assert lookup(n.dev["A"].macs, m(1), 0.0) is LOCAL
     assert lookup(n.dev["B"].macs, m(1), 0.0) is n.peer[("B", "A")]
 
 
 def test_unicast_reply_goes_to_the_learned_peer_only():
-    n = Net("ABC", [("A", "B"), ("A", "C")])
+    n = net("ABC", [("A", "B"), ("A", "C")])
     n.connect(("A", "B"), ("A", "C"))
     n.send("B", [eth(BCAST, m(2))])                        # A learns m2 behind B
     n.send("C", [eth(BCAST, m(3))])                        # ... and m3 behind C
-    start = len(n.wire)
+    start = len(n.log)
     n.send("A", [eth(m(2), m(1), b"to-b" * 12)])
     assert n.data_to("B", start) == 1 and n.data_to("C", start) == 0
     assert n.tap["B"][-1][:12] == m(2) + m(1)
-    start = len(n.wire)
+    start = len(n.log)
     n.send("A", [eth(m(9), m(1))])                         # unknown unicast: flooded to both
     assert n.data_to("B", start) == 1 and n.data_to("C", start) == 1
 
@@ -147,7 +103,7 @@ def test_unicast_reply_goes_to_the_learned_peer_only():
 def test_frame_to_a_local_address_is_filtered():
     n = pair()
     n.send("A", [eth(BCAST, m(1)), eth(BCAST, m(5))])      # m1 and m5 are both behind A's TAP
-    start = len(n.wire)
+    start = len(n.log)
     n.send("A", [eth(m(5), m(1))])
     assert n.data_to("B", start) == 0 and n.dev["A"].drops["l2_filtered"] == 1
 
@@ -172,7 +128,7 @@ def test_never_sent_back_where_it_came_from():
     out: list = []
     frame = eth(m(2), m(7))                                # B sends a frame to its own side's address
     n.dev["B"]._send_to_peer(n.peer[("B", "A")], [frame], 1.0, out)
-    start, on_tap = len(n.wire), len(n.tap["A"])
+    start, on_tap = len(n.log), len(n.tap["A"])
     n.deliver("B", out, 1.0)
     assert n.data_to("B", start) == 0 and len(n.tap["A"]) == on_tap and n.dev["A"].drops["l2_filtered"] == 1
 
@@ -227,31 +183,31 @@ def test_narrowing_allowed_macs_forgets_what_the_peer_taught():
 
 
 def test_mac_move_between_peers_is_relearned():
-    n = Net("ABC", [("A", "B"), ("A", "C")])
+    n = net("ABC", [("A", "B"), ("A", "C")])
     n.connect(("A", "B"), ("A", "C"))
     n.send("B", [eth(BCAST, m(7))])
     assert lookup(n.dev["A"].macs, m(7), 0.0) is n.peer[("A", "B")]
     n.send("C", [eth(BCAST, m(7))])                        # the host moved to C's LAN
     assert lookup(n.dev["A"].macs, m(7), 0.0) is n.peer[("A", "C")]
-    start = len(n.wire)
+    start = len(n.log)
     n.send("A", [eth(m(7), m(1))])
     assert n.data_to("C", start) == 1 and n.data_to("B", start) == 0
 
 
 def test_entries_age_out_and_unicast_floods_again():
-    n = Net("ABC", [("A", "B"), ("A", "C")])
+    n = net("ABC", [("A", "B"), ("A", "C")])
     n.connect(("A", "B"), ("A", "C"))
     n.send("B", [eth(BCAST, m(2))], 1.0)
-    start = len(n.wire)
+    start = len(n.log)
     n.send("A", [eth(m(2), m(1))], 1.0 + MAC_AGING_TIME - 1)
     assert n.data_to("B", start) == 1 and n.data_to("C", start) == 0
-    start = len(n.wire)
+    start = len(n.log)
     n.send("A", [eth(m(2), m(1))], 1.0 + MAC_AGING_TIME + 1)
     assert n.data_to("B", start) == 1 and n.data_to("C", start) == 1
 
 
 def test_hub_relays_unicast_and_broadcast_between_spokes():
-    n = Net("HST", [("H", "S"), ("H", "T")], relay={"H"})  # S and T only know the hub
+    n = net("HST", [("H", "S"), ("H", "T")], relay={"H"})  # S and T only know the hub
     n.connect(("S", "H"), ("T", "H"))
     bc = eth(BCAST, m(10), b"who-has" * 7)
     n.send("S", [bc])
@@ -267,7 +223,7 @@ def test_hub_relays_unicast_and_broadcast_between_spokes():
 
 
 def test_without_relay_the_hub_keeps_frames_to_itself():
-    n = Net("HST", [("H", "S"), ("H", "T")])
+    n = net("HST", [("H", "S"), ("H", "T")])
     n.connect(("S", "H"), ("T", "H"))
     n.send("S", [eth(BCAST, m(10))])
     n.send("T", [eth(BCAST, m(20))])
@@ -277,7 +233,7 @@ def test_without_relay_the_hub_keeps_frames_to_itself():
 
 
 def test_full_mesh_without_relay_delivers_each_broadcast_once():
-    n = Net("ABC", [("A", "B"), ("A", "C"), ("B", "C")])
+    n = net("ABC", [("A", "B"), ("A", "C"), ("B", "C")])
     n.connect(("A", "B"), ("A", "C"), ("B", "C"))
     n.send("A", [eth(BCAST, m(1))])
     assert len(n.tap["B"]) == 1 and len(n.tap["C"]) == 1 and n.tap["A"] == []

@@ -23,7 +23,7 @@ from wgpy.uapi import protocol as uapi
 
 from wgpy_testkit.core_pair import A_IP4, B_IP4, Pair, make_key, mtype, udp4
 from test_transport_config import Host
-from test_transport_fallback import Wire
+from test_transport_fallback import BOTH_WAYS, T, wire
 from test_transport_stream import make_cert, pair, run_until
 from test_uapi_protocol import FakeHost, do_set, peer_of
 
@@ -130,12 +130,12 @@ def test_a_new_private_key_starts_the_count_again():
 
 def test_fallback_probes_over_blocked_udp_are_not_counted():
     """While on the fallback the UDP probes go unanswered by design; the tunnel works over the stream."""
-    w = Wire(after=3.0, probe=10.0)
-    w.block_ab = w.block_ba = True
-    w.send("A", b"x", 0.0)
+    w = wire(after=3.0, probe=10.0)
+    w.blocked |= BOTH_WAYS
+    w.send_udp("A", b"x", 0.0)
     w.advance(3.0)
-    assert w.pa.endpoint is w.T
-    to_b, to_a = w.run_traffic(3.5, 2.5 * REKEY_AFTER_TIME)      # rekeys over the stream on the way
+    assert w.pa.endpoint is T
+    to_b, to_a = w.traffic(3.5, 2.5 * REKEY_AFTER_TIME)          # rekeys over the stream on the way
     assert to_b == to_a > 0 and w.pa.fallback.probes >= 20
     assert w.pa.unanswered_initiations == 0 and w.pa.handshake_error() is None
 
