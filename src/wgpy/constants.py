@@ -133,9 +133,15 @@ STREAM_MAX_FRAME = 65507
 # let the inner TCP see loss instead of an ever growing delay (TCP-over-TCP meltdown, docs/transports.md).
 STREAM_SEND_BUFFER = 256 * 1024
 STREAM_NOTSENT_LOWAT = 128 * 1024
-# Accepted connections that have not yet carried an authenticated WireGuard message: at most this many at once
-# (further ones are closed at once), each for at most this long and this many frames.
+# Accepted connections that have not yet carried an authenticated WireGuard message: at most this many at once,
+# and at most PER_SOURCE from one source (an IPv4 address, an IPv6 /64); a newcomer beyond either limit evicts
+# the oldest such connection (of its own source first), it is never refused: a flood of half-open connections
+# then churns only its own slots, and a real client, which authenticates within a round trip or two, gets in.
+# A connection must deliver its first complete frame (TLS handshake included) within FIRST_MESSAGE_TIMEOUT and
+# authenticate within UNAUTHENTICATED_TIMEOUT, with at most UNAUTHENTICATED_FRAMES frames.
 STREAM_MAX_UNAUTHENTICATED = 64
+STREAM_UNAUTHENTICATED_PER_SOURCE = 8
+STREAM_FIRST_MESSAGE_TIMEOUT = 3.0
 STREAM_UNAUTHENTICATED_TIMEOUT = 10.0
 STREAM_UNAUTHENTICATED_FRAMES = 16
 # Outbound connections: TCP connect plus TLS handshake must finish within this time; after a failure or a drop

@@ -8,12 +8,13 @@ import random
 import pytest
 
 from wgpy.constants import (
-    STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_MAX_UNAUTHENTICATED,
-    STREAM_UNAUTHENTICATED_FRAMES, STREAM_UNAUTHENTICATED_TIMEOUT,
+    STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_FIRST_MESSAGE_TIMEOUT,
+    STREAM_MAX_UNAUTHENTICATED, STREAM_UNAUTHENTICATED_FRAMES, STREAM_UNAUTHENTICATED_PER_SOURCE,
+    STREAM_UNAUTHENTICATED_TIMEOUT,
 )
 from wgpy.streams.connection import (
     CONNECT, CONNECT_TIMEOUT, IDLE, RETRY_WHILE_USED, TLS_TIMEOUT, WAIT, Budget, Close, Connection, backoff, failed,
-    retry_due,
+    retry_due, source_key,
 )
 from wgpy.streams.endpoint import CLOSED, CONNECTING, HANDSHAKE, UP, StreamEndpoint
 
@@ -31,8 +32,8 @@ def target(scheme: str = "tcp") -> StreamEndpoint:
     return StreamEndpoint(scheme, "192.0.2.1", 443, True)
 
 
-def inbound(scheme: str = "tcp") -> StreamEndpoint:
-    return StreamEndpoint(scheme, "192.0.2.9", 40000, False)
+def inbound(scheme: str = "tcp", host: str = "192.0.2.9") -> StreamEndpoint:
+    return StreamEndpoint(scheme, host, 40000, False)
 
 
 # ---- backoff ---------------------------------------------------------------------------------------------------
@@ -150,12 +151,11 @@ def test_closing_an_up_connection_is_a_drop_and_a_quiet_close_no_retry():
 
 def test_unauthenticated_connections_count_against_the_budget():
     budget = Budget()
-    conns = []
-    while not budget.full:
-        conns.append(Connection(inbound(), 0.0, budget))
-    assert len(conns) == budget.count == STREAM_MAX_UNAUTHENTICATED
+    conns = [Connection(inbound(host=f"192.0.2.{i}"), 0.0, budget) for i in range(STREAM_MAX_UNAUTHENTICATED)]
+    assert budget.count == STREAM_MAX_UNAUTHENTICATED
+    assert budget.make_room(source_key("198.51.100.1")) == [conns[0]]    # full: the oldest of all goes
     conns[0].authenticate("peer")
-    assert budget.count == STREAM_MAX_UNAUTHENTICATED - 1 and not budget.full
+    assert budget.count == STREAM_MAX_UNAUTHENTICATED - 1 and budget.make_room(source_key("198.51.100.1")) == []
     conns[0].close(None, 1.0, seeded(1))                 # authenticated: no second release
     assert budget.count == STREAM_MAX_UNAUTHENTICATED - 1
     conns[1].close("bad frame (stream_short_frame)", 1.0, seeded(1))
@@ -163,16 +163,38 @@ def test_unauthenticated_connections_count_against_the_budget():
     assert conns[1].ep.last_error == "bad frame (stream_short_frame)"
 
 
+def test_one_source_holds_at_most_its_share_and_churns_its_own_slots():
+    budget = Budget()
+    other = Connection(inbound(host="192.0.2.200"), 0.0, budget)
+    mine = [Connection(inbound(host="192.0.2.9"), float(i), budget) for i in range(STREAM_UNAUTHENTICATED_PER_SOURCE)]
+    assert budget.make_room(source_key("192.0.2.9")) == [mine[0]]      # its own oldest, not `other`
+    assert budget.make_room(source_key("192.0.2.10")) == []             # another source: room
+    # an IPv6 host picks addresses from its /64: one source
+    v6 = [Connection(inbound(host=f"2001:db8::{i:x}"), 0.0, budget) for i in range(STREAM_UNAUTHENTICATED_PER_SOURCE)]
+    assert budget.make_room(source_key("2001:db8::ffff")) == [v6[0]]
+    assert budget.make_room(source_key("2001:db8:0:1::1")) == []        # the next /64 is someone else
+    assert other in budget.waiting
+
+
 @pytest.mark.parametrize("scheme", ["tcp", "tls"])
 def test_unauthenticated_deadline(scheme):
+    """A first frame within STREAM_FIRST_MESSAGE_TIMEOUT (TLS handshake included), authenticated within
+    STREAM_UNAUTHENTICATED_TIMEOUT of the accept."""
     budget = Budget()
     c = Connection(inbound(scheme), 10.0, budget)
-    assert c.inbound and not c.authenticated and c.deadline == 10.0 + STREAM_UNAUTHENTICATED_TIMEOUT
+    assert c.inbound and not c.authenticated and c.deadline == 10.0 + STREAM_FIRST_MESSAGE_TIMEOUT
     assert c.connected() == (HANDSHAKE if scheme == "tls" else UP)
-    assert c.on_timer(10.0 + STREAM_UNAUTHENTICATED_TIMEOUT - 0.5) is None
-    d = c.on_timer(10.0 + STREAM_UNAUTHENTICATED_TIMEOUT)
+    assert c.on_timer(10.0 + STREAM_FIRST_MESSAGE_TIMEOUT - 0.5) is None
+    d = c.on_timer(10.0 + STREAM_FIRST_MESSAGE_TIMEOUT)               # nothing came: cut off early
     assert d == Close(TLS_TIMEOUT if scheme == "tls" else None, "stream_unauthenticated_timeout")
     assert c.close(d.reason, 20.0, seeded(1)) is None and budget.count == 0    # inbound: never a retry
+    # a connection that sent a first frame has until the unauthenticated timeout
+    c = Connection(inbound(scheme), 10.0, budget)
+    c.connected()
+    c.tls_done() if scheme == "tls" else None
+    assert c.take_frames(1) == 1 and c.deadline == 10.0 + STREAM_UNAUTHENTICATED_TIMEOUT
+    assert c.on_timer(10.0 + STREAM_FIRST_MESSAGE_TIMEOUT) is None
+    assert c.on_timer(10.0 + STREAM_UNAUTHENTICATED_TIMEOUT) == Close(None, "stream_unauthenticated_timeout")
 
 
 def test_authenticated_inbound_connection_has_no_deadline():

@@ -305,22 +305,35 @@ def test_send_buffer_is_bounded_when_the_far_end_does_not_read():
         lsock.close()
 
 
-def test_unauthenticated_connections_are_bounded(monkeypatch):
-    monkeypatch.setattr(connection, "STREAM_MAX_UNAUTHENTICATED", 4)     # the Budget's limit
+def test_unauthenticated_connections_are_bounded_and_a_newcomer_evicts_the_oldest(monkeypatch):
+    monkeypatch.setattr(connection, "STREAM_MAX_UNAUTHENTICATED", 4)     # the Budget's limits
+    monkeypatch.setattr(connection, "STREAM_UNAUTHENTICATED_PER_SOURCE", 3)
     server = Node()
     port = free_port()
     server.streams.listen("tcp", port)
     socks = []
     try:
-        for _ in range(6):
+        for _ in range(6):                        # one source: it keeps at most 3, its oldest go first
             socks.append(socket.create_connection(("127.0.0.1", port)))
             server.step(0.01)
         for _ in range(20):
             server.step(0.01)
+        assert server.streams.unauthenticated == 3
+        assert server.streams.counters["stream_unauthenticated_evicted"] == 3
+        for s in socks[:3]:                       # the three oldest were closed by the server
+            s.settimeout(2)
+            assert s.recv(10) == b""
+        # other sources fill the rest; the budget (4) full, the oldest of all makes room
+        for src in ("127.0.0.2", "127.0.0.3"):
+            s = socket.create_connection(("127.0.0.1", port), source_address=(src, 0))
+            socks.append(s)
+            server.step(0.01)
+        for _ in range(20):
+            server.step(0.01)
         assert server.streams.unauthenticated == 4
-        assert server.streams.counters["stream_unauthenticated_full"] == 2
+        assert server.streams.counters["stream_unauthenticated_evicted"] == 4
         # a bad frame frees a slot
-        socks[0].sendall(struct.pack(">H", 0))
+        socks[-1].sendall(struct.pack(">H", 0))
         for _ in range(20):
             server.step(0.01)
         assert server.streams.unauthenticated == 3 and server.streams.counters["stream_short_frame"] == 1

@@ -31,7 +31,7 @@ from collections import Counter
 
 from ..config import parse_pin  # noqa: F401  (the one TLSPin / wgpy_tls_pin parser; uapi/transport.py uses it)
 from ..constants import STREAM_MAX_FRAME, STREAM_SEND_BUFFER
-from ..streams.connection import CONNECT, WAIT, Budget, Retry, failed, retry_due
+from ..streams.connection import CONNECT, WAIT, Budget, Retry, failed, retry_due, source_key
 # re-exported (tests and the UAPI import them from here): the endpoint record and URLs, framing, TLS words
 from ..streams.endpoint import CLOSED, CONNECTING, HANDSHAKE, UP, StreamEndpoint, parse_url  # noqa: F401
 from ..streams.framing import FRAME_LENGTH as _H, FrameError, encode_frame, parse_frames  # noqa: F401
@@ -201,10 +201,11 @@ class StreamManager:
             if sock is None:
                 self.counters["stream_accept_errors"] += 1
                 return
-            if self.budget.full:
-                self.counters["stream_unauthenticated_full"] += 1
-                sock.close()
-                continue
+            # room for the newcomer: the oldest unauthenticated connection of its source (at its limit), else the
+            # oldest of all (the budget full); a flood of half-open connections churns only its own slots
+            for victim in self.budget.make_room(source_key(addr[0].split("%")[0].removeprefix("::ffff:"))):
+                self.counters["stream_unauthenticated_evicted"] += 1
+                self._close(victim, None, now)
             sock = prepare_accepted(sock, self.fwmark, scheme == "tls", self.server_ctx)
             if sock is None:
                 self.counters["stream_accept_errors"] += 1
@@ -475,6 +476,8 @@ class StreamManager:
                     if decision.counter:
                         self.counters[decision.counter] += 1
                     self._close(obj, decision.reason, now)
+                elif obj.deadline is not None and obj.state != CLOSED:
+                    self._at(obj.deadline, "deadline", obj)    # moved later (a first frame arrived)
             else:
                 ep = obj
                 ep.retry_armed = False

@@ -11,7 +11,9 @@ A connection has one deadline: the connect timeout (outbound: TCP connect and TL
 unauthenticated timeout (inbound, until a message from it authenticates). `on_timer(now)` says whether it ran out.
 
 Inbound connections that have not authenticated yet count against a Budget (at most STREAM_MAX_UNAUTHENTICATED at
-once; more are refused at accept), for at most STREAM_UNAUTHENTICATED_TIMEOUT seconds and, through the core,
+once and STREAM_UNAUTHENTICATED_PER_SOURCE per source; a newcomer evicts the oldest, of its own source first),
+must bring a first frame within STREAM_FIRST_MESSAGE_TIMEOUT and authenticate within
+STREAM_UNAUTHENTICATED_TIMEOUT seconds, with at most
 STREAM_UNAUTHENTICATED_FRAMES frames (`take_frames`); the core (Device.peers_at) then says which peer the frames
 handed to it proved a connection to be.
 
@@ -27,11 +29,13 @@ and nothing here runs per message of an authenticated connection.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Callable, NamedTuple
 
 from ..constants import (
-    STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_MAX_UNAUTHENTICATED,
-    STREAM_UNAUTHENTICATED_FRAMES, STREAM_UNAUTHENTICATED_TIMEOUT,
+    STREAM_BACKOFF_MAX, STREAM_BACKOFF_MIN, STREAM_CONNECT_TIMEOUT, STREAM_FIRST_MESSAGE_TIMEOUT,
+    STREAM_MAX_UNAUTHENTICATED, STREAM_UNAUTHENTICATED_FRAMES, STREAM_UNAUTHENTICATED_PER_SOURCE,
+    STREAM_UNAUTHENTICATED_TIMEOUT,
 )
 from .endpoint import CLOSED, CONNECTING, HANDSHAKE, UP, StreamEndpoint
 
@@ -62,16 +66,51 @@ class Retry(NamedTuple):
 
 
 class Budget:
-    """The inbound connections that have not authenticated yet, at most STREAM_MAX_UNAUTHENTICATED at once."""
+    """The inbound connections that have not authenticated yet, oldest first: at most STREAM_MAX_UNAUTHENTICATED
+    at once and STREAM_UNAUTHENTICATED_PER_SOURCE per source (source_key). make_room() names who must go for a
+    newcomer: the oldest of the newcomer's own source when that source is at its limit, else the oldest of all
+    when the budget is full; the newcomer is never refused."""
 
-    __slots__ = ("count",)
+    __slots__ = ("waiting", "per_source")
 
     def __init__(self) -> None:
-        self.count = 0
+        self.waiting: dict[Connection, object] = {}      # insertion order = acceptance order
+        self.per_source: dict[object, int] = {}
 
     @property
-    def full(self) -> bool:
-        return self.count >= STREAM_MAX_UNAUTHENTICATED
+    def count(self) -> int:
+        return len(self.waiting)
+
+    def make_room(self, source: object) -> "list[Connection]":
+        if self.per_source.get(source, 0) >= STREAM_UNAUTHENTICATED_PER_SOURCE:
+            return [next(c for c, s in self.waiting.items() if s == source)]
+        if len(self.waiting) >= STREAM_MAX_UNAUTHENTICATED:
+            return [next(iter(self.waiting))]
+        return []
+
+    def add(self, conn: "Connection", source: object) -> None:
+        self.waiting[conn] = source
+        self.per_source[source] = self.per_source.get(source, 0) + 1
+
+    def remove(self, conn: "Connection") -> None:
+        if conn not in self.waiting:
+            return
+        source = self.waiting.pop(conn)
+        n = self.per_source[source] - 1
+        if n:
+            self.per_source[source] = n
+        else:
+            del self.per_source[source]
+
+
+def source_key(host: str) -> object:
+    """Whose connection this is, for the per-source limit: an IPv4 address, or the /64 of an IPv6 address (an
+    IPv6 host usually has a whole /64 to pick source addresses from)."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return addr.packed[:8] if addr.version == 6 else addr.packed
 
 
 def backoff(failures: int, rand: Rand) -> float:
@@ -121,8 +160,8 @@ class Connection:
         self.opened = now
         self.budget = budget
         if budget is not None:
-            budget.count += 1
-            self.deadline: float | None = now + STREAM_UNAUTHENTICATED_TIMEOUT
+            budget.add(self, source_key(ep.host))
+            self.deadline: float | None = now + STREAM_FIRST_MESSAGE_TIMEOUT
         else:
             self.deadline = now + STREAM_CONNECT_TIMEOUT
 
@@ -150,6 +189,8 @@ class Connection:
         """`n` frames arrived on an unauthenticated connection: how many of them the core may see now (at most
         STREAM_UNAUTHENTICATED_FRAMES in all before the connection authenticates)."""
         take = min(n, max(STREAM_UNAUTHENTICATED_FRAMES - self.frames, 0))
+        if take and not self.frames and self.deadline is not None:
+            self.deadline = self.opened + STREAM_UNAUTHENTICATED_TIMEOUT   # a first message: time to prove it
         self.frames += take
         return take
 
@@ -164,7 +205,7 @@ class Connection:
         self.peer = peer
         self.deadline = None
         if self.budget is not None:
-            self.budget.count -= 1
+            self.budget.remove(self)
             self.budget = None
 
     def on_timer(self, now: float) -> Close | None:
@@ -190,7 +231,7 @@ class Connection:
             if reason is not None:
                 ep.last_error = reason           # the endpoint is this connection's alone: no clearing needed
             if self.budget is not None:
-                self.budget.count -= 1
+                self.budget.remove(self)
                 self.budget = None
             return None
         if reason is not None and reconnect:
