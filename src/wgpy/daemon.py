@@ -152,6 +152,16 @@ class Interface:
         self.bind.set_fwmark(mark)
         self.streams.set_fwmark(mark)   # outbound TCP must bypass the tunnel too
 
+    def set_mtu_auto(self, enabled: bool, min_mtu: int | None = None) -> None:
+        """wgpy_mtu_auto= / wgpy_mtu_min=: the automatic MTU mode (io/pmtu.py), then its PMTU discovery mode on
+        every UDP socket (a later set_listen_port's new sockets get it too)."""
+        self.pmtu.set_auto(enabled, min_mtu)
+        self.bind.configure(self.pmtu)
+
+    @property
+    def mtu_min(self) -> int:
+        return self.pmtu.min_mtu
+
     parse_endpoint = staticmethod(parse_endpoint)
     format_endpoint = staticmethod(format_endpoint)
 

@@ -250,8 +250,9 @@ FIELDS: tuple[Field, ...] = (
       name="macs", column=lambda d, v: ["\t".join(row) for row in mac_table(v.dev, v.peers)]),
 )
 
-# get keys `wgpy show` reads through no field: wg shows none of them either
-NOT_SHOWN = frozenset({"protocol_version", "last_handshake_time_nsec"})
+# get keys `wgpy show` reads through no field: wg shows none of the first two either; the "mtu" line says
+# "automatic" from wgpy_mtu's own "auto" (the mode's floor is the host's business)
+NOT_SHOWN = frozenset({"protocol_version", "last_handshake_time_nsec", "wgpy_mtu_auto", "wgpy_mtu_min"})
 
 # the field modes, in the order of the usage message (wg's, then wgpy's); "dump" and "stats" are not one field
 FIELD_NAMES = ("public-key", "private-key", "listen-port", "fwmark", "peers", "preshared-keys", "endpoints",

@@ -34,6 +34,7 @@ class Host:
         self.device = dev
         self.listen_port = 51820
         self.fwmark = 0
+        self.mtu_min = 1280
 
     @staticmethod
     def format_endpoint(ep):

@@ -52,6 +52,11 @@ class Host:
         self.epoll = select.epoll()
         self.streams = StreamManager(self.epoll)
         self.flushed: list = []
+        self.mtu_min = 1280
+
+    def set_mtu_auto(self, enabled: bool, min_mtu: int | None) -> None:   # the daemon's: also socket options
+        self.mtu_min = min_mtu if min_mtu is not None else self.mtu_min
+        self.device.set_pmtu_auto(enabled)
 
     def set_listen_port(self, port: int) -> None:
         self.listen_port = port
@@ -94,11 +99,12 @@ def l2_text() -> str:
 def round_trip(text: str, path: str, l2: bool, monkeypatch, capsys):
     cfg = parse(text, path)
     body, link = to_uapi(cfg), link_uapi(cfg.mtu, cfg.mtu_probe_interval)   # two sets, as `wgpy up` sends them
+    auto = link_uapi(mtu_auto=True, mtu_min=576)    # (the files give a fixed MTU, so the get shows every key)
     host = Host(l2)
     assert handle_request("set=1\n" + body, host) == "errno=0\n\n"
     assert handle_request("set=1\n" + link, host) == "errno=0\n\n"
-    body += link
-    host.device.set_pmtu_auto(True)           # what io/pmtu.py does in the automatic mode (get: wgpy_mtu ... auto)
+    assert handle_request("set=1\n" + auto, host) == "errno=0\n\n"
+    body += link + auto
     reply = handle_get(host)
     dev, peers = wgshow.parse_get(reply)
     monkeypatch.setattr(wgpy.uapi.server, "request", lambda name, req: reply + "errno=0\n\n")
@@ -149,6 +155,8 @@ CHECKS = {
     "wgpy_mtu": ("l3", lambda r: r["dev"]["wgpy_mtu"] == "1400 auto" and "mtu: 1400 (automatic" in r["show"]),
     "wgpy_mtu_probe_interval": ("l3", lambda r: r["dev"]["wgpy_mtu_probe_interval"] == "45"
                                 and "re-probed every 45 s" in r["show"]),
+    "wgpy_mtu_auto": ("l3", lambda r: r["dev"]["wgpy_mtu_auto"] == "true" and r["host"].device.pmtu_auto),
+    "wgpy_mtu_min": ("l3", lambda r: r["dev"]["wgpy_mtu_min"] == "576" and r["host"].mtu_min == 576),
     "replace_peers": ("l3", lambda r: "replace_peers=true\n" in r["body"] and len(r["host"].device.peers) == 2),
     # ---- peer
     "public_key": ("l3", lambda r: f"peer: {crypto.encode_key(PUB_A)}" in r["show"]),

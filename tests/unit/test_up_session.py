@@ -71,8 +71,6 @@ def host(monkeypatch, tmp_path):
         def __init__(self, name, mode):
             self.device = Core()
             self.fwmark = 0
-            self.pmtu = SimpleNamespace(enable_auto=lambda *a: log.append("auto MTU"))
-            self.bind = SimpleNamespace(sockets=lambda: [])
 
         def open(self):
             log.append("open interface")
@@ -157,7 +155,8 @@ def host(monkeypatch, tmp_path):
 
 SETUP = ["PreUp", "open interface", "UAPI set", "netlink", "UAPI wgpy_mtu=1420", "address 10.0.0.1/24",
          "mtu 1420 up",
-         "routes [IPv4Network('10.0.0.2/32')]", "auto MTU", "masquerade", "DNS", "PostUp"]
+         "routes [IPv4Network('10.0.0.2/32')]", "UAPI wgpy_mtu_auto=true wgpy_mtu_min=576",
+         "masquerade", "DNS", "PostUp"]
 
 
 def test_up_then_teardown_undoes_every_step_in_reverse(host):
@@ -176,12 +175,24 @@ def test_up_then_teardown_undoes_every_step_in_reverse(host):
 
 
 def test_the_mtu_and_the_probe_interval_go_through_the_uapi(host):
-    """`wgpy up` configures the core through the UAPI alone: the MTU once the link has it, then the interval."""
+    """`wgpy up` configures the core through the UAPI alone: the MTU once the link has it, then the interval and
+    the automatic MTU mode (the daemon sets its sockets' options when it applies it)."""
     s = session_mod.Session(_cfg("MTUProbeInterval = 30"))
     s.up()
-    assert host.log.index("UAPI wgpy_mtu=1420") < host.log.index("mtu 1420 up")
-    assert host.log.index("UAPI wgpy_mtu_probe_interval=30") < host.log.index("auto MTU")
+    assert host.log.index("UAPI wgpy_mtu=1420") < host.log.index("mtu 1420 up") \
+        < host.log.index("UAPI wgpy_mtu_probe_interval=30 wgpy_mtu_auto=true wgpy_mtu_min=576")
     assert s.iface.device.mtu == 1420
+
+
+@pytest.mark.parametrize("conf, sent", [
+    ("Address = fd00::1/64", "UAPI wgpy_mtu_auto=true wgpy_mtu_min=1280"),     # IPv6: never below 1280
+    ("MTU = 1400", None),                                                      # fixed: no automatic mode
+    ("MTU = 1400\nMTUProbeInterval = off", "UAPI wgpy_mtu_probe_interval=0"),
+])
+def test_the_automatic_mtu_is_a_uapi_key(host, conf, sent):
+    session_mod.Session(_cfg(conf)).up()
+    link = [e for e in host.log if e.startswith("UAPI wgpy_mtu_") or "wgpy_mtu_auto" in e]
+    assert link == ([sent] if sent else [])
 
 
 def test_attach_mode_adopts_the_link_mtu_through_the_uapi(host, monkeypatch):

@@ -147,17 +147,18 @@ class PathMtuIO:
         for s in sockets:
             configure_socket(s, self.auto)
 
-    def enable_auto(self, sockets: list[socket.socket], min_mtu: int, interval: float | None,
-                    current_mtu: int) -> None:
-        """`MTU = auto` (or no MTU): probe, limit per peer, and let the interface MTU follow the smallest peer."""
-        self.auto = True
-        self.min_mtu = min_mtu
-        self.interface_mtu = current_mtu
-        dev = self.device
-        if interval is not None:
-            dev.pmtu_interval = interval
-        dev.set_pmtu_auto(True)
-        self.configure(sockets)
+    def set_auto(self, enabled: bool, min_mtu: int | None = None) -> None:
+        """The UAPI's wgpy_mtu_auto= and wgpy_mtu_min= (Host.set_mtu_auto). On (`MTU = auto`, or no MTU): probe,
+        limit per peer, and let the interface MTU follow the smallest peer, starting from the core's MTU (the
+        interface's, L2 with the Ethernet header), never below `min_mtu`. Off: the MTU stays what it is. The
+        caller then has the bind configure its sockets (configure(): the PMTU discovery mode follows `auto`)."""
+        if min_mtu is not None:
+            self.min_mtu = min_mtu
+        if enabled:
+            self.interface_mtu = self.device.mtu - (ETHERNET_HEADER_LEN if self.l2 else 0)
+        if enabled or self.auto:
+            self.auto = enabled
+            self.device.set_pmtu_auto(enabled)
 
     # ---- the event loop's calls ------------------------------------------------------------------------------
 

@@ -91,9 +91,11 @@ class Session:
                 raise UpError(f"cannot listen on UDP port {cfg.listen_port}: address already in use")
             raise UpError(f"configuring the interface failed ({reply.strip()})")
 
-    def _set_link(self, mtu: int | None = None, probe_interval: float | None = None) -> None:
-        """The core's MTU (the largest plaintext) and the re-probe interval, through the UAPI like every setting."""
-        reply = self.iface.handle_uapi("set=1\n" + cfgmod.link_uapi(mtu, probe_interval))
+    def _set_link(self, mtu: int | None = None, probe_interval: float | None = None, mtu_auto: bool | None = None,
+                  mtu_min: int | None = None) -> None:
+        """The core's MTU (the largest plaintext), the re-probe interval and the automatic MTU mode, through the
+        UAPI like every setting."""
+        reply = self.iface.handle_uapi("set=1\n" + cfgmod.link_uapi(mtu, probe_interval, mtu_auto, mtu_min))
         if reply != "errno=0\n\n":
             raise UpError(f"configuring the interface failed ({reply.strip()})")
 
@@ -159,18 +161,16 @@ class Session:
     def _enable_auto_mtu(self) -> None:
         """No MTU (or `MTU = auto`) in the file: the interface MTU follows the peers' path MTUs (io/pmtu.py).
         An explicit MTU is left alone (path MTUs are still learned from ICMP and reported). Not in attach mode:
-        without CAP_NET_ADMIN the MTU is root's (it counts as explicit)."""
+        without CAP_NET_ADMIN the MTU is root's (it counts as explicit). One UAPI set: the daemon sets its
+        sockets' PMTU discovery mode when it applies wgpy_mtu_auto, starting from the MTU the link got."""
         cfg = self.cfg
-        iface = self.iface
-        if cfg.mtu_probe_interval is not None:
-            self._set_link(probe_interval=cfg.mtu_probe_interval)
-        if cfg.mtu is not None:
+        auto = cfg.mtu is None
+        if cfg.mtu_probe_interval is None and not auto:
             return
-        l2 = cfg.mode == "tap"
         # Linux removes every IPv6 address of a device whose MTU goes below 1280: not below that with IPv6
         min_mtu = 1280 if any(a.version == 6 for a in cfg.addresses) else 576
-        current = iface.device.mtu - (ETHERNET_HEADER_LEN if l2 else 0)
-        iface.pmtu.enable_auto(iface.bind.sockets(), min_mtu, None, current)   # the interval went by the UAPI
+        self._set_link(probe_interval=cfg.mtu_probe_interval, mtu_auto=True if auto else None,
+                       mtu_min=min_mtu if auto else None)
 
     def _masquerade(self) -> None:
         cfg = self.cfg

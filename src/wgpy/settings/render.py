@@ -2,8 +2,8 @@
 
 Pure. A row is written as its `render` says (table.py's docstring); the four "custom" rows (the UDP and stream
 endpoints, the fallback endpoint, the TLS server name) need the resolved addresses `wgpy up` found, and are the
-functions below. MTU and MTUProbeInterval ("link") are written by `wgpy up` once the link's MTU is known
-(link_uapi), so a plain to_uapi() carries neither.
+functions below. MTU, MTUProbeInterval and the automatic MTU mode ("link") are written by `wgpy up` once the
+link's MTU is known (link_uapi), so a plain to_uapi() carries none of them.
 """
 
 from __future__ import annotations
@@ -108,9 +108,11 @@ def transport_uapi_peer(peer: Any, resolved: dict[str, str] | None = None) -> li
     return [ln for ln in lines if ln.startswith(("wgpy_endpoint=", "wgpy_fallback", "wgpy_tls_"))]
 
 
-def link_uapi(mtu: int | None = None, probe_interval: float | None = None) -> str:
-    """The "link" rows (MTU, MTUProbeInterval) as the body of a set: what `wgpy up` sends once it knows the MTU
-    the link got (the core's MTU: L2 includes the Ethernet header)."""
-    values = {"wgpy_mtu": mtu, "wgpy_mtu_probe_interval": probe_interval}
+def link_uapi(mtu: int | None = None, probe_interval: float | None = None, mtu_auto: bool | None = None,
+              mtu_min: int | None = None) -> str:
+    """The "link" rows (MTU, MTUProbeInterval, the automatic MTU mode and its floor) as the body of a set: what
+    `wgpy up` sends once it knows the MTU the link got (the core's MTU: L2 includes the Ethernet header)."""
+    values = {"wgpy_mtu": mtu, "wgpy_mtu_probe_interval": probe_interval, "wgpy_mtu_auto": mtu_auto,
+              "wgpy_mtu_min": mtu_min}
     return "".join(f"{s.uapi}={s.fmt(values[s.uapi])}\n" for s in rows("interface", uapi=True)
                    if s.render == "link" and values[s.uapi] is not None)

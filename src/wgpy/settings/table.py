@@ -77,6 +77,12 @@ TABLE: tuple[Setting, ...] = (
     S("MTUProbeInterval", "wgpy_mtu_probe_interval", I, "mtu_probe_interval", v.probe_interval,
       parse_uapi=v.u_probe_interval, fmt=v.f_seconds, render="link",
       notes="seconds between path MTU re-probes, 0/off: none; get: in the automatic MTU mode only"),
+    S(None, "wgpy_mtu_auto", I, parse_uapi=v.u_bool, fmt=v.f_bool, render="link", dest="mtu_auto",
+      notes="INI: MTU = auto or no MTU (and CAP_NET_ADMIN): the interface MTU follows the smallest path MTU; the "
+            "host sets the sockets' PMTU discovery mode; get: true, in the automatic mode only"),
+    S(None, "wgpy_mtu_min", I, parse_uapi=v.u_mtu_min, render="link", dest="mtu_min",
+      notes="the automatic MTU's floor, the interface's (L2: the TAP's) MTU: 1280 with IPv6 addresses, else 576; "
+            "get: in the automatic mode only"),
     S(None, "replace_peers", I, parse_uapi=v.u_true, get=False, render="always", fixed="true"),
     # host setup by `wgpy up` (wg-quick's keys): no UAPI key
     S("Address", None, I, "addresses", v.addresses, how="extend", render=None),

@@ -414,6 +414,8 @@ def u_probe_interval(value: str, k: str) -> float:
 
 # the core's MTU: the largest plaintext (L2: the frame, so a TAP's link MTU + 14); a TUN's link MTU is >= 68
 u_mtu = u_range(68, 65535 + 14)
+# the automatic MTU's floor, an interface MTU (L2: the TAP's, without the Ethernet header)
+u_mtu_min = u_range(576, 65535)
 
 
 # ---------------------------------------------------------------------------------------- UAPI formatting

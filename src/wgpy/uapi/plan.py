@@ -56,6 +56,8 @@ class SetPlan:
     relay: object = UNSET
     mtu: object = UNSET                    # wgpy_mtu: the core's MTU (largest plaintext)
     mtu_probe_interval: object = UNSET     # wgpy_mtu_probe_interval
+    mtu_auto: object = UNSET               # wgpy_mtu_auto: the automatic MTU mode (the host: Host.set_mtu_auto)
+    mtu_min: object = UNSET                # wgpy_mtu_min: its floor
     peers: list[PeerOp] = field(default_factory=list)
     transport: dict = field(default_factory=dict, repr=False)   # the wgpy_* stream keys (uapi/transport.py)
 

@@ -27,10 +27,14 @@ allowed_ip (frames are switched by MAC address; a source restriction must not be
 `wg` (wireguard-tools, checked with v1.0.20210914) skips keys it does not know in a get reply, so `wg show`
 and `wg showconf` work on L2 interfaces; it never sends the set keys.
 
-Path MTU: set, device: `wgpy_mtu=N` (the core's MTU: the largest plaintext, L2 with the Ethernet header) and
-`wgpy_mtu_probe_interval=SECONDS` (between re-probe rounds; 0: none), which `wgpy up` sends once the link has its
-MTU (settings/render.py link_uapi); get, device: `wgpy_mtu=<N> auto` and `wgpy_mtu_probe_interval=<s>` in the
-automatic MTU mode only (a fixed MTU adds no key, as wireguard-go's reply);
+Path MTU: set, device: `wgpy_mtu=N` (the core's MTU: the largest plaintext, L2 with the Ethernet header),
+`wgpy_mtu_probe_interval=SECONDS` (between re-probe rounds; 0: none), `wgpy_mtu_auto=true|false` (the automatic
+MTU mode: the interface MTU follows the smallest path MTU; the host sets its sockets' PMTU discovery mode,
+Host.set_mtu_auto, applied after `wgpy_mtu`, from which the mode starts) and `wgpy_mtu_min=N` (its floor, an
+interface MTU: 1280 when the interface carries IPv6), which `wgpy up` sends once the link has its MTU
+(settings/render.py link_uapi); get, device: `wgpy_mtu=<N> auto`, `wgpy_mtu_probe_interval=<s>`,
+`wgpy_mtu_auto=true` and `wgpy_mtu_min=<N>` in the automatic MTU mode only (a fixed MTU adds no key, as
+wireguard-go's reply);
 per peer with a UDP path `wgpy_path_mtu=<outer packet bytes> <link|icmp|probe>[ probing]` (how it was learned;
 `probing` while a probe search is still under way) and
 `wgpy_peer_wgpy=<extension bits>` once the peer's HELLO said it is wgpy.
@@ -66,9 +70,11 @@ class Host(Protocol):
     device: Device
     listen_port: int
     fwmark: int
+    mtu_min: int                                            # the automatic MTU's floor (get: wgpy_mtu_min)
 
     def set_listen_port(self, port: int) -> None: ...      # raises OSError (EADDRINUSE) on failure
     def set_fwmark(self, mark: int) -> None: ...
+    def set_mtu_auto(self, enabled: bool, min_mtu: int | None) -> None: ...   # socket options; never fails
     def parse_endpoint(self, text: str) -> object: ...     # raises ValueError
     def format_endpoint(self, endpoint: object) -> str: ...
     def now(self) -> float: ...
@@ -112,6 +118,9 @@ def apply_set(plan: SetPlan, host: Host) -> None:
         dev.pmtu_interval = plan.mtu_probe_interval
     if plan.mtu is not UNSET:
         dev.mtu = plan.mtu
+    if plan.mtu_auto is not UNSET or plan.mtu_min is not UNSET:    # after the MTU: the mode starts from it
+        host.set_mtu_auto(dev.pmtu_auto if plan.mtu_auto is UNSET else plan.mtu_auto,
+                          None if plan.mtu_min is UNSET else plan.mtu_min)
     if plan.replace_peers:
         dev.remove_all_peers()
     own = dev.public_key
@@ -201,6 +210,8 @@ _DEVICE_GET = {
     "wgpy_local_mac": _l2(lambda h, p, ctx: ctx.get(LOCAL, [])),
     "wgpy_mtu": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: f"{h.device.mtu} auto"),
     "wgpy_mtu_probe_interval": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: f"{h.device.pmtu_interval:g}"),
+    "wgpy_mtu_auto": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: "true"),
+    "wgpy_mtu_min": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: h.mtu_min),
 }
 _PEER_GET = {
     "public_key": _if(lambda h, p: True, lambda h, p: p.public_key.hex()),
