@@ -39,7 +39,7 @@ per peer with a UDP path `wgpy_path_mtu=<outer packet bytes> <link|icmp|probe>[ 
 `probing` while a probe search is still under way) and
 `wgpy_peer_wgpy=<extension bits>` once the peer's HELLO said it is wgpy.
 
-Failures that look like success (issue 20), get only, per peer, only when there is one:
+Failures that look like success, get only, per peer, only when there is one:
 `wgpy_last_error=<text>`, what is wrong in words, parts joined by "; ": the stream endpoint's last failure
 ("TLS: certificate does not match the pinned fingerprint", "connection refused", ...; io/stream.py), then
 "no answer to N handshake initiations" once N >= UNANSWERED_INITIATIONS_REPORTED (2) initiations went out since
@@ -92,7 +92,7 @@ def handle_stats(host: Host) -> str:
     if dev.macs is not None:   # L2: the learning switch's table (bounded by MAC_TABLE_SIZE)
         lines += [f"mac_table_entries={len(dev.macs)}", f"mac_table_evicted={dev.macs.evicted}",
                   f"mac_table_moved={dev.macs.moved}"]
-    lines += _transport.stats_lines(host)   # --- #7 transports: stream_* counters
+    lines += _transport.stats_lines(host)   # the TCP/TLS transports: stream_* counters
     return "".join(line + "\n" for line in lines)
 
 
@@ -100,14 +100,14 @@ def apply_set(plan: SetPlan, host: Host) -> None:
     dev = host.device
     now = host.now()
     out: list = []
-    _transport.prepare(plan, host)      # --- #7 transports: TLS files and stream endpoints, may refuse the set
+    _transport.prepare(plan, host)      # TLS files and stream endpoints, may refuse the set
     if plan.listen_port is not UNSET and plan.listen_port != host.listen_port:
         try:
             host.set_listen_port(plan.listen_port)
         except OSError as e:
             raise UapiError(EADDRINUSE if e.errno == errno.EADDRINUSE else EIO,
                             f"cannot listen on port {plan.listen_port}: {e.strerror}") from None
-    _transport.apply_device(plan, host)     # --- #7 transports: TCP/TLS listeners (may fail: EADDRINUSE)
+    _transport.apply_device(plan, host)     # TCP/TLS listeners (may fail: EADDRINUSE)
     if plan.fwmark is not UNSET:
         host.set_fwmark(plan.fwmark)
     if plan.private_key is not UNSET:
@@ -156,7 +156,7 @@ def apply_set(plan: SetPlan, host: Host) -> None:
             dev.set_allowed_macs(peer, macs)
         if op.persistent_keepalive is not UNSET:
             dev.set_persistent_keepalive(peer, op.persistent_keepalive, now, out)
-        _transport.apply_peer(op, peer, host, now, out)     # --- #7 transports
+        _transport.apply_peer(op, peer, host, now, out)     # the TCP/TLS transports and the fallback
     _transport.after_set(host)
     if out:
         host.flush(out)

@@ -1,4 +1,4 @@
-"""UAPI extension keys of the TCP/TLS transports and the fallback (issue 7); see docs/transports.md.
+"""UAPI extension keys of the TCP/TLS transports and the fallback; see docs/transports.md.
 
 All are `wgpy_`-prefixed: `wg` skips unknown keys in a get reply (so `wg show` keeps working) but refuses them in
 a set, so only `wgpy up` (or a client speaking the UAPI itself) sends them. Stream endpoints are numeric
