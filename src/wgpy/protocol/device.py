@@ -40,8 +40,8 @@ from typing import Callable, Iterable
 
 from .. import crypto
 from ..constants import (
-    KEEPALIVE_TIMEOUT, MAX_PEERS, MAX_STAGED_PACKETS_TOTAL, MESSAGE_TRANSPORT_MIN_SIZE, REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT,
+    MAX_PEERS, MAX_STAGED_PACKETS_TOTAL, MESSAGE_TRANSPORT_MIN_SIZE, REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
 )
 from ..routing.allowedips import AllowedIPs
 from ..routing.mactable import MacTable
@@ -61,7 +61,6 @@ from ..ext.fallback import FallbackExtension
 from ..ext.pmtu import PathMtuExtension
 
 _ZERO4 = b"\x00" * 4
-_REKEY_RECV_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 InvalidTag = crypto.InvalidTag
 
 
@@ -106,7 +105,7 @@ class Device:
         # switch (L2, switch.py); the I/O layer calls send_packets / receive_datagrams either way
         self.forwarding = Switch(self) if l2 else Router(self)
         self.send_packets = self.forwarding.send
-        self._inbound = self.forwarding.inbound
+        self.receive_datagrams = self.forwarding.receive
         if private_key is not None:
             self.set_private_key(private_key)
 
@@ -284,10 +283,8 @@ class Device:
         nbytes, big = seal_batch(kp, pkts, mtu, ep, out)
         ctr = kp.send_counter
         peer.tx_bytes += nbytes
-        timers = self.timers
-        if any(pkts):
-            timers.data_sent(peer, now)    # a keepalive is not data
-        timers.authenticated_sent(peer, now)
+        # data sent unless this is a keepalive, which always goes alone ([b""], send_keepalive)
+        self.timers.sent(peer, now, pkts[0] != b"")
         # keep the key fresh
         if ctr > REKEY_AFTER_MESSAGES or (kp.is_initiator and now - kp.created >= REKEY_AFTER_TIME):
             self.initiate_handshake(peer, now, out, retry=False)
@@ -339,18 +336,24 @@ class Device:
         each failure dropped and counted: known receiver index, keypair not expired, AEAD tag, replay window.
         Then it is authenticated: the peer's endpoint becomes the source and a `next` keypair is confirmed; the
         timer hooks of authenticated packets received run once per peer of the batch. Returns the non-empty
-        plaintexts with their peers, in order, for the forwarding step (Router.inbound / Switch.inbound)."""
+        plaintexts with their peers, in order, for the forwarding step (Router.receive / Switch.forward)."""
         kps = self.keypairs_by_index
         unpack = parse_header
         drops = self.drops
         opened: list[tuple[Peer, bytes]] = []
         append = opened.append
-        seen: dict[Peer, int] = {}       # authenticated so far: peer -> data packets (timers run once per peer)
-        seen_get = seen.get
+        # the timers of what was received run once per peer and batch (timers.py): `last` is the peer of the
+        # current run of packets and `ndata` how many of them carried data; `others`, the earlier runs' peers
+        # (a batch from several peers, rare), is made only when needed
+        last: Peer | None = None
+        ndata = 0
+        others: dict[Peer, int] | None = None
+        timers = self.timers
         for data, src in datagrams:
             if data[:4] != TRANSPORT_WORD or len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
-                if seen:                 # what came before a handshake message is settled first, in order
-                    self._authenticated_batch(seen, now, out_net)
+                if last is not None:     # what came before a handshake message is settled first, in order
+                    self._settle(last, ndata, others, now, out_net)
+                    last, ndata, others = None, 0, None
                 self.receive_handshake(data, src, now, out_net)
                 continue
             idx, ctr = unpack(data, 4)
@@ -374,34 +377,35 @@ class Device:
             if kp is not peer.current:
                 self._received_with_keypair(peer, kp, now, out_net)
             peer.rx_bytes += len(data)
+            if peer is not last:
+                if last is not None:
+                    if others is None:
+                        others = {}
+                    others[last] = others.get(last, 0) + ndata
+                last, ndata = peer, 0
             if pt:
-                seen[peer] = seen_get(peer, 0) + 1
+                ndata += 1
                 append((peer, pt))
-            elif peer not in seen:
-                seen[peer] = 0          # a keepalive: authenticated, no data
-        if seen:
-            self._authenticated_batch(seen, now, out_net)
+        if last is not None:
+            if others is None:
+                timers.received(last, now, ndata, out_net)
+            else:
+                self._settle(last, ndata, others, now, out_net)
         return opened
 
-    def _authenticated_batch(self, seen: dict, now: float, out: list) -> None:
-        """The timer hooks of authenticated packets received, once per peer of a batch (`seen`: peer -> how many
-        carried data), and the initiator's last-minute rekey (the kernel's keep_key_fresh on receive)."""
-        received = self.timers.received
-        for peer, data in seen.items():
-            received(peer, now, data)
-            cur = peer.current
-            if (cur is not None and cur.is_initiator and not peer.sent_lastminute_handshake
-                    and now - cur.created >= _REKEY_RECV_AGE):
-                peer.sent_lastminute_handshake = True
-                self.initiate_handshake(peer, now, out, retry=False)
-        seen.clear()
+    def _settle(self, last: Peer, ndata: int, others: dict[Peer, int] | None, now: float, out: list) -> None:
+        """The receive timers of a batch from several peers, or of the packets before a handshake message."""
+        if others is None:
+            self.timers.received(last, now, ndata, out)
+            return
+        others[last] = others.get(last, 0) + ndata
+        self.timers.received_batch(others, now, out)
 
     def receive_datagrams(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list,
                           out_tun: list) -> None:
-        """Inbound: open a batch (open_transport), then forward it (the router or the switch)."""
-        opened = self.open_transport(datagrams, now, out_net)
-        if opened:
-            self._inbound(opened, now, out_net, out_tun)
+        """Inbound: open a batch (open_transport), then forward it: the forwarding strategy's receive (the
+        instance attribute of this name, set at construction, calls it without this hop)."""
+        self.forwarding.receive(datagrams, now, out_net, out_tun)
 
     def _received_with_keypair(self, peer: Peer, kp: Keypair, now: float, out: list) -> None:
         """A transport message authenticated with `next` confirms the responder's new session."""

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Iterable
 
 from ..ext.control import CONTROL_MARKER
@@ -27,21 +26,29 @@ class Router:
         """Route, then encrypt or stage, a batch of IP packets read from the TUN device."""
         dev = self.dev
         lookup = dev.allowed_ips.lookup_dst
-        groups: defaultdict[Peer, list[bytes]] = defaultdict(list)
-        for pkt in packets:
+        groups: dict[Peer, list[bytes]] = {}      # a plain dict: cheaper to make than a defaultdict for a
+        for pkt in packets:                        # batch of one or two, as a ping or an ACK is
             peer = lookup(pkt)
             if peer is None:
                 dev.drops["no_route"] += 1
                 continue
-            groups[peer].append(pkt)
+            g = groups.get(peer)
+            if g is None:
+                groups[peer] = [pkt]
+            else:
+                g.append(pkt)
         for peer, pkts in groups.items():
             dev._send_to_peer(peer, pkts, now, out)
 
-    def inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
-        """L3 forwarding of opened plaintexts: the inner source must be allowed for the peer whose key opened it
-        (cryptokey routing: "dishonest peer" otherwise), the inner length must fit; wgpy control messages, which
-        are no IP packets (control.py), go to the control channel."""
+    def receive(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list, out_tun: list) -> None:
+        """Device.receive_datagrams in L3: open the batch (Device.open_transport), then route what it opened: the
+        inner source must be allowed for the peer whose key opened it (cryptokey routing: "dishonest peer"
+        otherwise), the inner length must fit; wgpy control messages, which are no IP packets (ext/control.py),
+        go to the control channel."""
         dev = self.dev
+        opened = dev.open_transport(datagrams, now, out_net)
+        if not opened:
+            return
         src_lookup = dev.allowed_ips.lookup_src
         drops = dev.drops
         append = out_tun.append

@@ -48,6 +48,12 @@ class Switch:
         """Switch a batch of Ethernet frames read from the TAP device (port LOCAL) to the peers."""
         self.forward(zip(repeat(LOCAL), frames), now, out, [])   # nothing goes back to the TAP it came from
 
+    def receive(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list, out_tun: list) -> None:
+        """Device.receive_datagrams in L2: open the batch (Device.open_transport), then switch what it opened."""
+        opened = self.dev.open_transport(datagrams, now, out_net)
+        if opened:
+            self.forward(opened, now, out_net, out_tun)
+
     def inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
         """Switch the frames opened from the peers (`opened`: (peer, frame) pairs) to the TAP and, with relay
         on, to other peers."""

@@ -10,10 +10,11 @@ moved only by the hooks below, and the expiry actions.
 
 Hooks (call after ...; nothing outside this file writes a deadline):
     data_sent(peer, now)                       data (not a keepalive) was sent
+    sent(peer, now, data)                      a batch was sent: authenticated_sent, and data_sent if `data`
     authenticated_sent(peer, now)              any authenticated packet was sent (with traversal)
     traversal(peer, now)                       an authenticated packet went either way
     received(peer, now, data)                  authenticated packets were received (with traversal), `data` of
-                                               them carried data; the data path calls it once per peer and batch
+                                               them carried data: once per peer and batch
     handshake_initiated(peer, now)             an initiation was sent
     handshake_complete(peer)                   a handshake completed (response consumed, or first packet on
                                                `next`); also resets the count of unanswered initiations
@@ -35,6 +36,8 @@ from ..constants import (
 from .peer import INF, Peer
 
 __all__ = ["Timers"]
+
+_REKEY_RECV_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT   # keep_key_fresh's age on receive
 
 
 class Timers:
@@ -76,6 +79,16 @@ class Timers:
             peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
             self.schedule(peer, t)
 
+    def sent(self, peer: Peer, now: float, data: bool) -> None:
+        """A batch of transport messages was sent: any authenticated packet sent (and traversal), and data sent
+        when one carried data (the data path's one call per peer and batch)."""
+        if data and peer.t_new_handshake is None:
+            peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
+            self.schedule(peer, t)
+        peer.t_send_keepalive = None
+        if peer.persistent_keepalive:
+            self._persistent(peer, now)
+
     def authenticated_sent(self, peer: Peer, now: float) -> None:
         """Any authenticated packet sent, and its traversal: no passive keepalive is owed any more; the
         persistent keepalive counts from now."""
@@ -88,8 +101,11 @@ class Timers:
         if peer.persistent_keepalive:
             self._persistent(peer, now)
 
-    def received(self, peer: Peer, now: float, data: int) -> None:
-        """Authenticated packets received (`data` of them with data), and their traversal."""
+    def received(self, peer: Peer, now: float, data: int, out: list | None = None) -> None:
+        """Authenticated packets received from `peer` (`data` of them with data), and their traversal; then (with
+        `out`) the initiator's last-minute rekey of the kernel's keep_key_fresh on receive: a session within
+        KEEPALIVE + REKEY_TIMEOUT of REJECT_AFTER_TIME starts a handshake once. The data path calls it once per
+        peer and batch."""
         peer.t_new_handshake = None
         if peer.persistent_keepalive:
             self._persistent(peer, now)
@@ -101,6 +117,17 @@ class Timers:
                     peer.need_another_keepalive = True   # the kernel's rule, for the second and later packets
             else:
                 peer.need_another_keepalive = True
+        if out is not None:
+            cur = peer.current
+            if (cur is not None and cur.is_initiator and not peer.sent_lastminute_handshake
+                    and now - cur.created >= _REKEY_RECV_AGE):
+                peer.sent_lastminute_handshake = True
+                self.dev.initiate_handshake(peer, now, out, retry=False)
+
+    def received_batch(self, seen: dict, now: float, out: list | None = None) -> None:
+        """received() for every peer of a batch from several peers (`seen`: peer -> its data packets)."""
+        for peer, data in seen.items():
+            self.received(peer, now, data, out)
 
     def handshake_received(self, peer: Peer, now: float) -> None:
         """An authenticated handshake message received, and its traversal (no data)."""
