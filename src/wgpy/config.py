@@ -10,6 +10,7 @@ touch the file system. Errors are ``ConfigError``s naming file, line and key; ne
 from __future__ import annotations
 
 import os
+import stat
 import re
 
 from .settings import ini
@@ -54,12 +55,27 @@ def find_config(name_or_path: str, search_dirs: tuple[str, ...] = CONFIG_DIRS) -
                       f"no configuration file for interface {name_or_path}: looked for {', '.join(tried)}{here}")
 
 
+MAX_CONFIG_SIZE = 16 << 20   # bytes: far beyond any real config (100,000 peers fit in about 20 MB of UAPI text)
+
+
 def load(path: str) -> InterfaceConfig:
     """Read and parse a configuration file, then check the files it names (check_files); unreadable files
     raise ConfigError."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
+        # a regular file of sane size only: /dev/zero would be read until memory runs out, a FIFO would hang
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(path, None, None, "not a regular file (a wg-quick config is a plain file)")
+            if st.st_size > MAX_CONFIG_SIZE:
+                raise ConfigError(path, None, None, f"too large ({st.st_size} bytes; at most {MAX_CONFIG_SIZE})")
+            with os.fdopen(fd, encoding="utf-8-sig", closefd=True) as f:
+                fd = -1
+                text = f.read(MAX_CONFIG_SIZE + 1)
+        finally:
+            if fd >= 0:
+                os.close(fd)
     except OSError as e:
         raise ConfigError(path, None, None, f"cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:

@@ -409,4 +409,9 @@ def show(name: str | None, field: str | None) -> int:
                 print()
             rc |= show_one(n, field)
         return rc
+    from .quick.down import check_interface_name
+    why = check_interface_name(name)     # a name becomes a socket path: never `../..`
+    if why is not None:
+        print(f"wgpy: {why}", file=sys.stderr)
+        return 1
     return show_one(name, field)

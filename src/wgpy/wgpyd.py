@@ -19,7 +19,8 @@ from . import __version__
 from .daemon import Interface, install_signal_handlers
 from .host import netlink, privileges
 from .host.harden import no_core_dumps
-from .host.privileges import RUN_DIR, has_net_admin
+from .host.privileges import RUN_DIR
+from .quick.down import check_interface_name, has_net_admin
 
 log = logging.getLogger("wgpy")
 
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s wgpyd: %(message)s")
     foreground = args.foreground or os.environ.get("WG_PROCESS_FOREGROUND") == "1"
+    why = check_interface_name(args.interface)      # the kernel would truncate a long name silently
+    if why is not None:
+        print(f"wgpyd: {why}", file=sys.stderr)
+        return 1
     if not has_net_admin():
         print(f"wgpyd: creating interface {args.interface} needs CAP_NET_ADMIN", file=sys.stderr)
         return 1
