@@ -9,8 +9,8 @@ moved only by the hooks below, and the expiry actions.
     persistent      a keepalive `persistent_keepalive` seconds after the last authenticated packet either way
 
 Hooks (call after ...; nothing outside this file writes a deadline):
-    data_sent(peer, now)                       data (not a keepalive) was sent
-    sent(peer, now, data)                      a batch was sent: authenticated_sent, and data_sent if `data`
+    sent(peer, now, data)                      a batch was sent: authenticated_sent, and with `data` (not a
+                                               keepalive) the new-handshake timer armed if unset
     authenticated_sent(peer, now)              any authenticated packet was sent (with traversal)
     traversal(peer, now)                       an authenticated packet went either way
     received(peer, now, data)                  authenticated packets were received (with traversal), `data` of
@@ -73,11 +73,6 @@ class Timers:
         return (pool[i] | pool[i + 1] << 8) / 65536.0 * REKEY_TIMEOUT_JITTER_MAX
 
     # ---- hooks --------------------------------------------------------------------------------------------------
-
-    def data_sent(self, peer: Peer, now: float) -> None:
-        if peer.t_new_handshake is None:
-            peer.t_new_handshake = t = now + KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + self._jitter()
-            self.schedule(peer, t)
 
     def sent(self, peer: Peer, now: float, data: bool) -> None:
         """A batch of transport messages was sent: any authenticated packet sent (and traversal), and data sent

@@ -362,14 +362,18 @@ def u_port(value: str, k: str) -> int:
     return int(value)
 
 
-def u_seconds(value: str, k: str) -> float:
+def _u_seconds_in(value: str, k: str, lo: float, lo_text: str) -> float:
     try:
         v = float(value)
     except ValueError:
         raise Bad(f"{k}: expected seconds") from None
-    if not 0.5 <= v <= 86400:
-        raise Bad(f"{k}: out of range 0.5..86400")
+    if not lo <= v <= 86400:
+        raise Bad(f"{k}: out of range {lo_text}..86400")
     return v
+
+
+def u_seconds(value: str, k: str) -> float:
+    return _u_seconds_in(value, k, 0.5, "0.5")
 
 
 def u_path(value: str, k: str) -> str:
@@ -403,13 +407,7 @@ def u_server_name(value: str, k: str) -> str:
 
 
 def u_probe_interval(value: str, k: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise Bad(f"{k}: expected seconds") from None
-    if not 0 <= v <= 86400:
-        raise Bad(f"{k}: out of range 0..86400")
-    return v
+    return _u_seconds_in(value, k, 0, "0")
 
 
 # the core's MTU: the largest plaintext (L2: the frame, so a TAP's link MTU + 14); a TUN's link MTU is >= 68
