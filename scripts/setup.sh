@@ -15,7 +15,8 @@ umask 022   # the virtualenv is read by the daemons that drop to another user, a
 
 # --- system packages ------------------------------------------------------------------------------------------
 PACKAGES=(iproute2 iputils-ping wireguard-tools wireguard-go iperf3 nftables tcpdump socat python3-venv
-          openssl)   # openssl: the self-signed certificate of the TLS transport tests (#7)
+          openssl    # openssl: the self-signed certificate of the TLS transport tests (#7)
+          gcc python3-dev libssl-dev)   # the native data path (setup.py, src/native/*.c against libcrypto)
 
 install_packages "${PACKAGES[@]}"
 pick_python
@@ -33,9 +34,10 @@ if ! world_reachable "$VENV/bin/python"; then
     log "note: $REPO is not reachable by other users; the tests that drop to user nobody will be skipped"
 fi
 
-# Re-install only when pyproject.toml changed or the install is broken (editable, so source edits need nothing).
+# Re-install only when the build inputs changed or the install is broken (editable, so Python source edits need
+# nothing; a changed C source of the native data path is rebuilt).
 STAMP="$VENV/.wgpy-setup-stamp"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py src/native/*.c src/native/*.h 2>/dev/null | sha256sum | cut -d' ' -f1)
 have=$(cat "$STAMP" 2>/dev/null || true)
 if [[ "$want" != "$have" ]] || ! "$VENV/bin/python" -c 'import wgpy, pytest' >/dev/null 2>&1 \
         || [[ ! -x "$VENV/bin/wgpy" ]]; then
@@ -45,3 +47,9 @@ if [[ "$want" != "$have" ]] || ! "$VENV/bin/python" -c 'import wgpy, pytest' >/d
 else
     log "$VENV up to date"
 fi
+"$VENV/bin/python" - <<'PY' || true
+from wgpy import native
+for name in ("_crypto", "_offload"):
+    native.load(name)
+print("setup: data path:", ", ".join(f"{k} {v}" for k, v in native.status().items()))
+PY
