@@ -15,6 +15,7 @@ Rendering is pure (records and `now` in, lines out); show() does the I/O: the UA
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -30,14 +31,24 @@ __all__ = ["Field", "FIELDS", "FIELD_NAMES", "NOT_SHOWN", "View", "parse_get", "
 ZERO_HEX_KEY = "0" * 64
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (C0, DEL, C1, the bidirectional overrides, line separators) written
+    as an escape (\\x1b, \\u202e): what a daemon or a peer says can never drive the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else
+                        f"\\u{ord(m.group()):04x}", text)
+
+
 def parse_get(text: str) -> tuple[dict, list[dict]]:
     """A get reply -> (device record, peer records): key -> value, the settings table's list keys -> lists
-    (allowed_ip under "allowed_ips", always present in a peer)."""
+    (allowed_ip under "allowed_ips", always present in a peer). Every key and value is printable()."""
     dev: dict = {}
     peers: list[dict] = []
     cur = dev
     for line in text.splitlines():
-        key, _, value = line.partition("=")
+        key, _, value = printable(line).partition("=")
         if key == "public_key":
             cur = {"public_key": value, "allowed_ips": []}
             peers.append(cur)
@@ -330,11 +341,12 @@ def interfaces() -> list[str]:
     listens on any more is skipped, and removed when we may, as `wg` does)."""
     import socket
     from .host.privileges import search_dirs
+    from .quick.down import check_interface_name
     from .uapi.server import SOCKET_DIR
     names = set()
-    for d in search_dirs(SOCKET_DIR):
+    for d in search_dirs(SOCKET_DIR):        # trusted directories only: never /tmp for root
         try:
-            files = [f for f in os.listdir(d) if f.endswith(".sock")]
+            files = [f for f in os.listdir(d) if f.endswith(".sock") and check_interface_name(f[:-5]) is None]
         except OSError:
             continue
         for f in files:
@@ -367,12 +379,16 @@ def show_one(name: str, field: str | None) -> int:
         return 1
     if field == "stats":
         return _show_stats(name)
-    if field is None:
-        # as wg: the listing hides private and preshared keys unless WG_HIDE_KEYS=never; the fields that exist
-        # to print a key (private-key, preshared-keys, dump) print it
-        lines = listing(name, dev, peers, time.time(), os.environ.get("WG_HIDE_KEYS", "always") != "never")
-    else:
-        lines = field_lines(field, name, dev, peers)
+    try:
+        if field is None:
+            # as wg: the listing hides private and preshared keys unless WG_HIDE_KEYS=never; the fields that
+            # exist to print a key (private-key, preshared-keys, dump) print it
+            lines = listing(name, dev, peers, time.time(), os.environ.get("WG_HIDE_KEYS", "always") != "never")
+        else:
+            lines = field_lines(field, name, dev, peers)
+    except (ValueError, KeyError, TypeError, IndexError) as e:     # a key that is not hex, a count not a number
+        print(f"wgpy: interface {name}: malformed reply from its daemon ({type(e).__name__})", file=sys.stderr)
+        return 1
     for line in lines:
         print(line)
     return 0
@@ -386,7 +402,7 @@ def _show_stats(name: str) -> int:
     except OSError as e:
         print(f"wgpy: unable to access interface {name}: {e.strerror or e}", file=sys.stderr)
         return 1
-    lines = [ln for ln in reply.splitlines() if ln]
+    lines = [printable(ln) for ln in reply.splitlines() if ln]
     if not lines or lines[-1] != "errno=0":
         print(f"wgpy: interface {name}: {lines[-1] if lines else 'no reply'}", file=sys.stderr)
         return 1

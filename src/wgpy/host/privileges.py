@@ -112,9 +112,60 @@ def open_for_traversal(path: str) -> bool:
     return True
 
 
+def untrusted_reason(path: str) -> str | None:
+    """Why this process must not trust directory `path` for its daemons' sockets, pid and state files, or None.
+
+    Trusted: a real directory (not a symlink) owned by root or, for a user other than root, by that user, that
+    nobody else may write to; every directory above it owned by root or by us and, when others may write to it,
+    sticky (as /tmp is: nobody else can rename or remove what we own in it). Root trusts root's directories only:
+    a directory another user made, even in a path root would use, is never consulted (a planted socket or pid
+    file in it must not reach root's `wgpy show` or `wgpy down`)."""
+    uid = os.geteuid()
+    owners = (0,) if uid == 0 else (0, uid)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as e:
+        return e.strerror or str(e)
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory" if not stat.S_ISLNK(st.st_mode) else "is a symbolic link"
+    if st.st_uid not in owners:
+        return f"is owned by uid {st.st_uid}"
+    if st.st_mode & 0o022:
+        return f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    while True:
+        try:
+            pst = os.stat(parent)
+        except OSError as e:
+            return f"{parent}: {e.strerror or e}"
+        if pst.st_uid not in owners:
+            return f"lies in {parent}, owned by uid {pst.st_uid}"
+        if pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX:
+            return f"lies in {parent}, writable by other users"
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
+
+
+def trusted(path: str) -> bool:
+    return untrusted_reason(path) is None
+
+
 def runtime_dir(system_dir: str, create: bool = False) -> str:
-    """`system_dir` (e.g. /run/wgpy) for root or when it is writable for us, else user_runtime_dir()."""
-    if os.geteuid() == 0 or os.access(system_dir, os.W_OK | os.X_OK):
+    """`system_dir` (e.g. /run/wgpy) for root or when it is a trusted directory writable for us, else
+    user_runtime_dir(). Root uses `system_dir` only: with `create`, one that is not root's own (untrusted_reason)
+    is refused with PrivilegeError rather than used."""
+    if os.geteuid() == 0:
+        if create:
+            make_dir(system_dir, SYSTEM_DIR_MODE)
+            why = untrusted_reason(system_dir)
+            if why is not None:
+                raise PrivilegeError(f"{system_dir} {why}: root keeps its sockets, pid and state files only in "
+                                     f"a directory of its own")
+        return system_dir
+    if os.access(system_dir, os.W_OK | os.X_OK) and trusted(system_dir):
         if create:
             make_dir(system_dir, SYSTEM_DIR_MODE)
         return system_dir
@@ -122,12 +173,14 @@ def runtime_dir(system_dir: str, create: bool = False) -> str:
 
 
 def search_dirs(system_dir: str) -> list[str]:
-    """Where to look for a running interface's files: the system directory, then our own."""
+    """Where to look for a running interface's files: the system directory, then (not for root) our own; only
+    directories this process trusts (untrusted_reason), so never /tmp for root."""
     dirs = [system_dir]
-    own = user_runtime_dir()
-    if own not in dirs:
-        dirs.append(own)
-    return dirs
+    if os.geteuid() != 0:
+        own = user_runtime_dir()
+        if own not in dirs:
+            dirs.append(own)
+    return [d for d in dirs if trusted(d)]
 
 
 # ---- dropping root ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ wait for the reply.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -43,13 +44,19 @@ class _Client:
         self.waiting = False             # registered for EPOLLOUT: a reply waits for room
 
 
-def socket_path(name: str) -> str:
-    """Where interface `name`'s socket is (the first that exists), else where a new one goes."""
+def find_socket(name: str) -> str | None:
+    """Interface `name`'s socket in a directory this process trusts (privileges.search_dirs: never /tmp for
+    root), or None."""
     for d in privileges.search_dirs(SOCKET_DIR):
         path = os.path.join(d, f"{name}.sock")
         if os.path.exists(path):
             return path
-    return os.path.join(privileges.runtime_dir(SOCKET_DIR), f"{name}.sock")
+    return None
+
+
+def socket_path(name: str) -> str:
+    """Where interface `name`'s socket is (the first in a trusted directory), else where a new one goes."""
+    return find_socket(name) or os.path.join(privileges.runtime_dir(SOCKET_DIR), f"{name}.sock")
 
 
 class UapiServer:
@@ -245,10 +252,13 @@ class UapiServer:
 
 def request(name: str, text: str, timeout: float = 5.0) -> str:
     """Client side: send one request (without the blank line) and return the response (with errno)."""
+    path = find_socket(name)
+    if path is None:                  # nothing in a trusted directory: an untrusted one is never tried
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
-        s.connect(socket_path(name))
+        s.connect(path)
         s.sendall(text.encode() + b"\n")
         buf = b""
         while b"errno=" not in buf or not buf.endswith(b"\n\n"):
@@ -256,6 +266,6 @@ def request(name: str, text: str, timeout: float = 5.0) -> str:
             if not chunk:
                 break
             buf += chunk
-        return buf.decode()
+        return buf.decode(errors="replace")     # a reply is the daemon's word: never a traceback here
     finally:
         s.close()
