@@ -54,7 +54,7 @@ from .peer import Peer
 from .router import Router
 from .switch import Switch
 from .timers import Timers
-from .transport import TRANSPORT_WORD, parse_header, seal_batch
+from .transport import NATIVE, TRANSPORT_WORD, parse_header, seal_batch
 # wgpy's extensions: the device is their composition root (ext/base.py is the interface they implement)
 from ..ext.base import Extension, hooks_of
 from ..ext.fallback import FallbackExtension
@@ -62,6 +62,7 @@ from ..ext.pmtu import PathMtuExtension
 
 _ZERO4 = b"\x00" * 4
 InvalidTag = crypto.InvalidTag
+open_run = NATIVE.open_run if NATIVE is not None else None
 
 
 class ConfigurationError(ValueError):
@@ -328,9 +329,10 @@ class Device:
     # inbound
     # ------------------------------------------------------------------------------------------------------
 
-    def open_transport(self, datagrams: Iterable[tuple[bytes, object]], now: float,
-                       out_net: list) -> list[tuple[Peer, bytes]]:
-        """Inbound, step 1 for both forwarding strategies: open every transport message of a batch.
+    def open_transport_py(self, datagrams: Iterable[tuple[bytes, object]], now: float,
+                          out_net: list) -> list[tuple[Peer, bytes]]:
+        """Inbound, step 1 for both forwarding strategies: open every transport message of a batch. The pure-Python
+        reference of open_transport_native (Device.open_transport is one of the two, chosen at import).
 
         Handshake messages go to receive_handshake as they come. A transport message is checked in this order,
         each failure dropped and counted: known receiver index, keypair not expired, AEAD tag, replay window.
@@ -392,6 +394,74 @@ class Device:
             else:
                 self._settle(last, ndata, others, now, out_net)
         return opened
+
+    def open_transport_native(self, datagrams: Iterable[tuple[bytes, object]], now: float,
+                              out_net: list) -> list[tuple[Peer, bytes]]:
+        """open_transport_py with wgpy._crypto's open_run: the same checks, in the same order, with the same
+        results. A run of consecutive transport messages to one receiver index is opened in one call (decrypted
+        with the GIL released, then the replay window in message order); per run, not per message, the peer's
+        endpoint (the first accepted message's source, then the last's), keypair confirmation and byte count."""
+        if datagrams.__class__ is not list:
+            datagrams = list(datagrams)
+        kps = self.keypairs_by_index
+        unpack = parse_header
+        drops = self.drops
+        opened: list[tuple[Peer, bytes]] = []
+        last: Peer | None = None
+        ndata = 0
+        others: dict[Peer, int] | None = None
+        i, n = 0, len(datagrams)
+        while i < n:
+            data, src = datagrams[i]
+            if data[:4] != TRANSPORT_WORD or len(data) < MESSAGE_TRANSPORT_MIN_SIZE:
+                if last is not None:
+                    self._settle(last, ndata, others, now, out_net)
+                    last, ndata, others = None, 0, None
+                self.receive_handshake(data, src, now, out_net)
+                i += 1
+                continue
+            kp = kps.get(unpack(data, 4)[0])
+            if kp is None:
+                drops["unknown_index"] += 1
+                i += 1
+                continue
+            if now - kp.created >= REJECT_AFTER_TIME:
+                drops["expired_keypair"] += 1
+                i += 1
+                continue
+            peer = kp.peer
+            i, nok, nd, nbytes, first, final, bad, replayed, expired = open_run(kp.recv, kp.replay, datagrams, i,
+                                                                                peer, opened)
+            if bad:
+                drops["invalid_tag"] += bad
+            if replayed:
+                drops["replay"] += replayed
+            if expired:
+                drops["expired_keypair"] += expired
+            if not nok:
+                continue
+            peer.endpoint = datagrams[first][1]
+            if kp is not peer.current:
+                self._received_with_keypair(peer, kp, now, out_net)
+            if final != first:
+                peer.endpoint = datagrams[final][1]
+            peer.rx_bytes += nbytes
+            if peer is not last:
+                if last is not None:
+                    if others is None:
+                        others = {}
+                    others[last] = others.get(last, 0) + ndata
+                last, ndata = peer, 0
+            ndata += nd
+        if last is not None:
+            if others is None:
+                self.timers.received(last, now, ndata, out_net)
+            else:
+                self._settle(last, ndata, others, now, out_net)
+        return opened
+
+    # the data path's inbound loop, chosen once (transport.NATIVE): nothing per packet asks which one runs
+    open_transport = open_transport_native if NATIVE is not None else open_transport_py
 
     def _settle(self, last: Peer, ndata: int, others: dict[Peer, int] | None, now: float, out: list) -> None:
         """The receive timers of a batch from several peers, or of the packets before a handshake message."""

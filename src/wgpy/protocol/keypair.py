@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from ..crypto import ChaCha20Poly1305
 from .replay import ReplayWindow
-from .transport import header_prefix
+from .transport import NATIVE, header_prefix
+
+# a keypair's AEAD (per direction) and replay window: wgpy._crypto's when the native data path runs (its batch
+# functions take only these), else cryptography's ChaCha20Poly1305 and replay.py's window; same interface
+Aead = NATIVE.Aead if NATIVE is not None else ChaCha20Poly1305
+Replay = NATIVE.Replay if NATIVE is not None else ReplayWindow
 
 
 class Keypair:
@@ -14,10 +19,10 @@ class Keypair:
 
     def __init__(self, send_key: bytes, recv_key: bytes, is_initiator: bool, local_index: int,
                  remote_index: int, created: float, peer: object) -> None:
-        self.send = ChaCha20Poly1305(send_key)
-        self.recv = ChaCha20Poly1305(recv_key)
+        self.send = Aead(send_key)
+        self.recv = Aead(recv_key)
         self.send_counter = 0
-        self.replay = ReplayWindow()
+        self.replay = Replay()
         self.created = created
         self.is_initiator = is_initiator
         self.local_index = local_index

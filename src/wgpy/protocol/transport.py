@@ -9,6 +9,12 @@ unpadded under an explicit MTU). Opening is split in two: `parse_header` (no cry
 first checks) and `open_body`. Counters are handed out by the caller's keypair (`Keypair.send_counter`), which
 `seal_batch` and `seal` advance: a counter is never used twice with one key.
 
+Two implementations of the batch loops, chosen once at import: the native one (wgpy._crypto, src/native/crypto.c:
+`seal_batch` is its function, Device.open_transport calls its `open_run`), used when the extension is built and
+WGPY_NATIVE is not 0, and the pure-Python reference here (`seal_batch_py`, Device.open_transport_py), which the
+native code must match result for result (tests/unit/test_native_crypto.py). `NATIVE` is the module or None;
+keypair.py takes its Aead and Replay types from it, as the native loops need those.
+
 Rules of this file: pure (no I/O, no clock); nothing here decides what a message means or whom it is for; the
 device's data path (device.py) and the wgpy extensions (pmtu.py) and the stream transports use these functions
 and never spell out the layout themselves.
@@ -18,10 +24,13 @@ from __future__ import annotations
 
 import struct
 
+from .. import native
 from ..constants import MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_HEADER_SIZE, MESSAGE_TRANSPORT_MIN_SIZE
 
-__all__ = ["TRANSPORT_WORD", "header_prefix", "is_transport", "parse_header", "receiver_index", "open_body", "seal",
-           "seal_batch"]
+__all__ = ["NATIVE", "TRANSPORT_WORD", "header_prefix", "is_transport", "parse_header", "receiver_index", "open_body",
+           "seal", "seal_batch", "seal_batch_py"]
+
+NATIVE = native.load("_crypto")               # the native data path (wgpy._crypto), or None: the pure-Python one
 
 TRANSPORT_WORD = b"\x04\x00\x00\x00"          # type 4 and three reserved zero bytes, as the first 4 bytes
 _IQ = struct.Struct("<IQ")                    # receiver, counter (after the type word)
@@ -65,10 +74,11 @@ def seal(kp, pt: bytes) -> bytes:
     return kp.header_prefix + cb + kp.send.encrypt(_ZERO4 + cb, pt, None)
 
 
-def seal_batch(kp, pkts: list[bytes], mtu: int, ep: object, out: list) -> tuple[int, list[bytes] | None]:
+def seal_batch_py(kp, pkts: list[bytes], mtu: int, ep: object, out: list) -> tuple[int, list[bytes] | None]:
     """Seal `pkts` under consecutive counters of `kp`, padded to 16 bytes within `mtu`, appending
     (message, ep) to `out`. Packets longer than `mtu` are not sent: they come back, in order, for the caller to
-    handle once the counters are stored. Returns (wire bytes sent, too big or None)."""
+    handle once the counters are stored. Returns (wire bytes sent, too big or None). The reference of
+    wgpy._crypto.seal_batch, which is `seal_batch` when the extension is built."""
     encrypt = kp.send.encrypt
     prefix = kp.header_prefix
     pack = _Q.pack
@@ -97,3 +107,6 @@ def seal_batch(kp, pkts: list[bytes], mtu: int, ep: object, out: list) -> tuple[
         nbytes += len(ct) + 16
     kp.send_counter = ctr
     return nbytes, big
+
+
+seal_batch = NATIVE.seal_batch if NATIVE is not None else seal_batch_py
