@@ -120,6 +120,11 @@ PMTU_HELLO_ATTEMPTS = 3
 # ICMP "fragmentation needed" / "packet too big" written into the TUN: token bucket per device.
 ICMP_TOO_BIG_PER_SECOND = 100
 ICMP_TOO_BIG_BURST = 50
+# An ICMP "too big" from the network is believed only about a datagram actually sent to that peer this recently
+# (seconds; the record of the largest sends covers between one and two of these) and larger than the MTU it reports.
+PMTU_ICMP_RECENT = 2.0
+# Between wgpy peers such an ICMP only starts a probe round at once; at most one round per peer this often (seconds).
+PMTU_ICMP_PROBE_GAP = 1.0
 # --- TCP/TLS transports and the fallback ---
 # TCP and TLS transports (io/stream.py) and the automatic fallback to them (ext/fallback.py); see
 # docs/transports.md. On a stream each WireGuard message is one frame: a 2-byte big-endian length, then the message.

@@ -18,7 +18,7 @@ EP_A = ("192.0.2.1", 51820)
 EP_B = ("192.0.2.2", 51821)
 EP6_A = ("2001:db8::1", 51820, 0, 0)
 EP6_B = ("2001:db8::2", 51821, 0, 0)
-from wgpy.protocol.events import PATH_MTU_CHANGED, TunPacket
+from wgpy.protocol.events import PATH_MTU_CHANGED, Fragmentable, TunPacket
 
 
 def to_tun(dev) -> list[bytes]:
@@ -312,14 +312,94 @@ def test_path_shrinking_silently_is_found_at_the_next_round():
     assert p.pa.pmtu.mtu == 1400 and p.pa.mtu == 1340
 
 
-def test_kernel_icmp_lowers_at_once_and_peers_are_matched_by_address():
-    p = pmtu_pair(Path(1500))
+def send_big(p: Pair, now: float, size: int = 1400) -> bytes:
+    """A sends one IPv4 packet of `size` bytes to B; returns the datagram that went on the wire for it."""
+    n = len(p.log)
+    p.send("A", [udp4(A_IP4, B_IP4, bytes(size - 28))], now)
+    return next(e[3] for e in p.log[n:] if e[1] == "A" and len(e[3]) >= size + 32)
+
+
+def test_a_local_error_lowers_at_once_for_every_port_at_that_address():
+    p = pmtu_pair(Path(1500), control_b=False)
     p.handshake(0.0)
     p.a.events.clear()
-    assert p.a.path_mtu_learned("192.0.2.99", 0, 1280, 1.0) == 0
-    assert p.a.path_mtu_learned(EP_B[0], EP_B[1] + 1, 1280, 1.0) == 0
-    assert p.a.path_mtu_learned(EP_B[0], 0, 1300, 1.0) == 1
+    assert p.a.path_mtu_learned("192.0.2.99", 0, 1280, 1.0, local=True) == 0
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1] + 1, 1280, 1.0, local=True) == 0
+    assert p.a.path_mtu_learned(EP_B[0], 0, 1300, 1.0, local=True) == 1      # our own send: port 0 = any
     assert p.pa.pmtu.mtu == 1300 and p.pa.pmtu.source == "icmp" and p.pa.mtu == 1240 and PATH_MTU_CHANGED in p.a.events
+
+
+def test_icmp_must_name_the_endpoint_and_a_datagram_really_sent():
+    """An ICMP from the network (anyone can forge one) is about a peer only for its exact endpoint (port 0 is
+    no wildcard), a datagram larger than the MTU it reports sent there in the last few seconds, and, when the
+    router quoted it, the WireGuard header of one of our messages (the peer's receiver index, a counter sent)."""
+    p = pmtu_pair(Path(1500), control_b=False)      # B is plain WireGuard: a believed ICMP lowers at once
+    p.handshake(0.0)                                # small datagrams only so far
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 1.0) == 0        # nothing larger than 576 sent
+    dgram = send_big(p, 2.0)                        # plaintext 1400, padded 1408: outer 1468 bytes
+    quote = dgram[:64]                              # the error queue gives the start of the UDP payload
+    for port in (0, EP_B[1] + 1):
+        assert p.a.path_mtu_learned(EP_B[0], port, 1280, 2.1, quote) == 0
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1468, 2.1, quote) == 0    # 1468 bytes fit 1468
+    forged = bytearray(quote)
+    forged[4:8] = b"\x11\x22\x33\x44"                                     # a receiver index of no session
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 2.1, bytes(forged)) == 0
+    ahead = quote[:8] + struct.pack("<Q", p.pa.current.send_counter + 5)   # a counter not sent yet
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 2.1, ahead) == 0
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 2.0 + 4.1, quote) == 0   # too long ago
+    assert p.a.drops["icmp_unmatched"] == 7 and p.pa.pmtu.mtu == 1500
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1467, 2.1, quote) == 1
+    assert p.pa.pmtu.mtu == 1467 and p.pa.pmtu.source == "icmp"
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1300, 2.2, quote[:8]) == 1      # a shorter quote: as far as it goes
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 2.3) == 1                 # RFC 792's 8 bytes: UDP header only
+    assert p.pa.pmtu.mtu == 1280 and p.pa.mtu == 1220
+
+
+def test_icmp_between_wgpy_peers_is_a_hint_that_probes_check_at_once():
+    """A wgpy peer: a believed ICMP leaves the estimate alone and starts a probe round at once; the old size
+    answered, nothing changes (a spoofed ICMP costs a few probes). At most one such round per peer and
+    PMTU_ICMP_PROBE_GAP."""
+    p = pmtu_pair(Path(1500))
+    p.handshake(0.0)
+    settle(p, 5.0)
+    assert p.pa.pmtu.mtu == 1500 and not p.pa.pmtu.searching
+    quote = send_big(p, 6.0)[:16]
+    p.a.events.clear()
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 6.01, quote) == 1
+    assert p.pa.pmtu.mtu == 1500 and p.pa.mtu == 1440 and PATH_MTU_CHANGED not in p.a.events
+    assert p.pa.t_pmtu == 6.01                       # the round: at once
+    n = len(p.log)
+    settle(p, 6.01)
+    probes = [e for e in p.log[n:] if e[1] == "A" and len(e[3]) > 200]
+    assert probes and not p.pa.pmtu.searching and p.pa.pmtu.mtu == 1500
+    assert p.a.drops["icmp_probed"] == 1 and p.a.drops["icmp_refuted"] == 1
+    assert PATH_MTU_CHANGED not in p.a.events
+    quote = send_big(p, 6.5)[:16]
+    p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 6.5, quote)
+    settle(p, 6.6)
+    assert p.a.drops["icmp_probed"] == 1                 # within the gap: no second round
+    quote = send_big(p, 7.2)[:16]
+    p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 7.2, quote)
+    settle(p, 7.3)
+    assert p.a.drops["icmp_probed"] == 2 and p.a.drops["icmp_refuted"] == 2 and p.pa.pmtu.mtu == 1500
+
+
+def test_a_real_shrink_reported_by_icmp_is_taken_after_one_probe_timeout():
+    """The path really shrinks and says so: the ICMP's size answered, the estimate not, after one probe
+    timeout: lowered at once (before the 3 tries a black hole needs), then the round finds the exact size."""
+    path = Path(1500)
+    p = pmtu_pair(path)
+    p.handshake(0.0)
+    settle(p, 5.0)
+    path.mtu = 1400
+    quote = send_big(p, 6.0)[:64]                   # lost: 1468 > 1400
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1400, 6.0, quote) == 1
+    assert p.pa.pmtu.mtu == 1500
+    settle(p, 6.0 + p.pa.pmtu.timeout() + 0.01)
+    assert p.pa.pmtu.mtu == 1400 and p.pa.mtu == 1340 and p.pa.pmtu.searching
+    settle(p, 30.0)
+    assert p.pa.pmtu.mtu == 1400 and p.pa.pmtu.source == "probe"
+    assert p.a.drops["icmp_confirmed"] == 1 and not p.a.drops.get("icmp_refuted")
 
 
 def test_a_plain_wireguard_peer_gets_three_hellos_and_no_probes():
@@ -334,7 +414,8 @@ def test_a_plain_wireguard_peer_gets_three_hellos_and_no_probes():
     assert probes == [] and len(hellos) == 3
     assert p.b.drops["control_disabled"] == 3 and not p.pa.wgpy
     # passive: the kernel's report is what counts, and the estimate returns to the link MTU each interval
-    p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 700.0)
+    quote = send_big(p, 700.0)[:64]
+    p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 700.0, quote)
     assert p.pa.pmtu.mtu == 1280
     settle(p, 700.0 + 31.0)
     assert p.pa.pmtu.mtu == 1500
@@ -346,8 +427,58 @@ def test_explicit_mtu_mode_limits_by_the_interface_only():
     settle(p, 20.0)
     sent = [e for e in p.log if e[3][0] == 4 and len(e[3]) > 200]
     assert sent == []                                # no probes
-    p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 21.0)
+    quote = send_big(p, 21.0)[:64]
+    p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 21.0, quote)
     assert p.pa.pmtu.mtu == 1280 and p.pa.mtu == p.a.mtu == 1440   # reported, not enforced
+
+
+@pytest.mark.parametrize("v6_underlay", [False, True])
+def test_ipv6_above_a_limit_below_1280_goes_out_whole_for_outer_fragmentation(v6_underlay):
+    """A path of 1300 bytes: the peer's limit (1240 over IPv4, 1220 over IPv6) is below what IPv6 can be told
+    (1280). An inner IPv6 packet above it is neither dropped nor answered: it goes out whole in a Fragmentable
+    event (the I/O layer sends it with outer fragmentation allowed) and arrives."""
+    p = pmtu_pair(Path(1300, v6=v6_underlay), v6=v6_underlay)
+    p.handshake(0.0)
+    settle(p, 20.0)
+    limit = 1300 - overhead(v6_underlay)
+    assert p.pa.mtu == limit
+    pkt = ipv6(A_IP6, B_IP6, bytes(1280 - 40))
+    n = len(p.log)
+    p.a.events.clear()
+    p.send("A", [pkt, ipv6(A_IP6, B_IP6, bytes(limit - 40))], 21.0)
+    assert len(p.log) == n + 1                       # only the one that fits went the ordinary way
+    (ev,) = [e for e in p.a.events if type(e) is Fragmentable]
+    assert ev.path_mtu == 1300 and len(ev.datagrams) == 1 and ev.datagrams[0][1] == p.pa.endpoint
+    assert to_tun(p.a) == [] and not p.a.drops.get("too_big_dropped")
+    assert p.a.drops["too_big_outer_fragmented"] == 1
+    p.drop = None                                    # the kernel fragments it, B's reassembles it
+    p.deliver("A", list(ev.datagrams), 21.0)
+    assert p.tun["B"][-1] == pkt
+
+
+def test_the_interface_follows_the_upper_median_of_the_peers():
+    """One peer on a bad path (or lying to our probes) cannot shrink everyone's MTU: the interface follows the
+    largest usable MTU that at least half of the peers carry (in L2 the smallest: a switch cannot say "too big");
+    the small peer keeps its own limit."""
+    from wgpy_testkit.core_pair import Net
+    for l2 in (False, True):
+        eps = [("192.0.2.1", 1), ("192.0.2.2", 2), ("192.0.2.3", 3), ("192.0.2.4", 4)]
+        net = Net("SABC", [("S", "A"), ("S", "B"), ("S", "C")], endpoints=eps, l2=l2)
+        s = net.dev["S"]
+        s.set_pmtu_auto(True)
+        peers = [net.peer[("S", x)] for x in "ABC"]
+        assert s.interface_usable_mtu() is None
+        for peer in peers:
+            peer.pmtu = PathMTU(peer.endpoint, 1500, 0.0, 0.0)
+        peers[2].pmtu.mtu = 576                      # C's path
+        want = 516 if l2 else 1440
+        assert s.smallest_usable_mtu() == 516 and s.interface_usable_mtu() == want
+        s.mtu = want                                 # what the runtime sets (io/pmtu.py); the limits follow
+        assert peers[2].mtu == 516 and peers[0].mtu == want
+        peers[1].pmtu.mtu = 1280                     # two of three small: the interface follows them
+        assert s.interface_usable_mtu() == (516 if l2 else 1220)
+        del s.peers[peers[2].public_key]             # two peers: the larger
+        assert s.interface_usable_mtu() == (1220 if l2 else 1440)
 
 
 def test_ipv6_underlay_black_hole():

@@ -11,7 +11,7 @@ from ..constants import (
     ICMP_TOO_BIG_BURST, ICMP_TOO_BIG_PER_SECOND, PMTU_FLOOR_V6, PMTU_HELLO_ATTEMPTS, PMTU_PROBE_INTERVAL,
     REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME,
 )
-from ..protocol.events import PATH_MTU_CHANGED, TunPacket
+from ..protocol.events import PATH_MTU_CHANGED, Fragmentable, TunPacket
 from ..protocol.transport import seal
 from . import control
 from .base import Extension
@@ -40,6 +40,8 @@ class PathMtuExtension(Extension):
         link_mtu        callable(endpoint) -> MTU of the local link toward it, or None
     Outputs (Device.events, protocol/events.py):
         TunPacket       an ICMP error for the TUN, appended by the data path
+        Fragmentable    datagrams to send with outer fragmentation allowed (IPv6 packets above a peer's limit
+                        below 1280, which IPv6 cannot be told about)
         PATH_MTU_CHANGED  some peer's estimate changed (the runtime recomputes the interface MTU)
     """
 
@@ -80,17 +82,32 @@ class PathMtuExtension(Extension):
             peer.mtu = self._peer_limit(peer)
             if PATH_MTU_CHANGED not in self.dev.events:
                 self.dev.events.append(PATH_MTU_CHANGED)
+        if st is not None and st.hint_kept is not None:
+            self.dev.drops["icmp_refuted" if st.hint_kept else "icmp_confirmed"] += 1
+            st.hint_kept = None
 
     def smallest_usable_mtu(self) -> int | None:
-        """min over peers with a UDP path of (path MTU - overhead): what the automatic interface MTU follows."""
-        best = None
-        for peer in self.dev.peers.values():
-            st = peer.pmtu
-            if st is not None and type(peer.endpoint) is tuple:
-                u = st.mtu - st.overhead
-                if best is None or u < best:
-                    best = u
-        return best
+        """min over peers with a UDP path of (path MTU - overhead)."""
+        usable = self._usable()
+        return min(usable) if usable else None
+
+    def interface_usable_mtu(self) -> int | None:
+        """What the automatic interface MTU follows (docs/pmtu.md): in L3 the upper median of the peers' usable
+        MTUs, the largest that at least half of them carry, so that no minority of peers (one on a bad path, or
+        lying to our probes) drags everyone's MTU down; the per-peer limits and the router's answers above them
+        (ICMP, fragments) keep the smaller peers working. In L2 the minimum: a switch cannot tell a sender that a
+        frame was too big, so the segment has the MTU of its smallest port."""
+        usable = self._usable()
+        if not usable:
+            return None
+        if self.dev.l2:
+            return min(usable)
+        usable.sort()
+        return usable[len(usable) // 2]
+
+    def _usable(self) -> list[int]:
+        return [peer.pmtu.mtu - peer.pmtu.overhead for peer in self.dev.peers.values()
+                if peer.pmtu is not None and type(peer.endpoint) is tuple]
 
     def _pmtu_ensure(self, peer, now: float) -> "PathMTU | None":
         ep = peer.endpoint
@@ -162,19 +179,68 @@ class PathMtuExtension(Extension):
         self._pmtu_note(peer)
         self._pmtu_schedule(peer)
 
-    def path_mtu_learned(self, host: str, port: int, mtu: int, now: float) -> int:
-        """The kernel reported `mtu` for datagrams to host:port (port 0: any port). Returns how many peers."""
+    def path_mtu_learned(self, host: str, port: int, mtu: int, now: float, quote: bytes = b"",
+                         local: bool = False) -> int:
+        """The kernel reported `mtu` for a datagram to host:port. Returns how many peers took it.
+
+        `local`: a local EMSGSIZE (our own datagram was above the local device's MTU), true by construction;
+        port 0 then means any port at that address (an unconnected socket's local error has none).
+        Otherwise an ICMP from the network, which anyone who knows the address and port can forge. It is about a
+        peer only if it names that peer's exact endpoint (port 0 matches nothing), only if a datagram larger than
+        `mtu` went to that peer in the last few seconds (PathMTU.sent_above), and, when the router quoted the
+        WireGuard header (`quote`: the start of the quoted UDP payload, as the error queue gives it), only if it
+        is a transport message of one of the peer's sessions with a counter already sent. A peer that is probed
+        (a wgpy peer, the automatic MTU) takes it as a hint: a probe round at once, probing that size as well,
+        and only the probes' answers change the estimate (docs/pmtu.md). Any other peer's estimate is lowered
+        at once, as before."""
+        drops = self.dev.drops
+        if not port and not local:
+            drops["icmp_unmatched"] += 1
+            return 0
         n = 0
+        noop = False
         for peer in self.dev.peers.values():
             ep = peer.endpoint
-            if type(ep) is tuple and ep[0] == host and (not port or ep[1] == port):
+            if type(ep) is not tuple or ep[0] != host or (port and ep[1] != port):
+                continue
+            if local:
                 st = self._pmtu_ensure(peer, now)
-                if st is not None:
+                if st is None:
+                    continue
+                st.kernel(mtu)
+            else:
+                st = peer.pmtu
+                if st is None or st.endpoint[0] != host:
+                    continue
+                if min(max(mtu, st.floor), st.ceiling) >= st.mtu:
+                    noop = True                 # never raises: nothing to do
+                    continue
+                if not self._icmp_about_ours(peer, st, mtu, quote, now):
+                    continue
+                if self._pmtu_probing(peer):
+                    if st.icmp_hint(mtu, now):
+                        drops["icmp_probed"] += 1
+                else:
                     st.kernel(mtu)
-                    self._pmtu_note(peer)
-                    self._pmtu_schedule(peer)
-                    n += 1
+            self._pmtu_note(peer)
+            self._pmtu_schedule(peer)
+            n += 1
+        if not n and not local and not noop:
+            drops["icmp_unmatched"] += 1
         return n
+
+    @staticmethod
+    def _icmp_about_ours(peer, st: PathMTU, mtu: int, quote: bytes, now: float) -> bool:
+        """Could an ICMP reporting `mtu` and quoting `quote` be about a datagram we sent to `peer`?"""
+        if not st.sent_above(mtu, now):
+            return False                        # nothing that large went there recently
+        if not quote:
+            return True                         # only the UDP header quoted (RFC 792's minimum): nothing more
+        head = quote[:8]
+        for kp in (peer.current, peer.previous, peer.next):
+            if kp is not None and kp.header_prefix.startswith(head):
+                return len(quote) < 16 or int.from_bytes(quote[8:16], "little") < kp.send_counter
+        return False
 
     def receive_control(self, peer, msg: bytes, received: int, now: float, out: list) -> None:
         """An authenticated control message from `peer` (`received`: its plaintext length)."""
@@ -252,8 +318,10 @@ class PathMtuExtension(Extension):
         """Called by the data path, after its batch, for packets above `peer.mtu` (`limit`).
 
         Automatic MTU, L3: a router's answer: ICMP too-big into the TUN (rate-limited), or for IPv4 without DF,
-        fragments. L2: dropped and counted, as a switch drops an oversized frame. Explicit MTU: sent as they
-        are, unpadded (the interface MTU is the user's choice; the kernel fragments the outer packet)."""
+        fragments. IPv6 when the limit is below 1280 (IPv6 cannot be told less): sent as it is, with outer
+        fragmentation allowed (a Fragmentable event for the I/O layer), as kernel WireGuard and wireguard-go
+        send every datagram. L2: dropped and counted, as a switch drops an oversized frame. Explicit MTU: sent
+        as they are, unpadded (the interface MTU is the user's choice; the kernel fragments the outer packet)."""
         drops = self.dev.drops
         if not self.pmtu_auto:
             self._send_unpadded(peer, pkts, now, out)
@@ -262,6 +330,7 @@ class PathMtuExtension(Extension):
             drops["l2_frame_too_big"] += len(pkts)
             return
         frags_all: list[bytes] = []
+        outer: list[bytes] = []
         for pkt in pkts:
             v = pkt[0] >> 4
             if v == 4 and len(pkt) >= 20 and not pkt[6] & 0x40:
@@ -273,7 +342,7 @@ class PathMtuExtension(Extension):
                     drops["too_big_dropped"] += 1
                 continue
             if v == 6 and limit < PMTU_FLOOR_V6:
-                drops["too_big_dropped"] += 1       # IPv6 cannot be told less than 1280 (docs/pmtu.md)
+                outer.append(pkt)                   # IPv6 cannot be told less than 1280 (docs/pmtu.md)
                 continue
             elapsed = now - self._icmp_time
             self._icmp_time = now
@@ -291,6 +360,22 @@ class PathMtuExtension(Extension):
             self.dev.events.append(TunPacket(reply))
         if frags_all:
             self.dev._send_to_peer(peer, frags_all, now, out)
+        if outer:
+            self._send_fragmentable(peer, outer)
+
+    def _send_fragmentable(self, peer, pkts: list[bytes]) -> None:
+        """Seal `pkts` (unpadded) for a Fragmentable event: the I/O layer sends them with outer fragmentation
+        allowed, in fragments of at most the peer's path MTU."""
+        kp = peer.current
+        ep = peer.endpoint
+        st = peer.pmtu
+        datagrams = []
+        for pkt in pkts:
+            m = seal(kp, pkt)
+            datagrams.append((m, ep))
+            peer.tx_bytes += len(m)
+        self.dev.drops["too_big_outer_fragmented"] += len(pkts)
+        self.dev.events.append(Fragmentable(datagrams, st.mtu if st is not None else 0))
 
     def _send_unpadded(self, peer, pkts: list[bytes], now: float, out: list) -> None:
         kp = peer.current

@@ -9,8 +9,12 @@ Terms (docs/pmtu.md has the whole picture):
 PathMTU (one per peer with a UDP endpoint) holds the estimate and the search:
     start      estimate = the local link MTU toward the endpoint (as the kernel's own PMTU discovery starts);
                never below the floor: 576 for an IPv4 underlay, 1280 for IPv6
-    ICMP       the kernel's "fragmentation needed"/"packet too big" (error queue, io/pmtu.py) lowers the estimate
-               at once to the MTU it carries (clamped to [floor, link MTU]); it never raises it
+    ICMP       the kernel's "fragmentation needed"/"packet too big" (error queue, io/pmtu.py), once the extension
+               matched it to a datagram really sent (sent_above: the largest datagrams of the last few seconds),
+               lowers the estimate at once to the MTU it carries (clamped to [floor, link MTU]; kernel()) for a
+               peer that is not probed; it never raises it. Between wgpy peers it is only a hint (icmp_hint()): a round
+               starts at once, probing the ICMP's size too, and the estimate changes only as the probes say (the
+               old size answered: kept; unanswered while the ICMP's size got through: lowered at once)
     search     between wgpy peers only (HELLO said it answers probes), in the automatic MTU mode: a round probes
                the interval (lo, hi) with PMTU_PROBES_PER_STEP sizes at once, spread up to hi - 1 and always
                including the current estimate; an answered size raises lo, a size unanswered after
@@ -31,7 +35,7 @@ from __future__ import annotations
 from ..constants import (
     IPV4_HEADER_LEN, IPV6_HEADER_LEN, PMTU_DEFAULT_LINK_MTU, PMTU_FLOOR_V4, PMTU_FLOOR_V6,
     PMTU_PROBE_TIMEOUT_INITIAL, PMTU_PROBE_TIMEOUT_MAX, PMTU_PROBE_TIMEOUT_MIN, PMTU_PROBE_TRIES,
-    PMTU_PROBES_PER_STEP, UDP_HEADER_LEN, WIREGUARD_DATA_OVERHEAD,
+    PMTU_ICMP_PROBE_GAP, PMTU_ICMP_RECENT, PMTU_PROBES_PER_STEP, UDP_HEADER_LEN, WIREGUARD_DATA_OVERHEAD,
 )
 
 __all__ = ["overhead", "PathMTU"]
@@ -47,7 +51,8 @@ class PathMTU:
 
     __slots__ = ("endpoint", "v6", "floor", "ceiling", "mtu", "source", "changed", "lo", "hi", "pending",
                  "answered_any", "deadline", "next_round", "srtt", "sent_at", "rounds", "unanswered_rounds",
-                 "ids", "seq", "interval", "due")
+                 "ids", "seq", "interval", "due", "top", "top_prev", "top_at", "hint", "hint_before", "hint_at",
+                 "hint_kept")
 
     def __init__(self, endpoint: tuple, link_mtu: int | None, now: float, interval: float) -> None:
         self.endpoint = endpoint
@@ -70,6 +75,14 @@ class PathMTU:
         self.seq = 0
         self.interval = interval
         self.due = False                                 # a round came due without a session: at the next one
+        # the largest plaintext (padded, within the limit) sent in the current and the previous PMTU_ICMP_RECENT
+        # seconds: an ICMP about a datagram larger than this was not about one of ours (sent_above)
+        self.top = self.top_prev = 0
+        self.top_at = now
+        self.hint = 0                                    # an ICMP's size, probed in the round it started
+        self.hint_before = 0                             # the estimate when that round started
+        self.hint_at = -PMTU_ICMP_PROBE_GAP              # when the last such round was asked for
+        self.hint_kept: bool | None = None               # how that round ended (read and cleared by the extension)
 
     @property
     def overhead(self) -> int:
@@ -106,6 +119,42 @@ class PathMTU:
             for s in [s for s in self.pending if s >= self.hi]:
                 del self.pending[s]
 
+    def note_sent(self, pkts: list, limit: int, now: float) -> None:
+        """A batch of plaintexts went to this peer (the data path calls it once per batch): keep the largest."""
+        top = max(map(len, pkts))
+        top += -top & 15                            # the padding to 16 bytes, within the limit
+        if top > limit:
+            top = limit                             # larger ones were not sent as they are (ICMP, fragments)
+        age = now - self.top_at
+        if age >= PMTU_ICMP_RECENT:
+            self.top_prev = self.top if age < 2 * PMTU_ICMP_RECENT else 0
+            self.top = 0
+            self.top_at = now
+        if top > self.top:
+            self.top = top
+
+    def sent_above(self, mtu: int, now: float) -> bool:
+        """Was a datagram whose outer IP packet is larger than `mtu` sent within the last 2 x PMTU_ICMP_RECENT
+        seconds? (What an ICMP reporting `mtu` must be about.)"""
+        age = now - self.top_at
+        best = self.top if age < 2 * PMTU_ICMP_RECENT else 0
+        if age < PMTU_ICMP_RECENT and self.top_prev > best:
+            best = self.top_prev
+        return best > 0 and best + self.overhead > mtu
+
+    def icmp_hint(self, mtu: int, now: float) -> bool:
+        """A (matched) ICMP reported `mtu`, between wgpy peers: ask for a round at once (next_round = now) that
+        probes `mtu` besides the usual sizes; the estimate is left alone. False if nothing is to be done: not
+        lower than the estimate, a search already under way, or such a round asked for less than
+        PMTU_ICMP_PROBE_GAP seconds ago."""
+        mtu = min(max(mtu, self.floor), self.ceiling)
+        if mtu >= self.mtu or self.pending is not None or now - self.hint_at < PMTU_ICMP_PROBE_GAP:
+            return False
+        self.hint = mtu
+        self.hint_at = now
+        self.next_round = now
+        return True
+
     def reset(self, now: float) -> None:
         """A peer that is not probed: assume the link MTU again (the kernel says so if the path is still small)."""
         if self.mtu != self.ceiling:
@@ -138,6 +187,12 @@ class PathMTU:
         sizes = self._spread() | {self.floor}
         if self.floor < self.mtu <= self.ceiling:
             sizes.add(self.mtu)
+        if self.hint:
+            if self.floor <= self.hint < self.mtu:
+                sizes.add(self.hint)
+                self.hint_before = self.mtu
+            else:
+                self.hint = 0
         self._send(sizes, now, out)
 
     def answered(self, size: int, now: float, out: list) -> None:
@@ -168,6 +223,9 @@ class PathMTU:
                 self.hi = s
         for s in [s for s in pending if s >= self.hi]:
             del pending[s]
+        if self.hint and self.answered_any and self.lo >= self.hint and self.mtu in pending:
+            self._set(self.lo, "icmp")              # the ICMP's size got through and the estimate did not
+            self.hint = 0
         if self.answered_any and self.mtu >= self.hi:
             self._set(self.lo, "probe")             # black hole: the estimate itself does not get through
         if pending:
@@ -192,6 +250,9 @@ class PathMTU:
         self._send(self._spread(), now, out)
 
     def _end(self, now: float) -> None:
+        if self.hint_before:
+            self.hint_kept = self.mtu >= self.hint_before
+        self.hint = self.hint_before = 0
         self.pending = None
         self.deadline = None
         self.next_round = now + self.interval if self.interval else None

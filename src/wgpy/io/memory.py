@@ -147,6 +147,10 @@ class MemoryBind:
         for data, dst in out:
             self.net.send(src, dst, data)
 
+    def send_fragmentable(self, out: list, path_mtu: int) -> None:
+        """Memory has no MTU: as send()."""
+        self.send(out)
+
     def close(self) -> None:
         if self._rx is not None:
             self._rx.close()

@@ -17,16 +17,26 @@ Socket options (every UDP socket of the interface, both families, the steered pa
 The error queue: the kernel reports pending errors with EPOLLERR, which epoll always delivers; the event loop
 calls drain() then, which reads every queued error (MSG_ERRQUEUE), and hands the EMSGSIZE ones (ee_origin ICMP,
 ICMP6 or LOCAL; ee_info = the MTU) to the core with the destination they were about (address and port of the
-failed datagram; port 0 for LOCAL errors of an unconnected socket, meaning any peer at that address). Other errors
-(port unreachable, ...) are read and dropped: an unread queue keeps EPOLLERR raised. ICMP errors reach whichever
+failed datagram, from the quoted UDP header; port 0 for LOCAL errors of an unconnected socket, meaning any peer at
+that address), whether the error is LOCAL (our own send, true) or from an ICMP (anyone can forge one), and the
+first bytes of the quoted UDP payload (the datagram's data the error carries: the WireGuard header of the
+message, when the router quoted that much), which the core checks against what it sent. Other errors (port
+unreachable, ...) are read and dropped: an unread queue keeps EPOLLERR raised. ICMP errors reach whichever
 socket of a reuseport group the kernel picks for them (hash, the steering program sees no data), so all four
 sockets are watched.
 
-The interface MTU (automatic mode): after the core changed an estimate (its PATH_MTU_CHANGED event), the smallest usable
-MTU over the peers with a UDP endpoint becomes the interface MTU (L2: minus the Ethernet header and room for one
-802.1Q tag, 18 bytes, so that full-size VLAN-tagged frames fit the path too), never below
-`min_mtu` (1280 when the interface carries IPv6: Linux removes every IPv6 address from a device whose MTU goes
-below 1280; 576 otherwise), set through netlink. The core's per-peer limits follow (Device.mtu).
+Outer fragmentation (send_fragmentable, the core's Fragmentable event): datagrams the core wants sent although
+they are larger than the peer's path MTU (IPv6 packets above a limit below 1280) go out with the socket switched
+to IP_PMTUDISC_DONT for the call (IPv4: DF clear, the kernel and the routers fragment; IPv6: the kernel fragments
+to IPV6_MTU, set to the peer's path MTU), then back to IP_PMTUDISC_PROBE. The loop is single-threaded, so no
+other datagram is sent in between.
+
+The interface MTU (automatic mode): after the core changed an estimate (its PATH_MTU_CHANGED event), the upper
+median of the usable MTUs over the peers with a UDP endpoint (the minimum in L2; Device.interface_usable_mtu,
+docs/pmtu.md says why) becomes the interface MTU (L2: minus the Ethernet header and room for one 802.1Q tag, 18
+bytes, so that full-size VLAN-tagged frames fit the path too), never below `min_mtu` (1280 when the interface
+carries IPv6: Linux removes every IPv6 address from a device whose MTU goes below 1280; 576 otherwise), set
+through netlink. The core's per-peer limits follow (Device.mtu).
 """
 
 from __future__ import annotations
@@ -46,11 +56,13 @@ SOL_IPV6 = 41
 IP_MTU_DISCOVER = 10
 IP_RECVERR = 11
 IP_MTU = 14
+IP_PMTUDISC_DONT = 0
 IP_PMTUDISC_WANT = 1
 IP_PMTUDISC_PROBE = 3
 IPV6_MTU_DISCOVER = 23
 IPV6_MTU = 24
 IPV6_RECVERR = 25
+IPV6_PMTUDISC_DONT = 0
 IPV6_PMTUDISC_WANT = 1
 IPV6_PMTUDISC_PROBE = 3
 MSG_ERRQUEUE = 0x2000
@@ -60,6 +72,7 @@ SO_EE_ORIGIN_ICMP6 = 3
 _EXT_ERR = struct.Struct("=IBBBBII")          # struct sock_extended_err (include/uapi/linux/errqueue.h)
 _EAGAIN = (BlockingIOError, InterruptedError)
 MAX_ERRORS_PER_DRAIN = 256
+QUOTE_BYTES = 64               # of the failed datagram's payload: the 16-byte WireGuard header is what is checked
 
 
 def configure_socket(sock: socket.socket, probe_mode: bool) -> None:
@@ -76,12 +89,14 @@ def configure_socket(sock: socket.socket, probe_mode: bool) -> None:
 
 
 def read_errors(sock: socket.socket, out: list) -> int:
-    """Drain the socket's error queue; append (host, port, mtu) for every EMSGSIZE. Returns errors read."""
+    """Drain the socket's error queue; append (host, port, mtu, local, quote) for every EMSGSIZE: `local` for
+    the kernel's own refusal (ee_origin LOCAL), `quote` the first bytes of the failed datagram's UDP payload as
+    the error carries them (for an ICMP error: what the router quoted). Returns errors read."""
     n = 0
     recvmsg = sock.recvmsg
     while n < MAX_ERRORS_PER_DRAIN:
         try:
-            _data, anc, _flags, addr = recvmsg(64, 512, MSG_ERRQUEUE)
+            data, anc, _flags, addr = recvmsg(QUOTE_BYTES, 512, MSG_ERRQUEUE)
         except _EAGAIN:
             break
         except OSError:
@@ -98,8 +113,34 @@ def read_errors(sock: socket.socket, out: list) -> int:
                 host = addr[0]
                 if host.startswith("::ffff:"):
                     host = host[7:]
-                out.append((host, addr[1], info))
+                out.append((host, addr[1], info, origin == SO_EE_ORIGIN_LOCAL, data))
     return n
+
+
+def send_fragmentable(sock: socket.socket, datagrams: list, path_mtu: int) -> int:
+    """Send (datagram, endpoint) pairs through `sock` with outer fragmentation allowed (module docstring), then
+    put the socket back to IP_PMTUDISC_PROBE. Returns how many the kernel refused."""
+    v6 = sock.family == socket.AF_INET6
+    level = SOL_IPV6 if v6 else SOL_IP
+    opt = IPV6_MTU_DISCOVER if v6 else IP_MTU_DISCOVER
+    errors = 0
+    try:
+        sock.setsockopt(level, opt, IPV6_PMTUDISC_DONT if v6 else IP_PMTUDISC_DONT)
+        if v6 and path_mtu >= 1280:
+            sock.setsockopt(level, IPV6_MTU, path_mtu)
+    except OSError:             # pragma: no cover - both exist since Linux 2.2
+        return len(datagrams)
+    try:
+        for data, ep in datagrams:
+            try:
+                sock.sendto(data, ep)
+            except OSError:
+                errors += 1
+    finally:
+        if v6 and path_mtu >= 1280:
+            sock.setsockopt(level, IPV6_MTU, 0)
+        sock.setsockopt(level, opt, IPV6_PMTUDISC_PROBE if v6 else IP_PMTUDISC_PROBE)
+    return errors
 
 
 class PathMtuIO:
@@ -166,16 +207,16 @@ class PathMtuIO:
         found: list = []
         self.errors_read += read_errors(sock, found)
         dev = self.device
-        for host, port, mtu in found:
-            dev.path_mtu_learned(host, port, mtu, now)
+        for host, port, mtu, local, quote in found:
+            dev.path_mtu_learned(host, port, mtu, now, quote, local)
 
     def apply(self) -> None:
-        """After the core's PATH_MTU_CHANGED event: the interface MTU follows the smallest usable peer MTU
-        (automatic mode)."""
+        """After the core's PATH_MTU_CHANGED event: the interface MTU follows the peers' usable MTUs (their
+        upper median in L3, the smallest in L2; automatic mode)."""
         dev = self.device
         if not self.auto:
             return
-        usable = dev.smallest_usable_mtu()
+        usable = dev.interface_usable_mtu()
         if usable is None:
             return
         hdr = ETHERNET_HEADER_LEN + VLAN_TAG_LEN if self.l2 else 0
@@ -191,7 +232,7 @@ class PathMtuIO:
         except Exception as e:  # noqa: BLE001 - keep running with the old MTU; the per-peer limits still hold
             log.warning("cannot set the MTU of %s to %d: %s", self.ifname, new, e)
             return
-        log.info("%s: MTU %s -> %d (smallest peer path MTU allows %d)", self.ifname, self.interface_mtu, new, usable)
+        log.info("%s: MTU %s -> %d (the peers' path MTUs allow %d)", self.ifname, self.interface_mtu, new, usable)
         self.interface_mtu = new
         self.changes += 1
         dev.mtu = new + (ETHERNET_HEADER_LEN if self.l2 else 0)   # the core's MTU: the largest plaintext

@@ -20,6 +20,7 @@ import socket
 import struct
 
 from .batch import BatchSender, enable_gro, receive_batch
+from .pmtu import send_fragmentable
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
@@ -165,6 +166,17 @@ class UdpBind:
     def send(self, out: list) -> None:
         """Send (datagram, endpoint) pairs in as few sendmsg() calls as UDP GSO allows."""
         self.sender.send(out, self.s4, self.s6)
+
+    def send_fragmentable(self, out: list, path_mtu: int) -> None:
+        """Send (datagram, endpoint) pairs with outer fragmentation allowed (io/pmtu.py, the core's Fragmentable
+        event), one sendto() each: rare, and never with GSO."""
+        for v6, sock in ((False, self.s4), (True, self.s6)):
+            part = [d for d in out if (len(d[1]) == 4) == v6]
+            if part:
+                if sock is None:
+                    self.sender.errors += len(part)
+                else:
+                    self.sender.errors += send_fragmentable(sock, part, path_mtu)
 
     def close(self) -> None:
         for s in self.sockets():

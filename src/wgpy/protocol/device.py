@@ -141,8 +141,12 @@ class Device:
     def smallest_usable_mtu(self) -> int | None:
         return self.path_mtu.smallest_usable_mtu()
 
-    def path_mtu_learned(self, host: str, port: int, mtu: int, now: float) -> int:
-        return self.path_mtu.path_mtu_learned(host, port, mtu, now)
+    def interface_usable_mtu(self) -> int | None:
+        return self.path_mtu.interface_usable_mtu()
+
+    def path_mtu_learned(self, host: str, port: int, mtu: int, now: float, quote: bytes = b"",
+                         local: bool = False) -> int:
+        return self.path_mtu.path_mtu_learned(host, port, mtu, now, quote, local)
 
     # the parts' state the UAPI and the tests read or set on the device
     ratelimiter = property(lambda self: self.handshakes.ratelimiter)
@@ -284,6 +288,8 @@ class Device:
         nbytes, big = seal_batch(kp, pkts, mtu, ep, out)
         ctr = kp.send_counter
         peer.tx_bytes += nbytes
+        if peer.pmtu is not None:          # the largest sent, to check ICMP about it against (ext/pmtu.py)
+            peer.pmtu.note_sent(pkts, mtu, now)
         # data sent unless this is a keepalive, which always goes alone ([b""], send_keepalive)
         self.timers.sent(peer, now, pkts[0] != b"")
         # keep the key fresh
