@@ -232,6 +232,8 @@ FIELDS: tuple[Field, ...] = (
     F(I, ("wgpy_mtu", "wgpy_mtu_probe_interval"), "mtu", _mtu),
     F(I, ("wgpy_listen_tcp",), "listening tcp port", lambda d, v: d.get("wgpy_listen_tcp") or None),
     F(I, ("wgpy_listen_tls",), "listening tls port", lambda d, v: d.get("wgpy_listen_tls") or None),
+    F(I, ("wgpy_metrics_listen",), "metrics", lambda d, v: f"http://{d['wgpy_metrics_listen']}/metrics"
+      if d.get("wgpy_metrics_listen") else None),
 
     F(P, ("public_key",), "peer", lambda p, v: _b64(p["public_key"]), header=True,
       name="peers", column=lambda p, v: _b64(p["public_key"]), dump=0),

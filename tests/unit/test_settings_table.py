@@ -53,6 +53,10 @@ class Host:
         self.streams = StreamManager(self.epoll)
         self.flushed: list = []
         self.mtu_min = 1280
+        self.metrics_listen = None
+
+    def set_metrics_listen(self, addr) -> None:     # the daemon's: binds the HTTP listener (ops/http.py)
+        self.metrics_listen = addr
 
     def set_mtu_auto(self, enabled: bool, min_mtu: int | None) -> None:   # the daemon's: also socket options
         self.mtu_min = min_mtu if min_mtu is not None else self.mtu_min
@@ -78,7 +82,7 @@ def l3_text(tmp_path) -> tuple[str, dict]:
     cert, key, _ = make_cert(tmp_path)
     ports = {"tcp": free_port(), "tls": free_port()}
     return (f"[Interface]\nPrivateKey = {KEY}\nListenPort = 51999\nFwMark = 0x1234\nMTU = 1400\n"
-            f"MTUProbeInterval = 45\nListenTCP = {ports['tcp']}\nListenTLS = {ports['tls']}\n"
+            f"MTUProbeInterval = 45\nMetricsListen = 127.0.0.1:9586\nListenTCP = {ports['tcp']}\nListenTLS = {ports['tls']}\n"
             f"CertificateFile = {cert}\nKeyFile = {key}\n"
             f"Address = 10.0.0.1/24\nDNS = 10.0.0.53\nTable = off\nPreUp = true\nPostUp = true\nPreDown = true\n"
             f"PostDown = true\nSaveConfig = true\nMasquerade = eth0\nUser = nobody\n"
@@ -157,6 +161,9 @@ CHECKS = {
                                 and "re-probed every 45 s" in r["show"]),
     "wgpy_mtu_auto": ("l3", lambda r: r["dev"]["wgpy_mtu_auto"] == "true" and r["host"].device.pmtu_auto),
     "wgpy_mtu_min": ("l3", lambda r: r["dev"]["wgpy_mtu_min"] == "576" and r["host"].mtu_min == 576),
+    "wgpy_metrics_listen": ("l3", lambda r: r["dev"]["wgpy_metrics_listen"] == "127.0.0.1:9586"
+                            and r["host"].metrics_listen == ("127.0.0.1", 9586)
+                            and "metrics: http://127.0.0.1:9586/metrics" in r["show"]),
     "replace_peers": ("l3", lambda r: "replace_peers=true\n" in r["body"] and len(r["host"].device.peers) == 2),
     # ---- peer
     "public_key": ("l3", lambda r: f"peer: {crypto.encode_key(PUB_A)}" in r["show"]),

@@ -58,6 +58,10 @@ class Handshakes:
         self._hs_count = 0
         self._under_load_until = -INF
         self.under_load_threshold = UNDER_LOAD_HANDSHAKES_PER_SECOND
+        # counters for the metrics endpoint (ops/metrics.py): handshake path only, never per data packet
+        self.initiations_sent = 0        # initiations that went out to an endpoint
+        self.completed_initiator = 0     # our initiation answered: a session derived from a response
+        self.completed_responder = 0     # a peer's initiation answered: a session derived, response sent
 
     def under_load(self, now: float) -> bool:
         if now - self._hs_window_start >= 1.0:
@@ -141,6 +145,7 @@ class Handshakes:
         dev.index.install_keypair(peer, keys, now)
         dev.timers.session_derived(peer, now)
         dev.timers.authenticated_sent(peer, now)        # the response, below
+        self.completed_responder += 1
         out.append((peer.cookie.add_macs(resp.pack(), RESPONSE_MAC1_OFFSET, now), src))
 
     def _consume_response(self, msg: Response, src: object, now: float, out: list) -> None:
@@ -156,6 +161,7 @@ class Handshakes:
         dev.index.install_keypair(peer, keys, now)
         dev.timers.session_derived(peer, now)
         dev.timers.handshake_complete(peer)
+        self.completed_initiator += 1
         dev.send_keepalive(peer, now, out)
         for hook in dev._on_handshake_complete:
             hook(peer, now, out)
@@ -187,6 +193,7 @@ class Handshakes:
         if peer.endpoint is not None:
             out.append((data, peer.endpoint))
             peer.unanswered_initiations += 1     # until a handshake completes (Timers.handshake_complete)
+            self.initiations_sent += 1
         else:
             dev.drops["no_endpoint"] += 1
         dev.timers.handshake_initiated(peer, now)     # with any authenticated packet sent and traversal

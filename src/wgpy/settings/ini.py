@@ -95,6 +95,7 @@ class InterfaceConfig:
     listen_tls: int | None = None
     certificate_file: str | None = None
     key_file: str | None = None
+    metrics_listen: tuple[str, int] | None = None   # MetricsListen: (address, port) of /metrics
     where: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False, compare=False)  # as in PeerConfig
 
 

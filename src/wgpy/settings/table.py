@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import values as v
+from . import listen, values as v
 
 __all__ = ["Setting", "TABLE", "by_ini", "by_uapi", "rows"]
 
@@ -83,6 +83,10 @@ TABLE: tuple[Setting, ...] = (
     S(None, "wgpy_mtu_min", I, parse_uapi=v.u_mtu_min, render="link", dest="mtu_min",
       notes="the automatic MTU's floor, the interface's (L2: the TAP's) MTU: 1280 with IPv6 addresses, else 576; "
             "get: in the automatic mode only"),
+    S("MetricsListen", "wgpy_metrics_listen", I, "metrics_listen", listen.metrics_listen,
+      parse_uapi=listen.u_metrics_listen, fmt=listen.f_listen, render="given", dest="metrics_listen",
+      notes="ADDRESS:PORT of the Prometheus /metrics endpoint (ops/metrics.py), off by default; UAPI empty = off; "
+            "may fail like listen_port (EADDRINUSE)"),
     S(None, "replace_peers", I, parse_uapi=v.u_true, get=False, render="always", fixed="true"),
     # host setup by `wgpy up` (wg-quick's keys): no UAPI key
     S("Address", None, I, "addresses", v.addresses, how="extend", render=None),

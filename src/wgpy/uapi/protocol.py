@@ -39,6 +39,11 @@ per peer with a UDP path `wgpy_path_mtu=<outer packet bytes> <link|icmp|probe>[ 
 `probing` while a probe search is still under way) and
 `wgpy_peer_wgpy=<extension bits>` once the peer's HELLO said it is wgpy.
 
+Metrics: set, device: `wgpy_metrics_listen=ADDRESS:PORT` (MetricsListen; empty: off) serves Prometheus metrics
+at http://ADDRESS:PORT/metrics from the daemon's event loop (ops/metrics.py); applied right after the listen
+port, and like it the set fails (EADDRINUSE) when the address cannot be bound. get, device: the same key while
+metrics are served.
+
 Failures that look like success, get only, per peer, only when there is one:
 `wgpy_last_error=<text>`, what is wrong in words, parts joined by "; ": the stream endpoint's last failure
 ("TLS: certificate does not match the pinned fingerprint", "connection refused", ...; io/stream.py), then
@@ -55,6 +60,7 @@ from typing import Callable, Protocol
 from ..protocol.device import Device
 from ..routing.mactable import LOCAL, format_mac
 from ..settings.table import rows
+from ..settings.values import host_port
 from . import transport as _transport     # the TCP/TLS transports' keys: wgpy_listen_tcp, wgpy_endpoint, ...
 from .plan import EADDRINUSE, EINVAL, EIO, EPROTO, UNSET, PeerOp, SetPlan, UapiError, parse_set
 
@@ -71,10 +77,12 @@ class Host(Protocol):
     listen_port: int
     fwmark: int
     mtu_min: int                                            # the automatic MTU's floor (get: wgpy_mtu_min)
+    metrics_listen: tuple[str, int] | None                  # where /metrics is served (get: wgpy_metrics_listen)
 
     def set_listen_port(self, port: int) -> None: ...      # raises OSError (EADDRINUSE) on failure
     def set_fwmark(self, mark: int) -> None: ...
     def set_mtu_auto(self, enabled: bool, min_mtu: int | None) -> None: ...   # socket options; never fails
+    def set_metrics_listen(self, addr: tuple[str, int] | None) -> None: ...   # raises OSError on failure
     def parse_endpoint(self, text: str) -> object: ...     # raises ValueError
     def format_endpoint(self, endpoint: object) -> str: ...
     def now(self) -> float: ...
@@ -108,6 +116,12 @@ def apply_set(plan: SetPlan, host: Host) -> None:
             raise UapiError(EADDRINUSE if e.errno == errno.EADDRINUSE else EIO,
                             f"cannot listen on port {plan.listen_port}: {e.strerror}") from None
     _transport.apply_device(plan, host)     # TCP/TLS listeners (may fail: EADDRINUSE)
+    if plan.metrics_listen is not UNSET and plan.metrics_listen != host.metrics_listen:
+        try:
+            host.set_metrics_listen(plan.metrics_listen)      # the Prometheus endpoint (may fail: EADDRINUSE)
+        except OSError as e:
+            raise UapiError(EADDRINUSE if e.errno == errno.EADDRINUSE else EIO,
+                            f"cannot serve metrics on {plan.metrics_listen}: {e.strerror}") from None
     if plan.fwmark is not UNSET:
         host.set_fwmark(plan.fwmark)
     if plan.private_key is not UNSET:
@@ -212,6 +226,8 @@ _DEVICE_GET = {
     "wgpy_mtu_probe_interval": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: f"{h.device.pmtu_interval:g}"),
     "wgpy_mtu_auto": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: "true"),
     "wgpy_mtu_min": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: h.mtu_min),
+    "wgpy_metrics_listen": _if(lambda h, p: getattr(h, "metrics_listen", None),
+                               lambda h, p: host_port(*h.metrics_listen)),
 }
 _PEER_GET = {
     "public_key": _if(lambda h, p: True, lambda h, p: p.public_key.hex()),

@@ -1,0 +1,33 @@
+"""Value types of the settings table for the operations settings (MetricsListen): an HTTP listening address.
+Pure, like values.py, whose endpoint syntax it uses."""
+
+from __future__ import annotations
+
+from .values import Bad, endpoint, host_port, is_ip
+
+__all__ = ["metrics_listen", "u_metrics_listen", "f_listen"]
+
+
+def metrics_listen(s: str) -> tuple[str, int] | None:
+    """MetricsListen = ADDRESS:PORT (a numeric IPv4 address, or [IPv6]:PORT) or off: where the daemon serves
+    Prometheus metrics over HTTP."""
+    if s.lower() == "off":
+        return None
+    host, port = endpoint(s)
+    if not is_ip(host):
+        raise Bad("a numeric address is needed, e.g. MetricsListen = 127.0.0.1:9586 (host names are not resolved)")
+    return host, port
+
+
+def u_metrics_listen(value: str, k: str) -> tuple[str, int] | None:
+    """wgpy_metrics_listen=ADDRESS:PORT, empty: off."""
+    if value == "":
+        return None
+    try:
+        return metrics_listen(value)
+    except Bad:
+        raise Bad(f"{k}: expected ADDRESS:PORT with a numeric address") from None
+
+
+def f_listen(v: tuple[str, int] | None) -> str:
+    return "" if v is None else host_port(*v)
