@@ -1,7 +1,7 @@
-"""Command line: `wgpy genkey|pubkey|genpsk|up|down|show` and the `wgpyd` daemon for wg-quick.
+"""Command line: `wgpy genkey|pubkey|genpsk|up|down|show|reload|genconf|qr` and the `wgpyd` daemon for wg-quick.
 
 Argument parsing and dispatch only: `show` is show.py (through the UAPI socket, the control path the `wg` tool
-uses), `up`/`down` are quick/.
+uses), `up`/`down` are quick/, the operations commands (`show --json`, `reload`, `genconf`, `qr`) are ops/.
 """
 
 from __future__ import annotations
@@ -69,6 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     p_show = sub.add_parser("show", help="show interfaces like `wg show`")
     p_show.add_argument("interface", nargs="?")
     p_show.add_argument("field", nargs="?", choices=FIELD_NAMES)
+    p_show.add_argument("--json", action="store_true", help="as JSON (docs/operations.md: the schema)")
+    p_reload = sub.add_parser("reload", help="apply a changed config to a running interface live, as `wg "
+                                             "syncconf` (unchanged peers keep their sessions)")
+    p_reload.add_argument("interface")
+    p_reload.add_argument("config", nargs="?", help="config file (default: the interface's, as `up` finds it)")
+    p_gen = sub.add_parser("genconf", help="make a client config for a new peer and add the peer live")
+    p_gen.add_argument("--peer-of", required=True, metavar="IFACE", help="the running interface to add it to")
+    p_gen.add_argument("--address", required=True, action="append", help="the client's tunnel address(es)")
+    p_gen.add_argument("--endpoint", help="HOST[:PORT] the client connects to (default: this host's "
+                                          "default-route address and the interface's port)")
+    p_gen.add_argument("--allowed-ips", action="append", help="what the client routes into the tunnel "
+                                                               "(default: the interface's networks)")
+    p_gen.add_argument("--dns", action="append", help="DNS server(s) for the client")
+    p_gen.add_argument("--keepalive", type=int, default=25, help="PersistentKeepalive (default 25, 0: off)")
+    p_gen.add_argument("--psk", action="store_true", help="add a preshared key")
+    p_qr = sub.add_parser("qr", help="show a config as a QR code for the WireGuard phone apps")
+    p_qr.add_argument("config", help="config file, or - for stdin")
+    p_qr.add_argument("--png", metavar="FILE", help="write a PNG instead (mode 0600: it holds the private key)")
     args = ap.parse_args(argv)
 
     if args.cmd == "genkey":
@@ -78,15 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "pubkey":
         return _pubkey()
     if args.cmd == "show":
+        if args.json:
+            from .ops.showjson import show_json
+            return show_json(args.interface, args.field)
         return show(args.interface, args.field)
+    if args.cmd == "reload":
+        from .ops.reload import reload_main
+        return reload_main(args.interface, args.config)
+    if args.cmd == "genconf":
+        from .ops.genconf import genconf_main
+        return genconf_main(args)
+    if args.cmd == "qr":
+        from .ops.qr import qr_main
+        return qr_main(args.config, args.png)
     if args.cmd == "down":
         from .quick import down
         return down(args.interface)
     if args.cmd == "up":
         from . import config as cfgmod
         from .quick import UpError, up_background, up_foreground
+        # under systemd (JOURNAL_STREAM) journald stamps each line itself
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                            format="%(asctime)s wgpy: %(message)s")
+                            format="wgpy: %(message)s" if os.environ.get("JOURNAL_STREAM")
+                            else "%(asctime)s wgpy: %(message)s")
         try:
             path = cfgmod.find_config(args.config)
         except cfgmod.ConfigError as e:

@@ -1,6 +1,7 @@
 """The daemon's life: `wgpy up --foreground` runs a Session's interface in this process until SIGTERM/SIGINT or
 until the interface is deleted; `wgpy up` starts that same foreground process detached, logging to
-RUN_DIR/IFACE.log, and waits for its readiness report on a pipe ("READY" or "ERROR message")."""
+RUN_DIR/IFACE.log, and waits for its readiness report on a pipe ("READY" or "ERROR message"). Under systemd
+(Type=notify) the foreground daemon also reports READY=1 and STOPPING=1 to $NOTIFY_SOCKET (ops/sdnotify.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import sys
 import time
 
 from .. import config as cfgmod
-from ..daemon import install_signal_handlers
 from ..host import privileges
 from ..host.harden import is_dumpable, no_core_dumps
 from ..host.privileges import RUN_DIR
+from ..ops import sdnotify
 from .hooks import UpError
+from .interrupt import Interrupted, UpSignals
 from .preflight import preflight
 from .session import Session
 
@@ -34,6 +36,8 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
             except OSError:
                 pass
 
+    signals = UpSignals()
+    signals.install()   # first: a SIGTERM/SIGINT at any moment of up undoes what was done (interrupt.py)
     no_core_dumps()   # before the private key is read
     log.info("core dumps off (RLIMIT_CORE %d, dumpable %d)", resource.getrlimit(resource.RLIMIT_CORE)[1],
              int(is_dumpable()))
@@ -42,7 +46,8 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
         for w in preflight(cfg):
             if ready_fd is None:
                 print(w, file=sys.stderr)
-        session = Session(cfg)
+        signals.check()
+        session = Session(cfg, signals)
         session.up()
     except (cfgmod.ConfigError, UpError, OSError) as e:
         msg = f"wgpy: {e}"
@@ -59,14 +64,26 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
             report("ERROR " + msg + "\n")
             return 1
         log.info("running as user %s (uid %d) with CAP_NET_ADMIN only", cfg.user, os.getuid())
-    install_signal_handlers(session.iface)
+    try:
+        signals.check()     # a signal during the last steps: up did not complete
+    except Interrupted as e:
+        session.teardown()
+        msg = f"wgpy: {e}"
+        print(msg, file=sys.stderr)
+        report("ERROR " + msg + "\n")
+        return 1
+    signals.running(session.iface)
     log.info("interface %s is up, listening on UDP port %d", cfg.name, session.iface.listen_port)
     report("READY\n")
     if ready_fd is not None:
         os.close(ready_fd)
+    # systemd (Type=notify, systemd/wgpy@.service): ready once everything `up` does is done
+    sdnotify.notify("READY=1", f"STATUS=interface {cfg.name} is up, UDP port {session.iface.listen_port}")
     try:
-        session.iface.run()
+        if signals.pending is None:     # a signal in the last instants is not lost to run()'s reset
+            session.iface.run()
     finally:
+        sdnotify.notify("STOPPING=1", f"STATUS=interface {cfg.name}: tearing down")
         session.teardown()
     return 0
 
