@@ -229,7 +229,8 @@ class Lab:
         self.ifaces[iface] = ns
 
         def down() -> None:
-            if (UAPI_DIR / f"{iface}.sock").exists() or link_exists(ns, iface):
+            if (UAPI_DIR / f"{iface}.sock").exists() or link_exists(ns, iface) or \
+                    (WGPY_RUN_DIR / f"{iface}.state").exists():     # a daemon that died: down cleans up
                 run(ns, WGPY, "down", iface, timeout=15, check=False)
         self.defer(f"wgpy down {iface}", down)
 
@@ -372,7 +373,9 @@ class Lab:
             except Exception as exc:
                 problems.append(f"destroy {ns}: {exc!r}")
         for iface in self.ifaces:  # names are unique to this test, and every process using them is gone
-            for leftover in (UAPI_DIR / f"{iface}.sock", WGPY_RUN_DIR / f"{iface}.pid", WGPY_RUN_DIR / f"{iface}.log"):
+            for leftover in (UAPI_DIR / f"{iface}.sock", WGPY_RUN_DIR / f"{iface}.pid", WGPY_RUN_DIR / f"{iface}.log",
+                             WGPY_RUN_DIR / f"{iface}.state", WGPY_RUN_DIR / f"{iface}.state.tmp",
+                             WGPY_RUN_DIR / f"{iface}.resolv.conf"):
                 try:
                     leftover.unlink(missing_ok=True)
                 except OSError as exc:
