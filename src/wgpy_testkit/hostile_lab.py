@@ -98,6 +98,20 @@ def first_ping_time(ns: str, addr: str, timeout: float) -> float | None:
     return None
 
 
+def ping_series(ns: str, addr: str, count: int = 30, interval: float = 0.1, wait: float = 2.0,
+                timeout: float = 120.0) -> tuple[float, list[float]]:
+    """`count` pings `interval` s apart -> (the fraction lost, the round-trip times of the answered ones in ms,
+    sorted): median and tail of the latency while something else runs."""
+    res = run(ns, "ping", "-n", "-c", count, "-i", interval, "-W", wait, addr, timeout=timeout, check=False)
+    rtts = sorted(float(m.group(1)) for m in re.finditer(r"time=([\d.]+) ms", res.stdout))
+    return 1.0 - len(rtts) / count, rtts
+
+
+def p50(values: list[float]) -> float | None:
+    """The median of sorted `values` (None for none)."""
+    return values[len(values) // 2] if values else None
+
+
 def add_addresses(ns: str, dev: str, cidrs: list[str]) -> None:
     batch = "".join(f"address add {c} dev {dev}\n" for c in cidrs)
     run(ns, "ip", "-batch", "-", input=batch, timeout=60)

@@ -79,6 +79,29 @@ def test_largest_frame_is_accepted():
     assert got[0][0] == msg
 
 
+def test_parse_stops_at_the_limit_and_bytes_wanted_reads_no_further():
+    """An unauthenticated connection's reads (stream_conn.Conn.read_unauthenticated): parse at most `limit`
+    frames; read exactly what those frames still need, so no byte beyond the last of them is taken."""
+    from wgpy.streams.framing import bytes_wanted
+    msgs = [INITIATION, KEEPALIVE, b"\x04\x00\x00\x00" + b"\x01" * 1000]
+    wire = b"".join(encode_frame(m) for m in msgs)
+    got: list = []
+    assert parse_frames(bytearray(wire), None, got, 2) == 150 + 34 and [m for m, _ in got] == msgs[:2]
+    assert parse_frames(bytearray(wire), None, [], 0) == 0
+    # reading byte by byte as bytes_wanted says: each frame whole, then nothing once the budget is reached
+    for budget in (1, 2, 3):
+        buf, reads = bytearray(), 0
+        while (want := bytes_wanted(buf, budget)):
+            buf += wire[len(buf):len(buf) + want]
+            reads += 1
+        assert bytes(buf) == b"".join(encode_frame(m) for m in msgs[:budget])
+        # per frame a header with the smallest body, then the rest (a keepalive is the smallest: one read)
+        assert reads == (2, 3, 5)[budget - 1]
+    assert bytes_wanted(bytearray(), 0) == 0
+    assert bytes_wanted(bytearray(b"\x00"), 1) == 33                       # the header's second byte and 32
+    assert bytes_wanted(bytearray(struct.pack(">H", 65535)), 5) == 0      # a bad header: parse refuses it
+
+
 def test_urls_and_pins():
     assert parse_url("tcp://192.0.2.1:443") == ("tcp", "192.0.2.1", 443)
     assert parse_url("TLS://[2001:db8::1]:8443") == ("tls", "2001:db8::1", 8443)
@@ -456,6 +479,42 @@ def test_unauthenticated_burst_reaches_the_core_only_up_to_the_limit():
         sock.sendall(bogus * 500)
         run_until([server], lambda: server.streams.counters["stream_unauthenticated_frames"] == 1, 5)
         assert server.dev.drops["invalid_mac1"] == STREAM_UNAUTHENTICATED_FRAMES
+        assert not server.streams.conns
+    finally:
+        sock.close()
+        server.close()
+
+
+def test_an_unauthenticated_connection_is_read_only_up_to_its_frame_budget(monkeypatch):
+    """Issue 21 item 7: a connection that streams well-framed garbage gets only its frame budget's bytes read
+    and parsed (16 frames here), not the READ_BUDGET of 1 MiB a wakeup of an authenticated one may read; the
+    rest stays in the kernel until the connection is closed."""
+    from wgpy.constants import STREAM_UNAUTHENTICATED_FRAMES
+    from wgpy.io import stream_conn
+    parsed = []
+    real_parse = stream_conn.parse_frames
+
+    def counting_parse(buf, src, out, *limit):
+        n0 = len(out)
+        used = real_parse(buf, src, out, *limit)
+        parsed.append((len(buf), len(out) - n0))
+        return used
+    monkeypatch.setattr(stream_conn, "parse_frames", counting_parse)
+    server = Node()
+    port = free_port()
+    server.streams.listen("tcp", port)
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        garbage = encode_frame(KEEPALIVE) * 20000              # 680,000 bytes of transport frames
+        sock.setblocking(False)
+        try:
+            sock.send(garbage)
+        except BlockingIOError:
+            pass
+        run_until([server], lambda: server.streams.counters["stream_unauthenticated_frames"] == 1, 5)
+        assert server.dev.drops["unknown_index"] == STREAM_UNAUTHENTICATED_FRAMES
+        assert sum(n for _, n in parsed) == STREAM_UNAUTHENTICATED_FRAMES
+        assert max(size for size, _ in parsed) <= STREAM_UNAUTHENTICATED_FRAMES * 34
         assert not server.streams.conns
     finally:
         sock.close()

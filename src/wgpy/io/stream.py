@@ -412,8 +412,9 @@ class StreamManager:
     def take_received(self, now: float) -> tuple[list, list]:
         """The messages received since the last call: (those of authenticated and outbound connections, for the
         core as one batch; [(connection, frames)] of each unauthenticated inbound connection). The core sees at
-        most STREAM_UNAUTHENTICATED_FRAMES frames of a connection before it proves who it is: the rest of a
-        burst (a client that reconnected sends its queue at once) waits in the connection until owner_found()."""
+        most STREAM_UNAUTHENTICATED_FRAMES frames of a connection before it proves who it is, and no more is
+        read (stream_conn.Conn.read_unauthenticated): the rest of a burst (a client that reconnected sends its
+        queue at once) waits in the kernel until owner_found()."""
         if self.again:
             for conn in list(self.again):
                 if conn.state == UP:
@@ -427,21 +428,22 @@ class StreamManager:
             for conn, frames in items:
                 if conn.authenticated:          # by an earlier read of this same wakeup
                     batch.extend(frames)
-                    continue
-                take = conn.take_frames(len(frames))
-                conn.held = frames[take:]
-                pending.append((conn, frames[:take]))
+                else:
+                    pending.append((conn, frames))      # counted against its budget when read
         return batch, pending
 
     def owner_found(self, conn: Conn, peer, now: float) -> list:
         """After the core took an unauthenticated connection's frames: `peer` is the peer whose endpoint is now
-        this connection (the core sets it only for an authenticated message), or None. Returns the frames held
-        back, for the core, once the connection has an owner; closes it when its frame budget is spent."""
-        held, conn.held = conn.held, []
+        this connection (the core sets it only for an authenticated message), or None. With an owner, what the
+        connection sent beyond its frame budget is read on the next pass (it waits in the kernel, in the TLS
+        object or unparsed in the read buffer, so it is read without a readiness event); without one it is
+        closed once its frame budget is spent. Returns the frames for the core now (none: the next pass reads
+        them as any authenticated connection's)."""
         if peer is not None:
             if conn.state != CLOSED:
                 self._authenticate(conn, peer, now)
-            return held
+                self.again.add(conn)
+            return []
         if conn.out_of_frames and conn.state != CLOSED:
             self.counters["stream_unauthenticated_frames"] += 1
             self._close(conn, None, now)

@@ -10,7 +10,7 @@ import ssl
 
 from ..streams.connection import Budget, Connection
 from ..streams.endpoint import StreamEndpoint
-from ..streams.framing import FrameError, parse_frames
+from ..streams.framing import FrameError, bytes_wanted, parse_frames
 from .tls import os_reason, reason, tls_reason
 
 __all__ = ["Conn", "READ_SIZE", "READ_BUDGET", "TLS_WRITE_CHUNK"]
@@ -26,11 +26,10 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSL
 class Conn(Connection):
     """A Connection (its state machine: streams/connection.py) with its socket, buffers and epoll registration."""
 
-    __slots__ = ("sock", "fd", "rbuf", "wbuf", "events", "held")
+    __slots__ = ("sock", "fd", "rbuf", "wbuf", "events")
 
     def __init__(self, sock: socket.socket, ep: StreamEndpoint, now: float, budget: Budget | None = None) -> None:
         super().__init__(ep, now, budget)
-        self.held: list = []       # frames beyond the unauthenticated budget, until the owner is known
         self.sock = sock
         self.fd = sock.fileno()
         self.rbuf = bytearray()
@@ -68,7 +67,10 @@ class Conn(Connection):
     def read(self, frames: list) -> tuple[str | None, str | None, bool]:
         """Read up to READ_BUDGET bytes and append the complete frames to `frames` as (message, endpoint) ->
         (why the connection ends, in words, or None; the bad frame's counter, or None; whether decrypted bytes
-        may still wait inside the TLS object, so the connection must be read again without a readiness event)."""
+        may still wait inside the TLS object, so the connection must be read again without a readiness event).
+        An unauthenticated connection reads only what its frame budget allows (read_unauthenticated)."""
+        if not self.authenticated:
+            return self.read_unauthenticated(frames)
         sock = self.sock
         rbuf = self.rbuf
         got = 0
@@ -96,6 +98,41 @@ class Conn(Connection):
         except FrameError as e:
             bad = e.reason
         return eof, bad, more
+
+    def read_unauthenticated(self, frames: list) -> tuple[str | None, str | None, bool]:
+        """read() before the core has said who the connection is: only the bytes of the frames its budget still
+        allows (Connection.frames_left; framing.bytes_wanted), each parsed frame counted (take_frames). The rest
+        waits in the kernel until the connection authenticates (the stream manager reads it again then) or is
+        closed with its budget spent: a flood of well-framed garbage costs a read and a parse of at most
+        STREAM_UNAUTHENTICATED_FRAMES frames per connection, not of everything it sends."""
+        sock = self.sock
+        rbuf = self.rbuf
+        left = self.frames_left
+        eof: str | None = None
+        try:
+            while True:
+                want = bytes_wanted(rbuf, left)
+                if not want:
+                    break
+                data = sock.recv(want)
+                if not data:
+                    eof = "closed by the other side"
+                    break
+                rbuf += data
+        except _WOULD_BLOCK:
+            pass
+        except (ssl.SSLError, OSError) as e:
+            eof = reason(e)
+        bad = None
+        n0 = len(frames)
+        try:
+            used = parse_frames(rbuf, self.ep, frames, left)
+            if used:
+                del rbuf[:used]
+        except FrameError as e:
+            bad = e.reason
+        self.take_frames(len(frames) - n0)
+        return eof, bad, False
 
     def write(self) -> str | None:
         """Write as much of the send buffer as the socket takes -> the failure in words, or None."""

@@ -14,8 +14,8 @@ Inbound connections that have not authenticated yet count against a Budget (at m
 once and STREAM_UNAUTHENTICATED_PER_SOURCE per source; a newcomer evicts the oldest, of its own source first),
 must bring a first frame within STREAM_FIRST_MESSAGE_TIMEOUT and authenticate within
 STREAM_UNAUTHENTICATED_TIMEOUT seconds, with at most
-STREAM_UNAUTHENTICATED_FRAMES frames (`take_frames`); the core (Device.peers_at) then says which peer the frames
-handed to it proved a connection to be.
+STREAM_UNAUTHENTICATED_FRAMES frames (`take_frames`, `frames_left`: no byte beyond them is even read); the core
+(Device.peers_at) then says which peer the frames handed to it proved a connection to be.
 
 An outbound endpoint (streams/endpoint.py StreamEndpoint) keeps its reconnection state across its connections:
 each failure (or drop after being up) backs off min(STREAM_BACKOFF_MIN * 2**(failures - 1), STREAM_BACKOFF_MAX),
@@ -193,6 +193,12 @@ class Connection:
             self.deadline = self.opened + STREAM_UNAUTHENTICATED_TIMEOUT   # a first message: time to prove it
         self.frames += take
         return take
+
+    @property
+    def frames_left(self) -> int:
+        """How many more frames of an unauthenticated connection the core may see (and the socket glue may read
+        and parse: io/stream_conn.py reads no byte beyond them)."""
+        return max(STREAM_UNAUTHENTICATED_FRAMES - self.frames, 0)
 
     @property
     def out_of_frames(self) -> bool:
