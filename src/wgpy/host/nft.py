@@ -138,6 +138,20 @@ class Masquerade:
         return problems
 
 
+def delete_table(ifname: str) -> tuple[bool, str | None]:
+    """Crash recovery: delete interface `ifname`'s table if it exists. Returns (deleted, problem)."""
+    table = table_name(ifname)
+    try:
+        r = _nft(["delete", "table", "inet", table])
+    except (OSError, subprocess.SubprocessError) as e:
+        return False, f"nft could not delete table {table}: {e}"
+    if r.returncode == 0:
+        return True, None
+    if "No such file" in r.stderr:
+        return False, None
+    return False, f"nft could not delete table {table}: {r.stderr.strip()}"
+
+
 def other_wgpy_tables() -> list[str]:
     try:
         r = _nft(["list", "tables"])

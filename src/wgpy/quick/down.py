@@ -1,9 +1,17 @@
-"""`wgpy down`: find the daemon of an interface, stop it and let it undo what it did; refuse anything else.
+"""`wgpy down`: find the daemon of an interface, stop it and let it undo what it did; clean up after one that
+died without tearing down; refuse anything else.
 
-The daemon of NAME is the process behind its listening UAPI socket (SO_PEERCRED), else the one in its pid file,
-and only if that process still runs wgpy. Without either, a TUN/TAP of that name is stopped only when a wgpy
-process holds it open (found through /proc/PID/fdinfo); a bridge, a veth pair, `lo`, a TUN of another program
-or a persistent TUN nobody runs is left alone, with a message saying what it is.
+The daemon of NAME is the process behind its listening UAPI socket (SO_PEERCRED) in a trusted directory
+(privileges.search_dirs: root's own only, never /tmp for root), else the pid its state file (recovery.py, in the
+same trusted directories) records while it is still starting; either only if that process runs wgpy, names NAME
+on its command line and holds the TUN/TAP NAME (where this user can see its file descriptors). A pid file is
+never believed. Without either, a TUN/TAP of that name is stopped only when a wgpy process holds it open (found
+through /proc/PID/fdinfo); a bridge, a veth pair, `lo`, a TUN of another program or a persistent TUN nobody runs
+is left alone, with a message saying what it is.
+
+No daemon left but a state file (or a resolv.conf backup): the daemon died without tearing down (SIGKILL, the OOM
+killer), and `down` undoes what it recorded (recovery.recover: DNS, the nft table, policy rules, sysctls, stale
+files). The same happens when `down` had to SIGKILL a daemon that did not stop in time.
 """
 
 from __future__ import annotations
@@ -16,41 +24,86 @@ import sys
 import time
 
 from .. import config as cfgmod
-from ..host import netlink, privileges
-from ..host.privileges import RUN_DIR, has_net_admin
+from ..host import dns, netlink
+from ..host.privileges import has_net_admin
+from ..uapi.server import find_socket
 from ..uapi.server import socket_path as uapi_socket_path
+from . import recovery
 
 
-def _daemon_pid(name: str) -> int | None:
-    """The pid of the daemon serving interface `name`: the credentials of its listening UAPI socket
-    (SO_PEERCRED), else its pid file; either only if that process still runs wgpy."""
-    candidates = []
-    path = uapi_socket_path(name)
-    if os.path.exists(path):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]] or None
+
+
+def _holds_tun(pid: int, name: str) -> bool | None:
+    """Whether `pid` holds TUN/TAP `name` open (fdinfo says `iff: NAME`); None when this user cannot see (the
+    daemon is not dumpable: only root reads its file descriptors)."""
+    want = f"iff:\t{name}\n"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except PermissionError:
+        return None
+    except OSError:
+        return False
+    for fd in fds:
         try:
-            s.settimeout(5)
-            s.connect(path)
-            candidates.append(struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                               struct.calcsize("3i")))[0])
-        except OSError:
-            pass
-        finally:
-            s.close()
-    for d in privileges.search_dirs(RUN_DIR):
-        try:
-            with open(os.path.join(d, f"{name}.pid")) as f:
-                candidates.append(int(f.read().strip()))
-        except (OSError, ValueError):
-            pass
-    for pid in candidates:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if pid > 0 and _is_wgpy(f.read().replace(b"\0", b" ").decode(errors="replace")):
-                    return pid
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "/dev/net/tun":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                if want in f.read():
+                    return True
         except OSError:
             continue
+    return False
+
+
+def is_daemon_of(pid: int, name: str, starting: bool = False) -> bool:
+    """`pid` is a running wgpy/wgpyd process for interface `name`: its command line names the interface (or
+    NAME.conf) and it holds the TUN/TAP `name` -- unless `starting` (a daemon still in PreUp has no TUN yet) or
+    this user cannot see its file descriptors."""
+    if pid <= 0 or not _running(pid):
+        return False
+    args = _cmdline(pid)
+    if not args or not _is_wgpy(" ".join(args)):
+        return False
+    if not any(os.path.basename(a) in (name, f"{name}.conf") for a in args[1:]):
+        return False
+    holds = _holds_tun(pid, name)
+    return holds is None or holds or starting
+
+
+def _socket_peer(name: str) -> int | None:
+    """The pid behind NAME's listening UAPI socket in a trusted directory (SO_PEERCRED), or None."""
+    path = find_socket(name)
+    if path is None:
+        return None
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5)
+        s.connect(path)
+        return struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+def daemon_pid(name: str) -> int | None:
+    """The pid of the daemon serving interface `name`: its socket's peer, else the pid in its state file while
+    it is still starting; either only if is_daemon_of() says so."""
+    pid = _socket_peer(name)
+    if pid is not None and is_daemon_of(pid, name):
+        return pid
+    found = recovery.find_state(name)
+    if found is not None and found.pid is not None and is_daemon_of(found.pid, name, starting=True):
+        return found.pid
     return None
+
 
 
 def _running(pid: int) -> bool:
@@ -64,26 +117,22 @@ def _running(pid: int) -> bool:
 
 
 def _remove_leftovers(name: str) -> None:
-    """A daemon that dropped root cannot unlink its socket and pid file in root's directories; once it has
-    exited, whoever runs `down` removes them (a socket nobody listens on any more is stale)."""
-    path = uapi_socket_path(name)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-    except OSError:
-        pass        # e.g. EACCES: not ours to judge or remove
-    finally:
-        s.close()
-    for d in privileges.search_dirs(RUN_DIR):
-        try:
-            os.unlink(os.path.join(d, f"{name}.pid"))
-        except OSError:
-            pass
+    """A daemon that dropped root cannot unlink its socket, pid and state files in root's directories; once it
+    has exited, whoever runs `down` removes them (a socket nobody listens on any more is stale)."""
+    recovery.remove_files(name)
+
+
+def _recover(name: str, found: recovery.Found | None, why: str) -> int:
+    """Undo what a daemon of `name` that is gone recorded; says what was done. Returns an exit status."""
+    pid = found.pid if found is not None else None
+    done, problems = recovery.recover(name, found)
+    print(f"wgpy: the daemon of {name}{f' (pid {pid})' if pid else ''} {why}; cleaning up what it left"
+          + (":" if done else ""), file=sys.stderr)
+    for line in done:
+        print(f"  {line}", file=sys.stderr)
+    for problem in problems:
+        print(f"wgpy: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def check_interface_name(name: str) -> str | None:
@@ -138,24 +187,43 @@ def _is_wgpy(cmd: str) -> bool:
         (len(words) >= 3 and words[1:3] == ["-m", "wgpy"])
 
 
-def _stop(pid: int, name: str, timeout: float) -> int:
-    """SIGTERM the daemon `pid` of `name` and wait for it (SIGKILL after `timeout`). Returns an exit status."""
+def _stop(pid: int, name: str, timeout: float) -> tuple[int, bool]:
+    """SIGTERM the daemon `pid` of `name` and wait for it (SIGKILL after `timeout`). Returns (an exit status,
+    whether it had to be killed)."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return 0
+        return 0, False
     except PermissionError:
         print(f"wgpy: not allowed to stop the daemon of {name} (pid {pid}): it runs as another user; run "
               f"`wgpy down {name}` as that user or as root", file=sys.stderr)
-        return 1
+        return 1, False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _running(pid):
-            break
+            return 0, False
         time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        print(f"wgpy: daemon {pid} did not stop in {timeout:.0f}s; killed", file=sys.stderr)
+    os.kill(pid, signal.SIGKILL)
+    print(f"wgpy: daemon {pid} did not stop in {timeout:.0f}s; killed", file=sys.stderr)
+    while _running(pid) and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+    return 0, True
+
+
+def _stop_all(name: str, pids: list[int], timeout: float) -> int:
+    """Stop the daemons `pids` of `name`; then remove their leftover files, or, for one that had to be killed,
+    undo what its state file records."""
+    rc, killed = 0, False
+    for pid in pids:
+        r, k = _stop(pid, name, timeout)
+        rc |= r
+        killed |= k
+    if rc != 0:
+        return rc
+    found = recovery.find_state(name)
+    if killed and found is not None:
+        return _recover(name, found, "was killed before it had torn down")
+    _remove_leftovers(name)
     return 0
 
 
@@ -175,13 +243,13 @@ def down(name_or_path: str, timeout: float = 15.0) -> int:
         if why is not None:
             print(f"wgpy: {why}", file=sys.stderr)
             return 1
-    pid = _daemon_pid(name)
+    pid = daemon_pid(name)
     if pid is not None:
-        rc = _stop(pid, name, timeout)
-        if rc == 0:
-            _remove_leftovers(name)
-        return rc
+        return _stop_all(name, [pid], timeout)
+    found = recovery.find_state(name)
     if not netlink.link_exists(name):
+        if found is not None or os.path.exists(dns.backup_path(name)):
+            return _recover(name, found, "is gone without tearing down")
         print(f"wgpy: {name} is not up (no daemon and no interface of that name)", file=sys.stderr)
         _remove_leftovers(name)
         return 1
@@ -197,6 +265,8 @@ def down(name_or_path: str, timeout: float = 15.0) -> int:
         return 1
     ours = [(pid, cmd) for pid, cmd in holders if _is_wgpy(cmd)]
     if not ours:
+        if found is not None and not holders:       # e.g. attach mode: root's persistent TUN stays
+            return _recover(name, found, "is gone without tearing down")
         if holders:
             pid, cmd = holders[0]
             print(f"wgpy: {name} is a {kind.upper()} device of another program (pid {pid}: {cmd[:80]}); "
@@ -208,9 +278,4 @@ def down(name_or_path: str, timeout: float = 15.0) -> int:
             print(f"wgpy: {name} is a persistent {kind.upper()} device that no wgpy daemon runs; not removing it "
                   f"(`ip link del {name}` does)", file=sys.stderr)
         return 1
-    rc = 0
-    for pid, _cmd in ours:
-        rc |= _stop(pid, name, timeout)
-    if rc == 0:
-        _remove_leftovers(name)
-    return rc
+    return _stop_all(name, [pid for pid, _cmd in ours], timeout)

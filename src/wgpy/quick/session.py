@@ -11,13 +11,22 @@
 6. PostUp, then the pid file                  undo: pid file removed
 7. up is complete                             "undo": PreDown, the first thing going down does
 
+Before step 1, what an earlier daemon of this name left when it died without tearing down is undone
+(recovery.py), then the state file is begun (its undo, removing it, is the last one); before steps 3, 4 and 5
+change the host, the state file records what they will change (rules table, sysctls with their previous values,
+the nft table, the DNS mode), so that `wgpy down` can undo it after a SIGKILL. A SIGTERM/SIGINT during up
+(interrupt.py) is acted on between two steps, or at once during the hooks and the endpoint resolution: the
+undo stack then runs and up fails.
+
 teardown() pops and runs the undos newest first and reports what failed on stderr; it never raises for a failed
 undo, and a second call does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 
 from .. import config as cfgmod
@@ -26,7 +35,10 @@ from ..daemon import Interface
 from ..host import dns, netlink, nft, privileges
 from ..host.privileges import RUN_DIR, has_net_admin
 from ..uapi import protocol as uapi
+from . import recovery
+from .down import is_daemon_of as daemon_check
 from .hooks import UpError, hook_errors, run_hook
+from .interrupt import UpSignals
 from .resolve import resolve_endpoints, resolve_stream_endpoints
 from .undo import UndoStack
 
@@ -34,37 +46,111 @@ from .undo import UndoStack
 class Session:
     """One configured interface and the undo stack of what `up` did, for an exact teardown."""
 
-    def __init__(self, cfg: cfgmod.InterfaceConfig) -> None:
+    def __init__(self, cfg: cfgmod.InterfaceConfig, signals: UpSignals | None = None) -> None:
         self.cfg = cfg
         self.attach = not has_net_admin()    # preflight checked that root prepared the TUN for us
         self.iface: Interface | None = None
         self.undo = UndoStack()
+        self.signals = signals               # SIGTERM/SIGINT during up (interrupt.py); None: not handled here
+        self.state: recovery.StateFile | None = None
 
     def up(self) -> None:
         cfg = self.cfg
-        resolved = resolve_endpoints(cfg)
-        resolved_streams = resolve_stream_endpoints(cfg)
+        self._recover_leftovers()
+        with self._interruptible():
+            resolved = resolve_endpoints(cfg)
+            resolved_streams = resolve_stream_endpoints(cfg)
         try:
-            run_hook(cfg.pre_up, cfg.name, "PreUp")
+            self._begin_state()
+            with self._interruptible():
+                run_hook(cfg.pre_up, cfg.name, "PreUp")
             self.undo.push("PostDown", lambda: hook_errors(cfg.post_down, cfg.name, "PostDown"))
+            self._checkpoint()
             self._open_interface(resolved, resolved_streams)
+            self._checkpoint()
             if self.attach:
                 self._adopt_link_mtu()
             else:
+                self._record_routing()
                 self._configure_netlink(resolved)
                 self._enable_auto_mtu()
+                self._checkpoint()
+                self._record_masquerade()
                 self._masquerade()
+                self._checkpoint()
+                self._record_dns()
                 self._set_dns()
-            run_hook(cfg.post_up, cfg.name, "PostUp")
+            with self._interruptible():
+                run_hook(cfg.post_up, cfg.name, "PostUp")
             self._write_pidfile()
             self.undo.push("PreDown", lambda: hook_errors(cfg.pre_down, cfg.name, "PreDown"))
+            self._checkpoint()
         except BaseException:
             self.teardown()
             raise
 
     def teardown(self) -> None:
+        if self.signals is not None:
+            self.signals.tearing_down()      # a second SIGTERM must not cut the undo short
         for problem in self.undo.unwind():
             print(f"wgpy: {problem}", file=sys.stderr)
+
+    # ---- signals during up, and what a crash would leave (recovery.py) -----------------------------------------
+
+    def _checkpoint(self) -> None:
+        if self.signals is not None:
+            self.signals.check()
+
+    def _interruptible(self):
+        return self.signals.interruptible() if self.signals is not None else contextlib.nullcontext()
+
+    def _recover_leftovers(self) -> None:
+        """An earlier daemon of this name died without tearing down: undo what it recorded first, so that its
+        resolv.conf backup and the sysctl values from before it are never lost (nothing of this `up` has
+        happened yet). Raises UpError if that cannot be done."""
+        name = self.cfg.name
+        found = recovery.find_state(name)
+        if found is None and not os.path.exists(dns.backup_path(name)):
+            return
+        if found is not None and found.pid is not None and found.pid != os.getpid() and \
+                daemon_check(found.pid, name, starting=True):
+            raise UpError(f"another `wgpy up` of {name} is running (pid {found.pid})")
+        done, problems = recovery.recover(name, found)
+        print(f"wgpy: {name}: an earlier daemon{f' (pid {found.pid})' if found and found.pid else ''} did not "
+              f"tear down; cleaned up what it left" + "".join(f"\n  {d}" for d in done), file=sys.stderr)
+        if found is not None and os.path.lexists(found.path):
+            raise UpError("; ".join(problems) or f"{found.path} is in the way")
+        for problem in problems:
+            print(f"wgpy: {problem}", file=sys.stderr)
+
+    def _begin_state(self) -> None:
+        self.state = recovery.StateFile.begin(self.cfg.name, self.cfg.path, "attach" if self.attach else "root")
+        self.undo.push("state file", self.state.remove)      # the last undo: the record of the others
+
+    def _record_routing(self) -> None:
+        """Before the routes: a full tunnel's rules table (= fwmark) and src_valid_mark, should it have one."""
+        cfg = self.cfg
+        if cfg.mode == "tap" or cfg.table == "off":
+            return
+        nets = [n for p in cfg.peers for n in p.allowed_ips if n.prefixlen == 0]
+        if nets:
+            self.state.record("main_rules", recovery.main_rules())
+            self.state.record("rules", self.iface.fwmark or netlink.DEFAULT_TABLE)
+            if any(n.version == 4 for n in nets):
+                self.state.record_sysctl(recovery.SRC_VALID_MARK, "1")
+
+    def _record_masquerade(self) -> None:
+        cfg = self.cfg
+        if cfg.masquerade:
+            self.state.record("nft", nft.table_name(cfg.name))
+            self.state.record_sysctl(nft.IPV4_FORWARD, "1")
+            if any(a.version == 6 for a in cfg.addresses):
+                self.state.record_sysctl(nft.IPV6_FORWARD, "1")
+
+    def _record_dns(self) -> None:
+        cfg = self.cfg
+        if cfg.dns_servers or cfg.dns_search:
+            self.state.record("dns", "resolvconf" if shutil.which("resolvconf") is not None else "file")
 
     def drop_privileges(self) -> None:
         """`User =`: hand the UAPI socket to the user, then become that user keeping CAP_NET_ADMIN only."""
