@@ -28,8 +28,9 @@ from .io.pmtu import PathMtuIO
 from .io.stream import StreamManager
 from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
+from .ops.http import MetricsServer
 from .protocol.device import Device
-from .protocol.events import PATH_MTU_CHANGED, FallbackSwitched, TunPacket
+from .protocol.events import PATH_MTU_CHANGED, FallbackSwitched, Fragmentable, TunPacket
 from .uapi import protocol as uapi
 from .uapi.server import UapiServer
 
@@ -75,6 +76,9 @@ class Interface:
         self.device.link_mtu = self.pmtu.link_mtu if host_link else (lambda endpoint: None)
         # TCP/TLS listeners and connections (io/stream.py), in the same epoll
         self.streams = StreamManager(self.epoll, rand=rand, clock=clock)
+        # MetricsListen: Prometheus /metrics (ops/), served in the same epoll; not listening until set
+        self.metrics = MetricsServer(self.epoll, self._render_metrics, clock)
+        self._metrics_registry = None
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
 
@@ -122,6 +126,7 @@ class Interface:
         self._wake_r = self._wake_w = -1
         self.bind.close()
         self.streams.close()
+        self.metrics.close()
         if self.tun is not None:
             self.tun.close()
             self.tun = None
@@ -162,6 +167,22 @@ class Interface:
     def mtu_min(self) -> int:
         return self.pmtu.min_mtu
 
+    @property
+    def metrics_listen(self) -> tuple[str, int] | None:
+        return self.metrics.address
+
+    def set_metrics_listen(self, addr: tuple[str, int] | None) -> None:
+        """wgpy_metrics_listen= (MetricsListen): serve /metrics on addr, or stop (None); raises OSError."""
+        self.metrics.listen(addr)
+        if addr is not None:
+            log.info("metrics at http://%s/metrics", format_endpoint(self.metrics.address))
+
+    def _render_metrics(self) -> tuple[str, bytes]:
+        from .ops import metrics               # prometheus_client is imported once metrics are asked for
+        if self._metrics_registry is None:
+            self._metrics_registry = metrics.registry_for(self, lambda: self.metrics.stats)
+        return metrics.CONTENT_TYPE, metrics.render(self._metrics_registry)
+
     parse_endpoint = staticmethod(parse_endpoint)
     format_endpoint = staticmethod(format_endpoint)
 
@@ -191,6 +212,9 @@ class Interface:
         tun_fd = self.tun.fd
         uapi_fd = self.uapi.fileno() if self.uapi is not None else -1
         uapi_conns = self.uapi.conns if self.uapi is not None else None
+        metrics = self.metrics
+        metrics_fds = metrics.fds               # the same dicts while MetricsListen changes
+        metrics_conns = metrics.conns
         wake_fd = self._wake_r
         read = os.read
         write = os.write
@@ -210,6 +234,8 @@ class Interface:
             timeout = min(next_check, deadline if deadline is not None else next_check) - now
             if uapi_conns:              # a UAPI client's idle cut-off
                 timeout = min(timeout, self.uapi.next_deadline() - now)
+            if metrics_conns:           # a metrics client's cut-off
+                timeout = min(timeout, metrics.next_deadline() - now)
             if once:
                 timeout = min(timeout, max_wait)
             if streams.active:          # the stream transports' connect/idle timeouts, reconnections
@@ -263,6 +289,8 @@ class Interface:
                     if sock is None:
                         if uapi_conns and fd in uapi_conns:
                             self.uapi.event(fd, ev)     # a UAPI client's connection
+                        elif fd in metrics_fds:
+                            metrics.event(fd, ev)       # the metrics endpoint or one of its clients
                         else:
                             streams.event(fd, ev, now)  # a stream transport's socket
                         continue
@@ -280,6 +308,8 @@ class Interface:
                 dev.tick(now, out_net)
             if uapi_conns:
                 self.uapi.tick(now)
+            if metrics_conns:
+                metrics.tick(now)
             if out_net:
                 self.flush(out_net)
             if dev.events:                             # typed events of the core (protocol/events.py)
@@ -329,8 +359,10 @@ class Interface:
         for ev in events:
             if type(ev) is TunPacket:
                 out_tun.append(ev.packet)           # ICMP too-big answers for the local stack
+            elif type(ev) is Fragmentable:
+                self.bind.send_fragmentable(ev.datagrams, ev.path_mtu)   # above the path MTU, outer fragments
             elif ev is PATH_MTU_CHANGED:
-                self.pmtu.apply()                   # the interface MTU follows the smallest peer
+                self.pmtu.apply()                   # the interface MTU follows the peers (io/pmtu.py)
             elif type(ev) is FallbackSwitched:
                 log.info("peer %s: %s", ev.peer, ev.text)
 
