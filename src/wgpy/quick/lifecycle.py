@@ -1,6 +1,7 @@
 """The daemon's life: `wgpy up --foreground` runs a Session's interface in this process until SIGTERM/SIGINT or
 until the interface is deleted; `wgpy up` starts that same foreground process detached, logging to
-RUN_DIR/IFACE.log, and waits for its readiness report on a pipe ("READY" or "ERROR message"). Under systemd
+RUN_DIR/IFACE.log, and waits for its readiness report on a pipe ("READY" or "ERROR message", after any
+"NOTE message" lines it prints). Under systemd
 (Type=notify) the foreground daemon also reports READY=1 and STOPPING=1 to $NOTIFY_SOCKET (ops/sdnotify.py)."""
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
     no_core_dumps()   # before the private key is read
     log.info("core dumps off (RLIMIT_CORE %d, dumpable %d)", resource.getrlimit(resource.RLIMIT_CORE)[1],
              int(is_dumpable()))
+    session = None
+
+    def notes() -> None:
+        """What `up` has to tell besides success or failure (a crashed daemon's leftovers cleaned up)."""
+        for note in getattr(session, "notes", ()):
+            for line in note.splitlines():
+                report("NOTE " + line + "\n")
     try:
         cfg = cfgmod.load(path)
         for w in preflight(cfg):
@@ -52,8 +60,10 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
     except (cfgmod.ConfigError, UpError, OSError) as e:
         msg = f"wgpy: {e}"
         print(msg, file=sys.stderr)
+        notes()
         report("ERROR " + msg + "\n")
         return 1
+    notes()
     if cfg.user is not None:
         try:
             session.drop_privileges()
@@ -104,16 +114,23 @@ def up_background(path: str) -> int:
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, pass_fds=(w,), start_new_session=True)
     os.close(w)
     buf = b""
+    text = None
     deadline = time.monotonic() + READY_TIMEOUT
     with os.fdopen(r, "rb") as rf:
-        while time.monotonic() < deadline:
+        while text is None and time.monotonic() < deadline:
             chunk = rf.read1(4096)
             if not chunk:
                 break
-            buf += chunk
-            if b"\n" in buf:
-                break
-    text = buf.decode(errors="replace").strip()
+            *lines, buf = (buf + chunk).split(b"\n")
+            for line in lines:                 # "NOTE ..." lines, then "READY" or "ERROR ..."
+                line = line.decode(errors="replace").strip()
+                if line.startswith("NOTE "):
+                    print(line[5:], file=sys.stderr)
+                elif line:
+                    text = line
+                    break
+    if text is None:
+        text = buf.decode(errors="replace").strip()
     if text == "READY":
         print(f"wgpy: interface {cfg.name} is up (pid {proc.pid}, log {logpath})", file=sys.stderr)
         return 0

@@ -53,6 +53,7 @@ class Session:
         self.undo = UndoStack()
         self.signals = signals               # SIGTERM/SIGINT during up (interrupt.py); None: not handled here
         self.state: recovery.StateFile | None = None
+        self.notes: list[str] = []           # told to the user besides success or failure (lifecycle.py)
 
     def up(self) -> None:
         cfg = self.cfg
@@ -116,12 +117,16 @@ class Session:
                 daemon_check(found.pid, name, starting=True):
             raise UpError(f"another `wgpy up` of {name} is running (pid {found.pid})")
         done, problems = recovery.recover(name, found)
-        print(f"wgpy: {name}: an earlier daemon{f' (pid {found.pid})' if found and found.pid else ''} did not "
-              f"tear down; cleaned up what it left" + "".join(f"\n  {d}" for d in done), file=sys.stderr)
+        self._note(f"wgpy: {name}: an earlier daemon{f' (pid {found.pid})' if found and found.pid else ''} did "
+                   f"not tear down; cleaned up what it left" + "".join(f"\n  {d}" for d in done))
         if found is not None and os.path.lexists(found.path):
             raise UpError("; ".join(problems) or f"{found.path} is in the way")
         for problem in problems:
-            print(f"wgpy: {problem}", file=sys.stderr)
+            self._note(f"wgpy: {problem}")
+
+    def _note(self, text: str) -> None:
+        print(text, file=sys.stderr)
+        self.notes.append(text)
 
     def _begin_state(self) -> None:
         self.state = recovery.StateFile.begin(self.cfg.name, self.cfg.path, "attach" if self.attach else "root")
