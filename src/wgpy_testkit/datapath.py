@@ -7,16 +7,22 @@ wgpy._crypto (tests/unit/test_native_crypto.py) and its fuzz script (scripts/fuz
                              (reordered, replayed, corrupted, truncated, forged with a wrong key, counters past
                              REJECT_AFTER_MESSAGES, garbage, roaming sources), with MTU changes and time jumps
                              (rekeys, keypair rotation); returns the record of everything observable
+    open_run_py(...)         what Device.open_transport_py does with one run: the reference of _crypto.open_run
+    fuzz(seconds, seed)      hostile arguments of every kind through the native functions, compared with the
+                             pure-Python ones where both accept them (scripts/fuzz-native.sh runs it under ASan)
 Run scenario(seed) once natively and once inside pure(): the two records must be equal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import random
 import struct
+import time
 
-from wgpy.crypto import ChaCha20Poly1305
+from wgpy.constants import REJECT_AFTER_MESSAGES
+from wgpy.crypto import ChaCha20Poly1305, InvalidTag
 from wgpy.protocol import device as _device
 from wgpy.protocol import keypair as _keypair
 from wgpy.protocol import transport as _transport
@@ -24,7 +30,7 @@ from wgpy.protocol.replay import ReplayWindow
 
 from .core_pair import A_IP4, A_IP6, B_IP4, B_IP6, Pair, ipv6, udp4
 
-__all__ = ["pure", "scenario", "mangle"]
+__all__ = ["pure", "scenario", "mangle", "open_run_py", "fuzz"]
 
 
 @contextlib.contextmanager
@@ -147,3 +153,153 @@ def scenario(seed: int, steps: int = 40, *, l2: bool = False) -> list:
         p.deliver(receiver, net, now)                  # the answers (handshake responses, staged data) flow
         record.append([bytes(t) for t in p.tun["A"][-5:]] + [bytes(t) for t in p.tun["B"][-5:]])
     return record
+
+
+def open_run_py(aead, window, dgrams: list, start: int, peer: object, run: int) -> tuple:
+    """open_transport_py's checks on the run of one receiver index from `start` (at most `run` messages), in
+    the shape of _crypto.open_run's result; appends (peer, plaintext) to the list returned last."""
+    idx = dgrams[start][0][4:8]
+    opened: list = []
+    ok = nbytes = bad = replayed = expired = 0
+    first = last = -1
+    i = start
+    while i < len(dgrams) and i - start < run:
+        item = dgrams[i]
+        if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], (bytes, bytearray, memoryview)):
+            break
+        data = item[0]
+        if isinstance(data, memoryview) and not data.contiguous:
+            break
+        if data[:4] != b"\x04\0\0\0" or len(data) < 32 or data[4:8] != idx:
+            break
+        ctr = struct.unpack_from("<Q", data, 8)[0]
+        i += 1
+        if ctr >= REJECT_AFTER_MESSAGES:
+            expired += 1
+            continue
+        try:
+            pt = aead.decrypt(b"\0" * 4 + bytes(data[8:16]), bytes(data[16:]), None)
+        except InvalidTag:
+            bad += 1
+            continue
+        if not window.check_and_update(ctr):
+            replayed += 1
+            continue
+        ok += 1
+        nbytes += len(data)
+        first = i - 1 if first < 0 else first
+        last = i - 1
+        if pt:
+            opened.append((peer, pt))
+    return (i, ok, len(opened), nbytes, first, last, bad, replayed, expired), opened
+
+
+class _Kp:
+    __slots__ = ("send", "header_prefix", "send_counter")
+
+    def __init__(self, aead, prefix: bytes, counter: int) -> None:
+        self.send, self.header_prefix, self.send_counter = aead, prefix, counter
+
+
+def _exact(data: bytes) -> memoryview:
+    """`data` in an allocation of exactly its size (a ctypes array; bytes and bytearray keep spare bytes past
+    the end, which would hide a read one byte too far from AddressSanitizer)."""
+    return memoryview((ctypes.c_char * len(data)).from_buffer_copy(data)).cast("B")
+
+
+def _hostile_buffer(rng: random.Random, data: bytes):
+    r = rng.random()
+    if r < 0.4:
+        return data
+    if r < 0.55:
+        return bytearray(data)
+    if r < 0.8 and data:
+        return _exact(data)
+    if r < 0.9:
+        return memoryview(b"\xee" + data + b"\xee")[1:1 + len(data)]          # a slice of a larger buffer
+    return rng.choice((None, "text", 7, memoryview(bytes(2 * len(data) + 2))[::2], [data]))
+
+
+def fuzz(seconds: float, seed: int = 1) -> dict:
+    """Random and hostile calls of Aead, Replay, seal_batch and open_run for `seconds`: no crash, no error
+    past the ones documented, and the results of the pure-Python functions wherever the arguments are
+    valid. Returns counts of what ran."""
+    from wgpy.protocol.transport import NATIVE as C, seal_batch_py
+    assert C is not None, "wgpy._crypto is not in use"
+    rng = random.Random(seed)
+    stats = dict(seal=0, open=0, aead=0, replay=0, refused=0)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        key = rng.randbytes(32)
+        ours, ref = C.Aead(key), ChaCha20Poly1305(key)
+        # seal_batch
+        sizes = [rng.choice((0, 1, 15, 16, 17, 1419, 1420, 1421, rng.randrange(70000))) for _ in range(rng.randrange(150))]
+        raw = [rng.randbytes(n) for n in sizes]
+        pkts = [_hostile_buffer(rng, p) if rng.random() < 0.3 else p for p in raw]
+        mtu = rng.choice((-(2**70), -1, 0, 1, 15, 16, 1420, 65535, 2**70, rng.randrange(-100, 70000)))
+        counter = rng.choice((0, rng.randrange(2**40), 2**64 - rng.randrange(1, 300)))
+        prefix = struct.pack("<II", 4, rng.randrange(2**32))
+        kn, kr = _Kp(ours, prefix, counter), _Kp(ref, prefix, counter)
+        out_n: list = []
+        out_r: list = []
+        try:
+            got = C.seal_batch(kn, pkts, mtu, "ep", out_n)
+        except (TypeError, OverflowError, BufferError):
+            stats["refused"] += 1
+            assert kn.send_counter >= counter and len(out_n) <= kn.send_counter - counter
+        else:
+            if all(isinstance(p, (bytes, bytearray)) for p in pkts):     # what the pure loop takes
+                assert got == seal_batch_py(kr, pkts, mtu, "ep", out_r) and out_n == out_r
+                assert kn.send_counter == kr.send_counter
+            else:                                                      # memoryviews: check each message
+                small = [bytes(p) for p in pkts if len(p) <= mtu]
+                assert len(out_n) == len(small) == kn.send_counter - counter
+                for i, ((m, _), p) in enumerate(zip(out_n, small)):
+                    assert m[:8] == prefix and struct.unpack_from("<Q", m, 8)[0] == counter + i
+                    pt = ref.decrypt(b"\0" * 4 + m[8:16], m[16:], None)
+                    assert pt[:len(p)] == p and not any(pt[len(p):]) and (len(pt) % 16 == 0 or len(pt) == mtu
+                                                                          or len(pt) == len(p))
+        stats["seal"] += 1
+        # open_run on the sealed messages, mangled, with hostile items among them
+        msgs = mangle(rng, [m for m, _ in out_n], [])
+        dgrams: list = [(_hostile_buffer(rng, m) if rng.random() < 0.5 else m, i) for i, m in enumerate(msgs)]
+        for _ in range(rng.choice((0, 0, 1, 3))):
+            dgrams.insert(rng.randrange(len(dgrams) + 1), rng.choice((None, (b"x",), [b"\x04\0\0\0" * 8, 1],
+                                                                        (rng.randbytes(40), 1, 2))))
+        wn, wr = C.Replay(), ReplayWindow()
+        for start in range(-1, len(dgrams) + 1):
+            opened: list = []
+            try:
+                res = C.open_run(ours, wn, dgrams, start, "peer", opened)
+            except (IndexError, ValueError, TypeError):
+                stats["refused"] += 1
+                continue
+            want, want_opened = open_run_py(ref, wr, dgrams, start, "peer", C.RUN)
+            assert res == want and opened == want_opened, (res, want)
+            stats["open"] += 1
+        assert wn.top == wr.top and list(wn.ring) == wr.ring
+        # single-message AEAD calls with odd arguments
+        for _ in range(20):
+            nonce = rng.randbytes(rng.choice((12, 12, 12, 0, 11, 13)))
+            data = rng.randbytes(rng.choice((0, 1, 15, 16, 17, 200, rng.randrange(5000))))
+            ad = rng.choice((None, b"", rng.randbytes(rng.randrange(100))))
+            for fn, rfn in ((ours.encrypt, ref.encrypt), (ours.decrypt, ref.decrypt)):
+                arg = _hostile_buffer(rng, data) if rng.random() < 0.5 else data
+                try:
+                    a = fn(nonce, arg, ad)
+                except Exception as e:           # noqa: BLE001 - compared with what cryptography raises
+                    a = type(e)
+                try:
+                    b = rfn(nonce, arg, ad)
+                except Exception as e:           # noqa: BLE001
+                    b = type(e)
+                assert a == b or {a, b} <= {TypeError, ValueError, BufferError}, (a, b)
+                stats["aead"] += 1
+        # the replay window
+        top = 0
+        for _ in range(200):
+            c = max(0, rng.choice((top + rng.randrange(-9000, 9000), rng.randrange(2**64 + 5), top + 1)))
+            assert wn.check_and_update(c) is wr.check_and_update(c)
+            top = wr.top
+            stats["replay"] += 1
+    return stats

@@ -275,40 +275,8 @@ def test_seal_batch_stores_the_counter_when_a_later_chunk_fails():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# open_run against the pure loop's per-message checks
+# open_run against the pure loop's per-message checks (datapath.open_run_py)
 # ---------------------------------------------------------------------------------------------------------------
-
-def open_reference(aead, window, dgrams, start, peer):
-    """What open_transport_py does with the run of one receiver index starting at `start`."""
-    idx = dgrams[start][0][4:8]
-    res = dict(opened=[], ok=0, nbytes=0, first=-1, last=-1, invalid_tag=0, replay=0, expired=0)
-    i = start
-    while i < len(dgrams) and i - start < C.RUN:
-        data = dgrams[i][0]
-        if data[:4] != b"\x04\0\0\0" or len(data) < 32 or data[4:8] != idx:
-            break
-        ctr = struct.unpack_from("<Q", data, 8)[0]
-        i += 1
-        if ctr >= R:
-            res["expired"] += 1
-            continue
-        try:
-            pt = aead.decrypt(b"\0" * 4 + bytes(data[8:16]), bytes(data[16:]), None)
-        except InvalidTag:
-            res["invalid_tag"] += 1
-            continue
-        if not window.check_and_update(ctr):
-            res["replay"] += 1
-            continue
-        res["ok"] += 1
-        res["nbytes"] += len(data)
-        res["first"] = i - 1 if res["first"] < 0 else res["first"]
-        res["last"] = i - 1
-        if pt:
-            res["opened"].append((peer, pt))
-    return i, res
-
-
 @needs_native
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**32), n=st.integers(1, 150), start_counter=st.sampled_from([0, 5000, R - 70]))
@@ -334,12 +302,10 @@ def test_open_run_matches_python(seed, n, start_counter):
             continue
         opened: list = []
         got = C.open_run(ours[0], ours[1], dgrams, start, peer, opened)
-        stop, want = open_reference(ref[0], ref[1], dgrams, start, peer)
-        assert got == (stop, want["ok"], len(want["opened"]), want["nbytes"], want["first"], want["last"],
-                       want["invalid_tag"], want["replay"], want["expired"])
-        assert opened == want["opened"]
+        want, want_opened = datapath.open_run_py(ref[0], ref[1], dgrams, start, peer, C.RUN)
+        assert got == want and opened == want_opened
         assert ours[1].top == ref[1].top and list(ours[1].ring) == ref[1].ring
-        start = stop
+        start = got[0]
 
 
 @needs_native
@@ -464,6 +430,13 @@ def test_no_reference_leaks():
     gc.collect()
     after = sys.getrefcount(pkts[0]), sys.getrefcount(pkts[1]), len(gc.get_objects())
     assert after[:2] == before[:2] and after[2] - before[2] < 50
+
+
+@needs_native
+def test_fuzz_briefly():
+    """scripts/fuzz-native.sh runs this for longer, under AddressSanitizer."""
+    stats = datapath.fuzz(1.0, seed=3)
+    assert stats["seal"] and stats["open"] and stats["refused"]
 
 
 @needs_native
