@@ -120,10 +120,10 @@ def test_split_matches_reference(v6: bool, mss: int, size: int, flags: int) -> N
 def test_split_without_numpy_is_identical(monkeypatch) -> None:
     payload = os.urandom(20000)
     a: list = []
-    split(tso_read(False, payload, 1368), a)
+    offload.split_py(tso_read(False, payload, 1368), a)
     monkeypatch.setattr(offload, "_np", None)
     b: list = []
-    split(tso_read(False, payload, 1368), b)
+    offload.split_py(tso_read(False, payload, 1368), b)
     assert a == b
 
 
@@ -165,6 +165,11 @@ def test_split_drops_unknown_gso_and_malformed() -> None:
     assert split(VNET_HDR.pack(1, 3, 28, 1000, 20, 6) + bytes(3000), out) == 0       # UDP UFO: not enabled
     assert split(VNET_HDR.pack(1, 1, 40, 1000, 20, 16) + bytes(30), out) == 0        # truncated
     assert split(VNET_HDR.pack(1, 1, 40, 0, 20, 16) + bytes(3000), out) == 0         # gso_size 0
+    assert split(b"", out) == 0 and split(bytes(9), out) == 0                         # no virtio_net_hdr
+    v6 = tso_read(True, bytes(3000), 1000)
+    assert split(v6[:6] + struct.pack("<H", 20) + v6[8:], out) == 0                   # IPv6 with l4 < 40
+    v4 = tso_read(False, bytes(3000), 1000)
+    assert split(v4[:4] + struct.pack("<H", 65535 - 30) + v4[6:] + bytes(67000), out) == 0   # past 16 bits
     assert out == []
 
 

@@ -25,12 +25,21 @@ came, with an all-zero header.
 
 Ones' complement sums use the identity sum16(data) == int(data) mod 0xFFFF (2**16 == 1 mod 0xFFFF): the result is
 never 0 for non-zero data, so a computed checksum is never 0, which UDP requires and TCP tolerates.
+
+Two implementations: `split_py` and `coalesce_py` here are the reference and the fallback; the native module
+wgpy._offload (src/native/offload.c) does the same in C, byte for byte (tests/unit/test_native_offload.py compares
+them, bench/fuzz_offload.py and scripts/fuzz-native.sh fuzz it under AddressSanitizer), with the GIL released for
+the copies and checksums. `split` and `coalesce` are bound once, at import, to the native functions when
+wgpy.native.load("_offload") finds them (not with WGPY_NATIVE=0), to the Python ones otherwise. The native
+functions return `bytes` for every packet; the Python ones return bytearray for a packet they patched whole (a
+completed NEEDS_CSUM packet, an uncut super-packet) and bytes otherwise: consumers take any bytes-like object.
 """
 
 from __future__ import annotations
 
 import struct
 
+from .. import native
 from ..routing.ip import checksum
 
 try:
@@ -102,10 +111,12 @@ def _segment_sums(payload: memoryview, mss: int, nseg: int) -> list[int]:
     return sums
 
 
-def split(buf: bytes, out: list) -> int:
+def split_py(buf: bytes, out: list) -> int:
     """Append the IP packets carried by one TUN read (virtio_net_hdr + packet) to `out`; return how many.
 
-    0 means the read was dropped (unknown GSO type or a malformed super-packet from the kernel)."""
+    0 means the read was dropped (shorter than the header, unknown GSO type, or a malformed super-packet)."""
+    if len(buf) < VNET_HDR_LEN:
+        return 0
     flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(buf)
     gso_type &= ~VIRTIO_NET_HDR_GSO_ECN
     if gso_type == VIRTIO_NET_HDR_GSO_NONE:
@@ -130,11 +141,13 @@ def _split_tcp(buf: bytes, v6: bool, mss: int, l4: int, out: list) -> int:
         return 0
     thl = (pkt[l4 + 12] >> 4) << 2
     hl = l4 + thl
-    if thl < 20 or hl > n or (not v6 and l4 < 20):
+    if thl < 20 or hl > n or l4 < (40 if v6 else 20):
         return 0
     payload = pkt[hl:]
     plen = n - hl
     if plen <= mss:                       # nothing to cut: finish the checksum and pass it on
+        if (n - 40 if v6 else n) > 0xFFFF:
+            return 0
         one = bytearray(pkt)
         if v6:
             _H.pack_into(one, 4, n - 40)
@@ -148,6 +161,8 @@ def _split_tcp(buf: bytes, v6: bool, mss: int, l4: int, out: list) -> int:
                                             _pseudo_sum(buf[VNET_HDR_LEN:], v6) + _PROTO_TCP + n - l4))
         out.append(one)
         return 1
+    if (hl - 40 + mss if v6 else hl + mss) > 0xFFFF:     # a segment's length field would overflow
+        return 0
     nseg = (plen + mss - 1) // mss
     sums = _segment_sums(payload, mss, nseg)
     hdr = bytearray(pkt[:hl])
@@ -214,14 +229,14 @@ def _header_struct(v6: bool, l4: int, hl: int) -> struct.Struct:
     return struct.Struct(f">2sHH4sH{l4 + 4 - 12}s" + tcp)
 
 
-def coalesce(packets: list, out: list) -> None:
+def coalesce_py(packets: list, out: list) -> None:
     """Append TUN write buffers (virtio_net_hdr + packet) for `packets` to `out`, merging TCP runs."""
     flows: dict = {}
     items: list = []
     unpack_seq = _I.unpack_from
     for pkt in packets:
         n = len(pkt)
-        b0 = pkt[0]
+        b0 = pkt[0] if n else 0
         if b0 == 0x45:
             if n < 40 or pkt[9] != _PROTO_TCP or pkt[6] & 0x3F or pkt[7]:
                 items.append(pkt)            # not TCP, or a fragment
@@ -299,3 +314,9 @@ def _build_super(run: list) -> bytes:
     _H.pack_into(hdr, l4 + 16, ps)
     vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, hl, mss, l4, 16)
     return b"".join([vnet, hdr, *pieces])
+
+
+# the native functions (src/native/offload.c) when built: identical output, bound once here
+_native = native.load("_offload")
+split = split_py if _native is None else _native.split
+coalesce = coalesce_py if _native is None else _native.coalesce
