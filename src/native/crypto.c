@@ -17,8 +17,9 @@
  *       consecutive counters from kp.send_counter, padded with zeros to a multiple of 16 within `mtu`, as
  *       message = kp.header_prefix (8) || counter (LE64) || ciphertext || tag, appending (message, ep) to the
  *       list `out`. Packets longer than `mtu` are not sealed: they come back in order in `big`. nbytes is the
- *       total length of the messages. kp.send_counter is advanced past every counter used, also when an
- *       error is raised after encryption began.
+ *       total length of the messages. Counters are taken from kp.send_counter, RUN packets at a time, and
+ *       the next one stored there before the GIL is released: no counter is handed out twice, not to another
+ *       thread, not after an error (a packet that raises leaves its chunk unsent and its counters unused).
  *   open_run(aead, replay, dgrams, start, peer, opened)
  *       -> (stop, n_ok, n_data, nbytes, first, last, n_invalid_tag, n_replay, n_expired)
  *       Opens the run of consecutive transport messages of the list `dgrams` ((data, src) tuples) that
@@ -184,6 +185,7 @@ static PyObject *aead_call(Aead *self, PyObject *const *args, Py_ssize_t nargs, 
         PyThread_release_lock(self->dec_lock);
     }
     if (!ok) {
+        OPENSSL_cleanse(out, n);            /* a forgery's "plaintext" is keystream for a nonce yet to come */
         Py_CLEAR(res);
         if (enc) PyErr_SetString(PyExc_RuntimeError, "ChaCha20-Poly1305 encryption failed");
         else PyErr_SetNone(InvalidTag);
@@ -305,109 +307,107 @@ static PyTypeObject ReplayType = {
 
 /* ---- seal_batch ------------------------------------------------------------------------------------------ */
 
-struct sealed { Py_buffer in; PyObject *msg; int pad; };
+struct sealed { Py_buffer in; PyObject *msg, *big; int pad; };   /* msg: to seal; big: to give back unsent */
 
 static PyObject *seal_batch(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 5) return PyErr_Format(PyExc_TypeError, "seal_batch(kp, pkts, mtu, ep, out)");
-    PyObject *kp = args[0], *ep = args[3], *out = args[4], *aead_o = NULL, *prefix = NULL, *ctr_o = NULL;
-    PyObject *seq = NULL, *big = NULL, *res = NULL;
+    PyObject *kp = args[0], *ep = args[3], *out = args[4], *aead_o = NULL, *prefix = NULL, *seq = NULL;
+    PyObject *big = NULL, *res = NULL;
     struct sealed it[RUN];
-    uint64_t base = 0, used = 0;           /* counters from kp.send_counter, how many consumed */
-    int began = 0, overflow;
+    int overflow;
     long long nbytes = 0, mtu = PyLong_AsLongLongAndOverflow(args[2], &overflow);
     if (mtu == -1 && PyErr_Occurred()) return NULL;
     if (overflow) mtu = overflow > 0 ? LLONG_MAX : -1;
     if (!PyList_Check(out)) return PyErr_Format(PyExc_TypeError, "out must be a list");
-    if (!(aead_o = PyObject_GetAttr(kp, s_send)) || !(prefix = PyObject_GetAttr(kp, s_prefix))
-            || !(ctr_o = PyObject_GetAttr(kp, s_counter))) goto done;
+    if (!(aead_o = PyObject_GetAttr(kp, s_send)) || !(prefix = PyObject_GetAttr(kp, s_prefix))) goto done;
     if (!PyObject_TypeCheck(aead_o, &AeadType) || !PyBytes_Check(prefix) || PyBytes_GET_SIZE(prefix) != 8) {
         PyErr_SetString(PyExc_TypeError, "kp.send must be an Aead and kp.header_prefix 8 bytes");
         goto done;
     }
-    base = PyLong_AsUnsignedLongLong(ctr_o);
-    if (base == (uint64_t)-1 && PyErr_Occurred()) goto done;
     if (!(seq = PySequence_Fast(args[1], "pkts must be a sequence"))) goto done;
     Aead *aead = (Aead *)aead_o;
+    /* the size is read again each time: a finalizer run by an allocation could shrink the list */
     for (Py_ssize_t i0 = 0; i0 < PySequence_Fast_GET_SIZE(seq); i0 += RUN) {
-        /* 1: with the GIL, pin the inputs, make the outputs and their headers */
-        int k = 0, ok = 1;
-        /* the size is read again each time: an allocation may run a finalizer that shrinks the list */
-        for (Py_ssize_t i = i0; i < i0 + RUN && i < PySequence_Fast_GET_SIZE(seq); i++) {
+        /* 1: with the GIL, pin the inputs and make the outputs (bytes: no garbage collection, no Python code) */
+        int k = 0, nseal = 0, ok = 1;
+        for (Py_ssize_t i = i0; i < i0 + RUN && i < PySequence_Fast_GET_SIZE(seq); i++, k++) {
             PyObject *pkt = PySequence_Fast_GET_ITEM(seq, i);
             struct sealed *s = &it[k];
+            s->msg = s->big = NULL;
             if (PyObject_GetBuffer(pkt, &s->in, PyBUF_SIMPLE) < 0) { ok = 0; break; }
             long long len = s->in.len;
-            if (len > mtu) {                /* too big: back to the caller, unsent */
+            if (len > mtu) {                /* too big: back to the caller, unsent, in order */
                 PyBuffer_Release(&s->in);
-                if ((!big && !(big = PyList_New(0))) || PyList_Append(big, pkt) < 0) { ok = 0; break; }
+                Py_INCREF(s->big = pkt);
                 continue;
             }
-            int pad = (int)(-len & 15);
-            if (pad && len + pad > mtu) pad = (int)(mtu - len);   /* len <= mtu here, so 0 <= pad < 16 */
-            if (len + pad > MAX_DATA || used + k >= UINT64_MAX - base) {
-                PyBuffer_Release(&s->in);
-                PyErr_SetString(PyExc_OverflowError, "packet too long or send counter exhausted");
-                ok = 0;
-                break;
-            }
-            if (!(s->msg = PyBytes_FromStringAndSize(NULL, HEADER_LEN + len + pad + TAG_LEN))) {
-                PyBuffer_Release(&s->in);
-                ok = 0;
-                break;
-            }
-            uint8_t *m = (uint8_t *)PyBytes_AS_STRING(s->msg);
-            memcpy(m, PyBytes_AS_STRING(prefix), 8);
-            put_le64(m + 8, base + used + k);
-            s->pad = pad;
-            k++;
+            s->pad = (int)(-len & 15);
+            if (s->pad && len + s->pad > mtu) s->pad = (int)(mtu - len);     /* len <= mtu: 0 <= pad < 16 */
+            if (len + s->pad > MAX_DATA) PyErr_SetString(PyExc_OverflowError, "packet too long");
+            else s->msg = PyBytes_FromStringAndSize(NULL, HEADER_LEN + len + s->pad + TAG_LEN);
+            if (!s->msg) { PyBuffer_Release(&s->in); ok = 0; break; }
+            nseal++;
         }
-        /* 2: without the GIL, encrypt; every counter of this phase counts as used from here on */
-        int sealed = 0;
-        if (k && ok) {
-            began = 1;
+        /* ... take the chunk's counters from kp.send_counter and store the next one before the GIL goes, so
+         * that no other thread (and no error below) can hand out one of them again */
+        if (ok && nseal) {
+            PyObject *c = PyObject_GetAttr(kp, s_counter), *next = NULL;
+            uint64_t base = c ? PyLong_AsUnsignedLongLong(c) : 0;
+            if (c && !(base == (uint64_t)-1 && PyErr_Occurred())) {
+                if ((uint64_t)nseal > UINT64_MAX - base)
+                    PyErr_SetString(PyExc_OverflowError, "send counter exhausted");
+                else if ((next = PyLong_FromUnsignedLongLong(base + nseal)) && PyObject_SetAttr(kp, s_counter, next) == 0)
+                    for (int j = 0, n = 0; j < k; j++)
+                        if (it[j].msg) {
+                            uint8_t *m = (uint8_t *)PyBytes_AS_STRING(it[j].msg);
+                            memcpy(m, PyBytes_AS_STRING(prefix), 8);
+                            put_le64(m + 8, base + n++);
+                        }
+            }
+            ok = next && !PyErr_Occurred();
+            Py_XDECREF(c);
+            Py_XDECREF(next);
+        }
+        /* 2: without the GIL, encrypt */
+        int failed = 0;
+        if (ok && nseal) {
             lock(aead->enc_lock);
             Py_BEGIN_ALLOW_THREADS
-            for (; sealed < k; sealed++) {
-                struct sealed *s = &it[sealed];
+            for (int j = 0; j < k && !failed; j++) {
+                struct sealed *s = &it[j];
+                if (!s->msg) continue;
                 uint8_t *m = (uint8_t *)PyBytes_AS_STRING(s->msg), nonce[NONCE_LEN] = {0};
                 memcpy(nonce + 4, m + 8, 8);
-                if (!seal_one(aead->enc, nonce, NULL, 0, s->in.buf, (int)s->in.len, s->pad, m + HEADER_LEN))
-                    break;
+                failed = !seal_one(aead->enc, nonce, NULL, 0, s->in.buf, (int)s->in.len, s->pad, m + HEADER_LEN);
             }
             Py_END_ALLOW_THREADS
             PyThread_release_lock(aead->enc_lock);
-            used += k;
-            if (sealed < k) {
+            if (failed) {
                 PyErr_SetString(PyExc_RuntimeError, "ChaCha20-Poly1305 encryption failed");
                 ok = 0;
             }
         }
-        /* 3: with the GIL, hand the messages over in order, unpin the inputs */
+        /* 3: with the GIL, hand the messages and the big packets over in order, unpin the inputs */
         for (int j = 0; j < k; j++) {
             struct sealed *s = &it[j];
-            PyBuffer_Release(&s->in);
-            if (ok && j < sealed) {
+            if (s->msg) PyBuffer_Release(&s->in);
+            if (ok && s->msg) {
                 PyObject *t = PyTuple_Pack(2, s->msg, ep);
                 if (!t || PyList_Append(out, t) < 0) ok = 0;
                 else nbytes += PyBytes_GET_SIZE(s->msg);
                 Py_XDECREF(t);
+            } else if (ok && s->big) {
+                if ((!big && !(big = PyList_New(0))) || PyList_Append(big, s->big) < 0) ok = 0;
             }
-            Py_DECREF(s->msg);
+            Py_XDECREF(s->msg);
+            Py_XDECREF(s->big);
         }
         if (!ok) goto done;
     }
     res = Py_BuildValue("(LO)", nbytes, big ? big : Py_None);
 done:
-    if (began) {                            /* store the next counter, also on an error after encryption began */
-        PyObject *et, *ev, *tb, *next;
-        PyErr_Fetch(&et, &ev, &tb);
-        int bad = !(next = PyLong_FromUnsignedLongLong(base + used)) || PyObject_SetAttr(kp, s_counter, next) < 0;
-        Py_XDECREF(next);
-        if (et) PyErr_Restore(et, ev, tb);  /* the first error wins */
-        else if (bad) Py_CLEAR(res);
-    }
-    Py_XDECREF(aead_o); Py_XDECREF(prefix); Py_XDECREF(ctr_o); Py_XDECREF(seq); Py_XDECREF(big);
+    Py_XDECREF(aead_o); Py_XDECREF(prefix); Py_XDECREF(seq); Py_XDECREF(big);
     return res;
 }
 
@@ -500,6 +500,8 @@ static PyObject *open_run(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
             }
         }
         PyBuffer_Release(&o->in);
+        if (o->pt && o->status == INVALID_TAG)  /* keystream of a forged nonce: see aead_call */
+            OPENSSL_cleanse(PyBytes_AS_STRING(o->pt), PyBytes_GET_SIZE(o->pt));
         Py_XDECREF(o->pt);
     }
     if (err) return NULL;

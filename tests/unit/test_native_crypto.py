@@ -381,19 +381,22 @@ def test_the_scenario_exercises_every_drop():
 # ---------------------------------------------------------------------------------------------------------------
 
 @needs_native
-def test_one_aead_from_several_threads():
-    """The batch functions run without the GIL; a context is still used by one thread at a time."""
+def test_one_keypair_from_several_threads():
+    """The batch functions run without the GIL; a context is still used by one thread at a time, and the
+    counters of a batch are taken from the keypair before the GIL goes: no two threads get the same one."""
     key = os.urandom(32)
     a, ref = C.Aead(key), ChaCha20Poly1305(key)
+    kp = Kp(a, 0)
     errors: list = []
+    counters: list = []
 
     def work(t: int) -> None:
         try:
-            kp = Kp(a, t << 32)
             for _ in range(150):
                 out: list = []
                 C.seal_batch(kp, [bytes([t]) * 1400] * 8, 1420, None, out)
                 for m, _ in out:
+                    counters.append(struct.unpack_from("<Q", m, 8)[0])
                     assert ref.decrypt(b"\0" * 4 + m[8:16], m[16:], None)[:1400] == bytes([t]) * 1400
                     assert a.decrypt(b"\0" * 4 + m[8:16], m[16:], None)[:1400] == bytes([t]) * 1400
         except Exception as e:          # noqa: BLE001
@@ -405,6 +408,21 @@ def test_one_aead_from_several_threads():
     for t in threads:
         t.join()
     assert not errors
+    assert sorted(counters) == list(range(4 * 150 * 8)) and kp.send_counter == 4 * 150 * 8
+
+
+@needs_native
+def test_seal_batch_stores_the_counters_before_encrypting():
+    seen: list = []
+    out: list = []
+
+    class Watched(Kp):
+        send_counter = property(lambda self: self._c, lambda self, v: seen.append((v, len(out))) or
+                                setattr(self, "_c", v))
+
+    kp = Watched(C.Aead(bytes(32)), 10)
+    C.seal_batch(kp, [b"x"] * (C.RUN + 5) + [bytes(2000)], 1420, None, out)
+    assert seen == [(10, 0), (10 + C.RUN, 0), (10 + C.RUN + 5, C.RUN)]     # each chunk's before its messages
 
 
 @needs_native
