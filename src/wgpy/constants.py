@@ -87,6 +87,12 @@ MAC_TABLE_SIZE = 8192
 # An address not seen for this long is forgotten (frames to it are flooded again): the Linux bridge's default
 # ageing time (bridge ... ageing_time 30000 centiseconds).
 MAC_AGING_TIME = 300.0
+# Storm control on a relay hub (Relay = on, protocol/switch.py): of the frames a peer sends that the hub floods
+# (to its TAP and every other peer), at most this many per second and kind (broadcast, multicast, unknown unicast)
+# are forwarded, with a burst of as many; the rest are dropped and counted (l2_storm_broadcast, ...). A flooded
+# frame costs the hub one encryption per other peer: without a bound one spoke's broadcast storm starves them all.
+L2_FLOOD_PER_SECOND = 1000.0
+L2_FLOOD_BURST = 1000.0
 # Ethernet header (destination MAC, source MAC, EtherType): the TAP's MTU is the tunnel MTU minus this.
 ETHERNET_HEADER_LEN = 14
 

@@ -7,6 +7,8 @@
                   (skipped on kernels without 802.1Q); raw tagged frames from packet sockets, both ways
     AllowedMACs   frames from other source MACs are dropped; adding the MAC over the UAPI lets them in
     flood         random source MACs from one side: the far side's MAC table stops at its bound
+    storm         a relay hub, three spokes: one floods broadcasts, the other two keep pinging (storm control)
+    forged MAC    a spoke sends frames with another spoke's MAC: its traffic stays with its owner (sticky MACs)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import base64
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -393,3 +396,102 @@ def test_mac_table_is_bounded_under_a_source_mac_flood(lab, two_ns):
     assert st["mac_table_entries"] == MAC_TABLE_SIZE and st["mac_table_evicted"] > 0, st
     assert_ping(a.ns, "10.50.0.2")                   # and the LAN still works
     assert_ping(b.ns, "10.50.0.1")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a relay hub under a misbehaving spoke (issue 21 item 10)
+# --------------------------------------------------------------------------------------------------------------
+
+RAW_SEND = """
+import socket, sys, time
+# frames (hex, comma separated) sent from a packet socket on DEV at RATE per second for SECONDS
+dev, frames, rate, seconds = sys.argv[1], [bytes.fromhex(h) for h in sys.argv[2].split(",")], float(sys.argv[3]), \\
+    float(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((dev, 0))
+sent, t0 = 0, time.monotonic()
+while time.monotonic() - t0 < seconds:
+    for f in frames:
+        try:
+            s.send(f)
+            sent += 1
+        except OSError:
+            pass
+    ahead = t0 + sent / rate - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
+print(sent, flush=True)
+"""
+
+
+def star_hub(lab, spokes: int = 3):
+    """A relay hub (10.50.0.1) and `spokes` spokes (10.50.0.2, ...) that know the hub only, each on its own
+    namespace of one bridge; the ARP caches are warm (every spoke pinged every other through the hub)."""
+    lab.require_real_wgpy("L2 mode")
+    from wgpy_testkit import hostile_lab as hl
+    topo = hl.star(lab, spokes + 1)
+    keys = [gen_keypair() for _ in range(spokes + 1)]
+    hub = l2_up(lab, topo.ns[0], keys[0], [L2Peer(keys[i].public, topo.endpoint(i, PORT))
+                                           for i in range(1, spokes + 1)],
+                addresses=["10.50.0.1/24"], extra=["Relay = on"])
+    nodes = [l2_up(lab, topo.ns[i], keys[i], [L2Peer(keys[0].public, topo.endpoint(0, PORT))],
+                   addresses=[f"10.50.0.{i + 1}/24"]) for i in range(1, spokes + 1)]
+    for i, x in enumerate(nodes):
+        for j in range(1, spokes + 2):
+            if j != i + 2:
+                assert_ping(x.ns, f"10.50.0.{j}")
+    return hub, nodes
+
+
+def test_broadcast_storm_from_one_spoke_spares_the_others(lab):
+    """Issue 21 item 10: spoke 1 floods broadcast frames (from its TAP, 100,000 a second); spokes 2 and 3 keep
+    pinging each other through the hub, and the hub pings spoke 2. Before (no storm control): the hub
+    re-encrypted every broadcast for every other spoke and wrote it to its TAP, and the pings lost 45-58 % with
+    round trips of 2-5 s (p50). Now the hub floods at most L2_FLOOD_PER_SECOND of them from that spoke (it
+    still decrypts them all, so its CPU is busy and the round trips grow a little): no loss, tens of ms."""
+    from wgpy_testkit import hostile_lab as hl
+    hub, (s1, s2, s3) = star_hub(lab)
+    loss0, rtt0 = hl.ping_series(s2.ns, "10.50.0.4", 20)
+    storm = ("ff" * 6 + s1.mac.replace(":", "") + "88b5" + "73746f726d" + "2e" * 41)
+    rate, seconds = 100000, 25
+    flood = lab.popen(s1.ns, sys.executable, "-c", RAW_SEND, s1.iface, storm, rate, seconds, name="storm")
+    time.sleep(2.0)
+    loss1, rtt1 = hl.ping_series(s2.ns, "10.50.0.4", 40, wait=3.0, timeout=200)
+    loss_hub, rtt_hub = hl.ping_series(hub.ns, "10.50.0.3", 20, wait=3.0, timeout=200)
+    assert flood.alive(), "the storm ended before the measurements did"
+    st = stats(lab, hub)
+    flood.wait(seconds + 30)
+    sent = int(flood.stdout().split()[-1])
+    figures = dict(ping_loss_before=loss0, ping_p50_ms_before=hl.p50(rtt0), ping_loss_storm=round(loss1, 3),
+                   ping_p50_ms_storm=hl.p50(rtt1), ping_max_ms_storm=max(rtt1, default=None),
+                   hub_ping_loss_storm=round(loss_hub, 3), hub_ping_p50_ms_storm=hl.p50(rtt_hub),
+                   storm_frames_sent=sent, storm_dropped_at_hub=st.get("drop_l2_storm_broadcast", 0))
+    hl.record("l2_broadcast_storm", **figures)
+    assert sent > rate * seconds / 4, figures                  # the storm really ran
+    assert st.get("drop_l2_storm_broadcast", 0) > 10000, (figures, st)
+    assert loss1 <= 0.1 and loss_hub <= 0.1, figures
+    assert hl.p50(rtt1) < 150.0 and hl.p50(rtt_hub) < 150.0, figures
+
+
+def test_a_forged_source_mac_does_not_steal_another_spokes_traffic(lab):
+    """Issue 21 item 10: with no AllowedMACs, spoke 3 sends frames with spoke 2's MAC as their source (ten a
+    second). Before, each one moved the address to spoke 3 at the hub, and the hub's and spoke 1's traffic for
+    spoke 2 went to spoke 3 instead. Now the address stays spoke 2's while spoke 2 uses it (sticky ownership):
+    every ping to spoke 2 is answered, the forged frames are dropped and counted."""
+    from wgpy_testkit import hostile_lab as hl
+    hub, (s1, s2, s3) = star_hub(lab)
+    forged = "ff" * 6 + s2.mac.replace(":", "") + "88b5" + "66616b65" + "2e" * 42
+    spoof = lab.popen(s3.ns, sys.executable, "-c", RAW_SEND, s3.iface, forged, 10, 30, name="spoof")
+    time.sleep(1.0)
+    loss_hub, _ = hl.ping_series(hub.ns, "10.50.0.3", 30, interval=0.2)
+    loss_s1, _ = hl.ping_series(s1.ns, "10.50.0.3", 30, interval=0.2)
+    assert spoof.alive(), "the forged frames stopped before the pings did"
+    table = mac_table(lab, hub)
+    st = stats(lab, hub)
+    spoof.stop()
+    hl.record("l2_forged_source_mac", hub_ping_loss=round(loss_hub, 3), spoke_ping_loss=round(loss_s1, 3),
+              forged_dropped=st.get("drop_l2_mac_in_use", 0), owner_at_hub="spoke 2" if table.get(s2.mac) ==
+              s2.keys.public else "spoke 3" if table.get(s2.mac) == s3.keys.public else table.get(s2.mac))
+    assert table[s2.mac] == s2.keys.public, table
+    assert st.get("drop_l2_mac_in_use", 0) >= 30, st
+    assert loss_hub == 0 and loss_s1 == 0, (loss_hub, loss_s1)

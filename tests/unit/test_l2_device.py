@@ -182,16 +182,51 @@ def test_narrowing_allowed_macs_forgets_what_the_peer_taught():
     assert lookup(b.macs, m(6), 0.0) is None and lookup(b.macs, m(1), 0.0) is not None
 
 
-def test_mac_move_between_peers_is_relearned():
+def test_mac_move_between_peers_after_the_old_entry_aged_out():
+    """A host that moved to another peer's LAN (a migrated VM) is learned there once it has been silent at the
+    old peer for the ageing time; before that its frames from the new peer are dropped (sticky ownership)."""
     n = net("ABC", [("A", "B"), ("A", "C")])
     n.connect(("A", "B"), ("A", "C"))
-    n.send("B", [eth(BCAST, m(7))])
-    assert lookup(n.dev["A"].macs, m(7), 0.0) is n.peer[("A", "B")]
-    n.send("C", [eth(BCAST, m(7))])                        # the host moved to C's LAN
-    assert lookup(n.dev["A"].macs, m(7), 0.0) is n.peer[("A", "C")]
+    a = n.dev["A"]
+    n.send("B", [eth(BCAST, m(7))], 1.0)
+    assert lookup(a.macs, m(7), 1.0) is n.peer[("A", "B")]
+    n.send("C", [eth(BCAST, m(7))], 2.0)                   # the host moved to C's LAN: still B's for now
+    assert lookup(a.macs, m(7), 2.0) is n.peer[("A", "B")] and a.drops["l2_mac_in_use"] == 1
+    assert len(n.tap["A"]) == 1                            # its frame from C was dropped, not delivered
+    t = 1.0 + MAC_AGING_TIME
+    n.send("C", [eth(BCAST, m(7))], t)                     # silent at B for the ageing time: C's now
+    assert lookup(a.macs, m(7), t) is n.peer[("A", "C")] and a.macs.moved == 1
     start = len(n.log)
-    n.send("A", [eth(m(7), m(1))])
+    n.send("A", [eth(m(7), m(1))], t)
     assert n.data_to("C", start) == 1 and n.data_to("B", start) == 0
+
+
+def test_a_forged_source_mac_does_not_take_over_another_peers_address():
+    """Issue 21 item 10: with no AllowedMACs, one frame from C with B's host's MAC took the address over, and
+    A's traffic for that host went to C. Now the address stays B's while B uses it; C's frame is dropped."""
+    n = net("ABC", [("A", "B"), ("A", "C")])
+    n.connect(("A", "B"), ("A", "C"))
+    a = n.dev["A"]
+    n.send("B", [eth(BCAST, m(7))], 1.0)
+    n.send("C", [eth(BCAST, m(7), b"i-am-m7" * 6)], 2.0)   # C forges m7 as its source
+    assert a.drops["l2_mac_in_use"] == 1 and a.macs.refused == 1
+    start = len(n.log)
+    n.send("A", [eth(m(7), m(1))], 3.0)                    # A's traffic for m7 still goes to B only
+    assert n.data_to("B", start) == 1 and n.data_to("C", start) == 0
+    # the local side is this switch's own: a peer cannot take a local address either
+    n.send("A", [eth(BCAST, m(1))], 4.0)
+    n.send("C", [eth(BCAST, m(1))], 5.0)
+    assert lookup(a.macs, m(1), 5.0) is LOCAL and a.drops["l2_mac_in_use"] == 2
+
+
+def test_allowed_macs_let_a_peer_claim_its_address_at_once():
+    n = net("ABC", [("A", "B"), ("A", "C")])
+    n.connect(("A", "B"), ("A", "C"))
+    a = n.dev["A"]
+    n.send("B", [eth(BCAST, m(7))], 1.0)
+    a.set_allowed_macs(n.peer[("A", "C")], [m(7), m(8)])   # the configuration says m7 is C's
+    n.send("C", [eth(BCAST, m(7))], 2.0)
+    assert lookup(a.macs, m(7), 2.0) is n.peer[("A", "C")] and not a.drops["l2_mac_in_use"]
 
 
 def test_entries_age_out_and_unicast_floods_again():
@@ -220,6 +255,50 @@ def test_hub_relays_unicast_and_broadcast_between_spokes():
     # the hub's own host reaches both spokes
     n.send("H", [eth(m(20), m(30))])
     assert n.tap["T"][-1][:12] == m(20) + m(30)
+
+
+def test_storm_control_limits_what_one_spoke_floods_through_the_hub():
+    """Issue 21 item 10: a relay hub floods at most L2_FLOOD_PER_SECOND broadcast (and as many multicast, and
+    unknown unicast) frames per second from each peer, with a burst of as many; the rest are dropped at
+    ingress and counted. Another spoke's floods and everyone's known unicast are not touched; the bucket fills
+    again with time (fake clock)."""
+    from wgpy.constants import L2_FLOOD_BURST, L2_FLOOD_PER_SECOND
+    n = net("HSTU", [("H", "S"), ("H", "T"), ("H", "U")], relay={"H"})
+    n.connect(("S", "H"), ("T", "H"), ("U", "H"))
+    h = n.dev["H"]
+    burst, rate = int(L2_FLOOD_BURST), L2_FLOOD_PER_SECOND
+    n.send("T", [eth(BCAST, m(20))], 0.0)                  # H learns m20 behind T
+    n.send("U", [eth(BCAST, m(30))], 0.0)
+    on_t, on_u, on_h = len(n.tap["T"]), len(n.tap["U"]), len(n.tap["H"])
+    storm = [eth(BCAST, m(10), b"%05d" % i + b"." * 41) for i in range(burst + 500)]
+    n.send("S", storm, 1.0)
+    assert len(n.tap["T"]) - on_t == len(n.tap["U"]) - on_u == len(n.tap["H"]) - on_h == burst
+    assert h.drops["l2_storm_broadcast"] == 500
+    # multicast and unknown unicast have their own buckets; known unicast is never limited
+    mcast = b"\x01\x00\x5e\x00\x00\xfb"
+    n.send("S", [eth(mcast, m(10))] * 3 + [eth(m(99), m(10))] * 3 + [eth(m(20), m(10))] * 2000, 1.0)
+    assert h.drops["l2_storm_multicast"] == 0 and h.drops["l2_storm_unknown_unicast"] == 0
+    assert len(n.tap["T"]) - on_t == burst + 3 + 3 + 2000
+    # another spoke's broadcasts are its own budget: T is not limited by S's storm
+    on_u = len(n.tap["U"])
+    n.send("T", [eth(BCAST, m(20))] * 100, 1.0)
+    assert len(n.tap["U"]) - on_u == 100 and h.drops["l2_storm_broadcast"] == 500
+    # half a second later S has earned rate / 2 tokens again
+    on_u = len(n.tap["U"])
+    n.send("S", storm[:burst], 1.5)
+    assert len(n.tap["U"]) - on_u == int(rate / 2)
+    assert h.drops["l2_storm_broadcast"] == 500 + burst - int(rate / 2)
+    # the frames over the limit were dropped whole: neither the hub's TAP nor the other spokes got them
+    assert all(n.tap["H"].count(f) <= 1 for f in storm[:10])
+
+
+def test_storm_control_needs_relay():
+    """Without relay a peer's floods go to the TAP alone (nothing is replicated): no limit."""
+    from wgpy.constants import L2_FLOOD_BURST
+    n = pair()
+    frames = [eth(BCAST, m(1))] * (int(L2_FLOOD_BURST) + 100)
+    n.send("A", frames, 1.0)
+    assert len(n.tap["B"]) == len(frames) and not any(k.startswith("l2_storm") for k in n.dev["B"].drops)
 
 
 def test_without_relay_the_hub_keeps_frames_to_itself():

@@ -32,11 +32,13 @@ class NaiveTable:
                 return row
         return None
 
-    def learn(self, mac, port, now):
+    def learn(self, mac, port, now, claim=False):
         row = self._find(mac)
         if row is not None:
+            if row[1] is not port and not claim and port is not LOCAL and now - row[2] < self.aging:
+                return False                # in use elsewhere: sticky
             row[1], row[2] = port, now
-            return
+            return True
         if len(self.rows) >= self.max_entries:
             while True:
                 first = self.rows.pop(0)
@@ -46,6 +48,7 @@ class NaiveTable:
                     continue
                 break
         self.rows.append([mac, port, now, now])
+        return True
 
     def lookup(self, mac, now):
         row = self._find(mac)
@@ -72,8 +75,8 @@ def test_matches_naive_reference(seed):
         m = mac(rng.randrange(3 * size))
         if rng.random() < 0.6:
             port = rng.choice(ports)
-            t.learn(m, port, now)
-            ref.learn(m, port, now)
+            claim = rng.random() < 0.1
+            assert t.learn(m, port, now, claim) is ref.learn(m, port, now, claim)
         else:
             assert lookup(t, m, now) is ref.lookup(m, now)
         assert len(t) == len(ref.rows) <= size
@@ -85,15 +88,38 @@ def test_matches_naive_reference(seed):
 def test_learn_lookup_move_and_count():
     t = MacTable()
     a, b = object(), object()
-    t.learn(mac(1), a, 0.0)
+    assert t.learn(mac(1), a, 0.0)
     assert lookup(t, mac(1), 1.0) is a
     assert lookup(t, mac(2), 1.0) is None
-    t.learn(mac(1), b, 2.0)                    # the address moved to another peer: re-learned at once
+    assert t.learn(mac(1), b, 2.0, claim=True)     # another peer that may claim it (AllowedMACs): moved at once
     assert lookup(t, mac(1), 2.0) is b and t.moved == 1
-    t.learn(mac(1), LOCAL, 3.0)                # ... or behind the local TAP
+    assert t.learn(mac(1), LOCAL, 3.0)             # ... as to the local TAP
     assert lookup(t, mac(1), 3.0) is LOCAL and t.moved == 2
-    t.learn(mac(1), LOCAL, 4.0)                # the same port again is a refresh, not a move
-    assert t.moved == 2 and len(t) == 1
+    assert t.learn(mac(1), LOCAL, 4.0)             # the same port again is a refresh, not a move
+    assert t.moved == 2 and len(t) == 1 and t.refused == 0
+
+
+def test_ownership_is_sticky_until_the_address_ages_out():
+    """Issue 21 item 10: a frame from another peer with an address in use does not take it over; a peer may
+    have it once the owner has been silent for the ageing time (a host that really moved: a migrated VM), at
+    once if it may claim it (its AllowedMACs lists it) or if the new port is the local TAP."""
+    t = MacTable()
+    a, b = object(), object()
+    t.learn(mac(1), a, 0.0)
+    assert not t.learn(mac(1), b, 1.0)                         # forged source, owner active: refused
+    assert lookup(t, mac(1), 1.0) is a and t.refused == 1 and t.moved == 0
+    t.learn(mac(1), a, 100.0)                                  # the owner keeps using it
+    assert not t.learn(mac(1), b, 100.0 + MAC_AGING_TIME - 0.5)
+    assert lookup(t, mac(1), 100.0 + MAC_AGING_TIME - 0.5) is a and t.refused == 2
+    # the owner went quiet for the ageing time: the address is free, the new peer gets it
+    assert t.learn(mac(1), b, 100.0 + MAC_AGING_TIME)
+    assert lookup(t, mac(1), 100.0 + MAC_AGING_TIME) is b and t.moved == 1
+    # and now it is b's: a (the old owner) cannot take it back while b uses it
+    assert not t.learn(mac(1), a, 100.0 + MAC_AGING_TIME + 1) and t.refused == 3
+    # a peer is never refused by the local side, and the local side is never moved away by a peer
+    t.learn(mac(2), LOCAL, 0.0)
+    assert not t.learn(mac(2), a, 1.0) and lookup(t, mac(2), 1.0) is LOCAL
+    assert t.learn(mac(3), a, 0.0) and t.learn(mac(3), LOCAL, 1.0) and lookup(t, mac(3), 1.0) is LOCAL
 
 
 def test_aging_with_fake_clock():

@@ -42,6 +42,7 @@ class Peer:
         "handshake_attempts", "last_sent_handshake", "sent_lastminute_handshake", "need_another_keepalive",
         "unanswered_initiations",
         "scheduled", "removed", "allowed_macs",
+        "flood",        # L2 relay hub: the storm-control buckets of this peer's flooded frames (protocol/switch.py)
         "mtu",          # the plaintext limit the data path applies (the interface MTU, or less: ext/pmtu.py)
         # state of wgpy's extensions (ext/), kept here so the data path reaches it without a lookup:
         "pmtu", "t_pmtu", "wgpy", "hellos_sent",   # ext/pmtu.py: path state, its deadline, the peer's HELLO
@@ -74,6 +75,7 @@ class Peer:
         self.scheduled = INF          # earliest deadline this peer has in the device's timer heap
         self.removed = False
         self.allowed_macs: frozenset[bytes] | None = None   # L2 mode: source MACs accepted (None: any)
+        self.flood: list[float] | None = None   # L2 relay: tokens per kind of flooded frame, and when filled
         self.mtu = 65535               # largest plaintext sent to this peer (the device sets it)
         self.pmtu = None               # PathMTU for a UDP endpoint, made once a handshake completed
         self.t_pmtu: float | None = None   # next probe step / retry / re-probe round

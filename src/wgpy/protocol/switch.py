@@ -4,9 +4,15 @@ and the peers; the plaintext of a data message is one Ethernet frame.
     send      learn source MAC -> LOCAL; destination known at a peer -> that peer; known to be local ->
               filtered; broadcast, multicast or unknown -> every peer (one encryption per peer)
     inbound   the source MAC must be unicast and, if the peer has a list of allowed MACs, on it; learn source ->
-              peer; destination local, unknown or multi/broadcast -> the TAP; with `relay` on, destination known at
-              another peer -> re-encrypted to it, and floods go to every other peer too. A frame from the all-zero
-              MAC with wgpy's EtherType is a control frame (ext/control.py).
+              peer (unless the address is in use on another port: sticky ownership, routing/mactable.py);
+              destination local, unknown or multi/broadcast -> the TAP; with `relay` on, destination known at
+              another peer -> re-encrypted to it, and floods go to every other peer too, within the peer's storm
+              control budget. A frame from the all-zero MAC with wgpy's EtherType is a control frame
+              (ext/control.py).
+Storm control (relay on): per peer and kind of flooded frame (broadcast, multicast, unknown unicast) a token
+bucket of L2_FLOOD_PER_SECOND, burst L2_FLOOD_BURST, kept on the peer (Peer.flood); a flooded frame beyond it is
+dropped at ingress (neither the TAP nor the other peers get it) and counted (l2_storm_broadcast, ...). Without
+relay a peer's flood goes to the TAP alone, as much as its unicast does: nothing is replicated, nothing limited.
 Allowed IPs play no part in L2. Frames are padded like packets (to 16 bytes, within the MTU); the receiver writes
 them to the TAP with that padding (docs/architecture.md, "L2 mode").
 """
@@ -17,14 +23,38 @@ from collections import defaultdict
 from itertools import repeat
 from typing import Iterable
 
+from ..constants import L2_FLOOD_BURST, L2_FLOOD_PER_SECOND
 from ..ext.control import L2_CONTROL_ETHERTYPE
 from ..routing.mactable import LOCAL, MacTable
 from .peer import Peer
 
-__all__ = ["Switch"]
+__all__ = ["Switch", "STORM_DROPS"]
 
 _ZERO_MAC = b"\x00" * 6
+_BCAST = b"\xff" * 6
 _ETH_HLEN = 14
+BROADCAST, MULTICAST, UNKNOWN_UNICAST = 0, 1, 2          # the kinds of flooded frame, Peer.flood's indices
+STORM_DROPS = ("l2_storm_broadcast", "l2_storm_multicast", "l2_storm_unknown_unicast")
+
+
+def flood_allowed(peer: Peer, kind: int, now: float, rate: float, burst: float) -> bool:
+    """Storm control: take one token of `kind` from `peer`'s buckets (refilled at `rate` per second up to
+    `burst`, all three at once: Peer.flood = [broadcast, multicast, unknown unicast, when last filled]).
+    False: the bucket is empty, the frame must not be flooded."""
+    b = peer.flood
+    if b is None:
+        b = peer.flood = [burst, burst, burst, now]
+    elapsed = now - b[3]
+    if elapsed > 0:
+        add = elapsed * rate
+        b[0] = min(burst, b[0] + add)
+        b[1] = min(burst, b[1] + add)
+        b[2] = min(burst, b[2] + add)
+        b[3] = now
+    if b[kind] >= 1.0:
+        b[kind] -= 1.0
+        return True
+    return False
 
 
 class Switch:
@@ -32,6 +62,8 @@ class Switch:
         self.dev = dev
         self.macs = MacTable()
         self.relay = False                 # forward frames between peers (the hub of a star)
+        self.flood_rate = L2_FLOOD_PER_SECOND      # storm control of a relay hub, per peer and kind
+        self.flood_burst = L2_FLOOD_BURST
 
 
     def set_allowed_macs(self, peer: Peer, macs: Iterable[bytes] | None) -> None:
@@ -61,10 +93,12 @@ class Switch:
 
     def forward(self, items: Iterable[tuple[object, bytes]], now: float, out_net: list, out_tun: list) -> None:
         """The learning switch, for frames from any port: `items` are (ingress port, frame), the port LOCAL (the
-        TAP) or a peer. Learn source -> ingress; a known destination gets the frame unless it is the ingress
-        itself, or it is another peer and the frame came from a peer with relay off ("l2_filtered"); broadcast,
-        multicast and unknown destinations are flooded to every port but the ingress (peers to peers only with
-        relay on). Frames for peers are sealed per peer once the batch is switched."""
+        TAP) or a peer. Learn source -> ingress (a source in use on another port is not moved: the frame is
+        dropped, "l2_mac_in_use"); a known destination gets the frame unless it is the ingress itself, or it is
+        another peer and the frame came from a peer with relay off ("l2_filtered"); broadcast, multicast and
+        unknown destinations are flooded to every port but the ingress (peers to peers only with relay on, within
+        the ingress peer's storm control budget). Frames for peers are sealed per peer once the batch is
+        switched."""
         dev = self.dev
         drops = dev.drops
         macs = self.macs
@@ -85,6 +119,7 @@ class Switch:
                     continue
                 drops["l2_bad_src_mac"] += 1
                 continue
+            allowed = None
             if not from_tap:
                 allowed = port_in.allowed_macs
                 if allowed is not None and smac not in allowed:
@@ -93,8 +128,9 @@ class Switch:
             e = entries.get(smac)
             if e is not None and e[0] is port_in:
                 e[1] = now
-            else:
-                learn(smac, port_in, now)
+            elif not learn(smac, port_in, now, allowed is not None):
+                drops["l2_mac_in_use"] += 1           # another port uses this address: not taken over
+                continue
             if not f[0] & 1:
                 e = entries.get(f[:6])
                 if e is not None and now - e[1] < aging:
@@ -111,6 +147,11 @@ class Switch:
                     continue
             # broadcast, multicast or unknown unicast
             if not from_tap:
+                if relay:
+                    kind = (BROADCAST if f[:6] == _BCAST else MULTICAST) if f[0] & 1 else UNKNOWN_UNICAST
+                    if not flood_allowed(port_in, kind, now, self.flood_rate, self.flood_burst):
+                        drops[STORM_DROPS[kind]] += 1
+                        continue
                 out_tun.append(f)
             if from_tap or relay:
                 for other in dev.peers.values():

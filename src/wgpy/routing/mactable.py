@@ -19,7 +19,18 @@ of new source addresses (each seen once) only ever evicts addresses that were no
 placed: under a flood, the flood's own oldest entries.
 
 Ageing: an entry not seen for ``aging`` seconds counts as unknown for lookups, is not listed, and is the first
-to go when room is needed. A MAC seen on another port than the one recorded moves there at once ("MAC move").
+to go when room is needed.
+
+Ownership is sticky ("MAC move"): an address seen on another port than the one recorded moves there only
+
+    * once its entry has aged out (the old port has not used it for ``aging`` seconds), or
+    * to LOCAL, the TAP: the local side is this switch's own, a host seen there is here now, or
+    * when the caller says the new port may claim it (``claim``: the peer's AllowedMACs lists it).
+
+Otherwise ``learn`` refuses (returns False, counted in ``refused``) and the frame is the caller's to drop: one
+frame with a forged source can no longer take an address in use away from the peer that uses it. A host that
+really moved to another peer (a VM migrated between spokes) is learned there once it has been silent at the
+old one for ``aging`` seconds, at once where AllowedMACs names it.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ LOCAL: Any = _Local()
 
 
 class MacTable:
-    __slots__ = ("entries", "max_entries", "aging", "evicted", "moved")
+    __slots__ = ("entries", "max_entries", "aging", "evicted", "moved", "refused")
 
     def __init__(self, max_entries: int = MAC_TABLE_SIZE, aging: float = MAC_AGING_TIME) -> None:
         if max_entries < 1:
@@ -55,23 +66,30 @@ class MacTable:
         self.aging = aging
         self.evicted = 0     # entries dropped to make room for a new address
         self.moved = 0       # addresses re-learned on another port
+        self.refused = 0     # moves refused: the address is in use on another port (sticky ownership)
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def learn(self, mac: bytes, port: object, now: float) -> None:
-        """Record that `mac` was seen as a source on `port` at `now`."""
+    def learn(self, mac: bytes, port: object, now: float, claim: bool = False) -> bool:
+        """Record that `mac` was seen as a source on `port` at `now`. False (nothing changed): the address is in
+        use on another port and may not move (sticky ownership, see the module docstring); `claim`: `port` may
+        take it over at once (its AllowedMACs lists it)."""
         entries = self.entries
         e = entries.get(mac)
         if e is not None:
             if e[0] is not port:
+                if not (claim or port is LOCAL or now - e[1] >= self.aging):
+                    self.refused += 1
+                    return False
                 e[0] = port
                 self.moved += 1
             e[1] = now
-            return
+            return True
         if len(entries) >= self.max_entries:
             self._evict_one(now)
         entries[mac] = [port, now, now]
+        return True
 
     def _evict_one(self, now: float) -> None:
         entries = self.entries
