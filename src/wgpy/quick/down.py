@@ -24,6 +24,7 @@ import sys
 import time
 
 from .. import config as cfgmod
+from ..settings.values import shown
 from ..host import dns, netlink
 from ..host.privileges import has_net_admin
 from ..uapi.server import find_socket
@@ -141,10 +142,11 @@ def check_interface_name(name: str) -> str | None:
     if name in (".", ".."):
         return f"invalid interface name {name!r}"
     if not cfgmod._NAME_RE.fullmatch(name):
-        shown = name if name.isprintable() and len(name) <= 64 else repr(name[:64])
-        return (f"invalid interface name {shown!r}: 1 to 15 characters of A-Z a-z 0-9 _ = + . - "
+        text = name if name.isprintable() and len(name) <= 64 else repr(name[:64])
+        quoted = shown(text)        # a key typed where the name belongs is never echoed
+        return (f"invalid interface name {quoted}: 1 to 15 characters of A-Z a-z 0-9 _ = + . - "
                 f"({len(name)} given)" if len(name) > 15 else
-                f"invalid interface name {shown!r}: only A-Z a-z 0-9 _ = + . - are allowed")
+                f"invalid interface name {quoted}: only A-Z a-z 0-9 _ = + . - are allowed")
     return None
 
 

@@ -25,9 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..crypto import encode_key
 from .table import by_ini
-from .values import Bad, valid_ifname as _valid_name
+from .values import Bad, redact, valid_ifname as _valid_name
 
 __all__ = ["ConfigError", "PeerConfig", "InterfaceConfig", "parse", "interface_name_from_path"]
 
@@ -38,6 +37,7 @@ class ConfigError(Exception):
     """A configuration problem at ``path``, ``line`` (1-based or None), ``key`` (as written or None)."""
 
     def __init__(self, path: str, line: int | None, key: str | None, message: str):
+        message = redact(message)      # the last guard: nothing that could be a key is ever shown
         super().__init__(path, line, key, message)
         self.path, self.line, self.key, self.message = path, line, key, message
 
@@ -115,7 +115,7 @@ def parse(text: str, path: str = "<string>", name: str | None = None,
 
     iface: dict[str, Any] = {}
     peers: list[dict[str, Any]] = []
-    public_keys: set[bytes] = set()
+    public_keys: dict[bytes, int] = {}     # -> the line of its [Peer]
     section: str | None = None
     current: dict[str, Any] | None = None  # the dict that keys of the current section go to
     iface_seen: set[str] = set()  # "set" keys given in [Interface] (the header may repeat)
@@ -173,9 +173,10 @@ def parse(text: str, path: str = "<string>", name: str | None = None,
             current.setdefault("dns_servers", []).extend(parsed[0])
             current.setdefault("dns_search", []).extend(parsed[1])
         if attr == "public_key":
-            if parsed in public_keys:
-                raise ConfigError(path, lineno, key, f"duplicate peer {encode_key(parsed)}")
-            public_keys.add(parsed)
+            if parsed in public_keys:      # named by its line: the value may be a private key pasted twice
+                raise ConfigError(path, lineno, key, f"duplicate peer (the same key as the [Peer] at line "
+                                                     f"{public_keys[parsed]})")
+            public_keys[parsed] = current["line"]
     close_peer()
 
     if "private_key" not in iface:

@@ -16,7 +16,7 @@ from ..crypto import KeyError_, decode_key
 from ..routing.mactable import format_mac, parse_mac
 from ..streams.endpoint import parse_url
 
-__all__ = ["Bad", "BadAtLine", "parse_pin", "host_port"]
+__all__ = ["Bad", "BadAtLine", "parse_pin", "host_port", "could_be_key", "shown", "redact"]
 
 
 class Bad(ValueError):
@@ -39,6 +39,28 @@ _PREFIX = re.compile(r"[^/]+/[0-9]{1,3}")
 _PIN_PREFIX = re.compile(r"sha-?256(?:\s*fingerprint)?\s*[=:]\s*", re.IGNORECASE)
 
 
+# A value that could be key material is never echoed in a message: a WireGuard key is 32 bytes, 44 characters of
+# base64 ending in '=' (INI) or 64 hex digits (UAPI); a run of 40 or more characters of the base64 alphabet
+# (hex digits are in it) covers both, and a key missing a few characters or pasted inside other text.
+_KEYLIKE = re.compile(r"[A-Za-z0-9+/=]{40,}")
+NOT_SHOWN = "(value not shown: it could be a key)"
+
+
+def could_be_key(s: str) -> bool:
+    return _KEYLIKE.search(s) is not None
+
+
+def shown(s: str) -> str:
+    """`s` quoted for a message, or a placeholder when it could be a key."""
+    return NOT_SHOWN if could_be_key(s) else repr(s)
+
+
+def redact(text: str) -> str:
+    """`text` with everything that could be a key replaced: the last guard before a message is printed or
+    logged."""
+    return _KEYLIKE.sub("[not shown]", text)
+
+
 def valid_ifname(name: str) -> bool:
     return bool(_NAME_RE.fullmatch(name)) and name not in (".", "..")
 
@@ -59,7 +81,7 @@ def is_ip(host: str) -> bool:
 
 def uint(s: str, lo: int, hi: int, what: str = "number") -> int:
     if not (s.isascii() and s.isdigit() and len(s) <= 20):
-        raise Bad(f"invalid {what} {s!r}")
+        raise Bad(f"invalid {what} {shown(s)}")
     n = int(s)
     if not lo <= n <= hi:
         raise Bad(f"{what} {n} out of range {lo}..{hi}")
@@ -75,7 +97,7 @@ def key(s: str) -> bytes:
 
 def choice(s: str, options: tuple[str, ...], what: str) -> str:
     if s.lower() not in options:
-        raise Bad(f"invalid {what} {s!r} (expected {' or '.join(options)})")
+        raise Bad(f"invalid {what} {shown(s)} (expected {' or '.join(options)})")
     return s.lower()
 
 
@@ -93,7 +115,7 @@ def table(s: str) -> str:
     if s.isascii() and s.isdigit():
         return str(uint(s, 0, 0xFFFFFFFF, "table"))
     if not _TABLE_NAME_RE.fullmatch(s):
-        raise Bad(f"invalid table {s!r}")
+        raise Bad(f"invalid table {shown(s)}")
     return s
 
 
@@ -110,7 +132,7 @@ def ip_list(s: str, make: Callable[[str], Any], whitespace: bool, what: str) -> 
                 raise ValueError  # no netmask notation, signs or spaces
             out.append(make(item))
         except ValueError:
-            raise Bad(f"invalid {what} {item!r}") from None
+            raise Bad(f"invalid {what} {shown(item)}") from None
     return out
 
 
@@ -129,7 +151,7 @@ def dns(s: str) -> tuple[list[str], list[str]]:
             servers.append(str(ipaddress.ip_address(item)))
         except ValueError:
             if not _DOMAIN_RE.fullmatch(item) or re.fullmatch(r"[0-9.]+", item):
-                raise Bad(f"invalid DNS server or search domain {item!r}") from None
+                raise Bad(f"invalid DNS server or search domain {shown(item)}") from None
             search.append(item)
     return servers, search
 
@@ -138,31 +160,31 @@ def endpoint(s: str) -> tuple[str, int]:
     if s.startswith("["):
         host, sep, port = s[1:].partition("]:")
         if not sep:
-            raise Bad(f"invalid endpoint {s!r} (expected [address]:port)")
+            raise Bad(f"invalid endpoint {shown(s)} (expected [address]:port)")
         try:
             host = str(ipaddress.IPv6Address(host))
         except ValueError:
-            raise Bad(f"invalid IPv6 address {host!r}") from None
+            raise Bad(f"invalid IPv6 address {shown(host)}") from None
     else:
         host, sep, port = s.rpartition(":")
         if not sep or not host:
-            raise Bad(f"invalid endpoint {s!r} (expected host:port)")
+            raise Bad(f"invalid endpoint {shown(s)} (expected host:port)")
         if ":" in host:
-            raise Bad(f"invalid endpoint {s!r} (write IPv6 addresses as [address]:port)")
+            raise Bad(f"invalid endpoint {shown(s)} (write IPv6 addresses as [address]:port)")
         if re.fullmatch(r"[0-9.]+", host):
             try:
                 host = str(ipaddress.IPv4Address(host))
             except ValueError:
-                raise Bad(f"invalid IPv4 address {host!r}") from None
+                raise Bad(f"invalid IPv4 address {shown(host)}") from None
         elif len(host) > 253 or not HOSTNAME_RE.fullmatch(host):
-            raise Bad(f"invalid host name {host!r}")
+            raise Bad(f"invalid host name {shown(host)}")
     return host, uint(port, 1, 65535, "port")
 
 
 def stream_url(s: str) -> tuple[str, str, int]:
     scheme, sep, rest = s.partition("://")
     if not sep or scheme.lower() not in ("tcp", "tls"):
-        raise Bad(f"invalid stream endpoint {s!r} (expected tcp://host:port or tls://host:port)")
+        raise Bad(f"invalid stream endpoint {shown(s)} (expected tcp://host:port or tls://host:port)")
     host, port = endpoint(rest)
     return scheme.lower(), host, port
 
@@ -178,9 +200,9 @@ def mac_list(s: str) -> list[bytes]:
         try:
             mac = parse_mac(item)
         except ValueError:
-            raise Bad(f"invalid MAC address {item!r}") from None
+            raise Bad(f"invalid MAC address {shown(item)}") from None
         if mac[0] & 1:
-            raise Bad(f"{item!r} is a multicast address, never a source")
+            raise Bad(f"{shown(item)} is a multicast address, never a source")
         out.append(mac)
     return out
 
@@ -191,7 +213,7 @@ def on_off(s: str) -> bool:
         return True
     if v in ("off", "false", "no"):
         return False
-    raise Bad(f"invalid value {s!r} (expected on or off)")
+    raise Bad(f"invalid value {shown(s)} (expected on or off)")
 
 
 def ifnames(s: str) -> list[str]:
@@ -200,13 +222,13 @@ def ifnames(s: str) -> list[str]:
         raise Bad("expected one or more interface names")
     for n in names:
         if not valid_ifname(n):
-            raise Bad(f"invalid interface name {n!r}")
+            raise Bad(f"invalid interface name {shown(n)}")
     return names
 
 
 def user(s: str) -> str:
     if not _USER_RE.fullmatch(s):
-        raise Bad(f"invalid user name {s!r}")
+        raise Bad(f"invalid user name {shown(s)}")
     return s
 
 
@@ -218,7 +240,7 @@ def seconds(s: str) -> float:
     try:
         v = float(s)
     except ValueError:
-        raise Bad(f"invalid number of seconds {s!r}") from None
+        raise Bad(f"invalid number of seconds {shown(s)}") from None
     if not 0.5 <= v <= 86400:
         raise Bad(f"{s} seconds out of range 0.5..86400")
     return v
@@ -251,7 +273,7 @@ def pin(s: str) -> str:
 
 def server_name(s: str) -> str:
     if len(s) > 253 or not HOSTNAME_RE.fullmatch(s):
-        raise Bad(f"invalid server name {s!r}")
+        raise Bad(f"invalid server name {shown(s)}")
     return s
 
 

@@ -62,7 +62,8 @@ from ..routing.mactable import LOCAL, format_mac
 from ..settings.table import rows
 from ..settings.values import host_port
 from . import transport as _transport     # the TCP/TLS transports' keys: wgpy_listen_tcp, wgpy_endpoint, ...
-from .plan import EADDRINUSE, EINVAL, EIO, EPROTO, UNSET, PeerOp, SetPlan, UapiError, parse_set
+from ..settings.values import redact
+from .plan import EADDRINUSE, EINVAL, EIO, EPROTO, UNSET, PeerOp, SetPlan, UapiError, _name, parse_set
 
 __all__ = ["EINVAL", "EPROTO", "EIO", "EADDRINUSE", "UNSET", "UapiError", "Host", "PeerOp", "SetPlan",
            "parse_set", "apply_set", "handle_get", "handle_stats", "handle_request", "last_error"]
@@ -281,10 +282,11 @@ def handle_request(request: str, host: Host, log: Callable[[str], None] | None =
             plan = parse_set([ln for ln in lines[1:] if ln], host.parse_endpoint, host.device.l2)
             apply_set(plan, host)
             return "errno=0\n\n"
-        raise UapiError(EINVAL, f"unknown operation {op!r}")
+        # the name of what came instead, never a value: a request may start with `private_key=...`
+        raise UapiError(EINVAL, f"unknown operation{_name(op.partition('=')[0])} (expected get=1 or set=1)")
     except UapiError as e:
         if log is not None:
-            log(f"UAPI request refused: {e}")
+            log(f"UAPI request refused: {redact(str(e))}")
         return f"errno={e.code}\n\n"
     except Exception as e:   # a bug must not take the interface down; say so and refuse the request
         if log is not None:
