@@ -278,3 +278,46 @@ def test_no_dns_pushes_nothing():
     stack = UndoStack()
     dns.apply("wgx0", "/tmp/wgx0.conf", [], [], stack.push)
     assert len(stack) == 0
+
+
+# ---- a signal during up (quick/interrupt.py) ---------------------------------------------------------------------
+
+def test_a_signal_during_postup_undoes_every_step(host, monkeypatch):
+    """SIGTERM while PostUp runs: the hook is cut short, teardown runs every undo (no PreDown: up never
+    completed), and up raises Interrupted (before: the daemon died with the host changes in place)."""
+    import signal as _signal
+
+    from wgpy.quick.interrupt import Interrupted, UpSignals
+    sigs = UpSignals()
+
+    def run_hook(cmds, name, what):
+        host.log.append(what)
+        if what == "PostUp":
+            sigs._handler(_signal.SIGTERM, None)          # as if `wgpy down` sent it now
+    monkeypatch.setattr(session_mod, "run_hook", run_hook)
+    s = session_mod.Session(_cfg("Masquerade = eth0\nDNS = 10.0.0.53"), sigs)
+    with pytest.raises(Interrupted):
+        s.up()
+    assert host.log == SETUP + ["restore DNS", "undo masquerade", "undo rules and sysctls", "close netlink",
+                                "close interface", "PostDown"]
+    assert not host.pidfile.exists() and len(s.undo) == 0 and sigs.phase == "teardown"
+
+
+def test_a_signal_between_steps_is_acted_on_after_the_step(host, monkeypatch):
+    """A signal while the routes go in (not interruptible): that step completes and pushes its undo, then up
+    stops before the next step."""
+    import signal as _signal
+
+    from wgpy.quick.interrupt import Interrupted, UpSignals
+    sigs = UpSignals()
+    real = netlink.add_routes
+
+    def add_routes(nets, oif, table):
+        real(nets, oif, table)
+        sigs._handler(_signal.SIGTERM, None)
+    monkeypatch.setattr(netlink, "add_routes", add_routes)
+    s = session_mod.Session(_cfg("Masquerade = eth0"), sigs)
+    with pytest.raises(Interrupted):
+        s.up()
+    assert "masquerade" not in host.log and "PostUp" not in host.log
+    assert host.log[-4:] == ["undo rules and sysctls", "close netlink", "close interface", "PostDown"]
