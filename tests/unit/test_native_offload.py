@@ -381,3 +381,54 @@ def test_split_then_coalesce_round_trip_native() -> None:
     out: list = []
     _c.coalesce(segs, out)
     assert len(out) == 1 and out[0][10 + 72:] == payload
+
+
+@needs_c
+def test_threads_and_references() -> None:
+    """The byte work runs without the GIL: calls from several threads give the reference's output; no call keeps
+    a reference to its inputs or leaks its outputs."""
+    import sys
+    import threading
+    import tracemalloc
+
+    buf = tso_read(False, os.urandom(60000), 1368, options=bytes(12))
+    segs: list = []
+    split_py(buf, segs)
+    want_split = [bytes(s) for s in segs]
+    want_coal: list = []
+    coalesce_py(segs, want_coal)
+    errors: list = []
+
+    def work() -> None:
+        for _ in range(200):
+            a: list = []
+            b: list = []
+            _c.split(buf, a)
+            _c.coalesce(a, b)
+            if a != want_split or b != want_coal:
+                errors.append("differs")
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    refs = sys.getrefcount(buf), [sys.getrefcount(s) for s in segs]
+    tracemalloc.start()
+    for _ in range(50):
+        _c.split(buf, [])
+        _c.coalesce(segs, [])
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(500):
+        _c.split(buf, [])
+        _c.coalesce(segs, [])
+        _c.split(b"short", [])
+        try:
+            _c.coalesce(segs + [None], [])
+        except TypeError:
+            pass
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes not freed"
+    assert (sys.getrefcount(buf), [sys.getrefcount(s) for s in segs]) == refs
