@@ -268,3 +268,33 @@ def test_pmtu_router_icmp_into_the_tun(lab):
     transfer_50mb(lab, t.b, t.a, B_IN)
     stats = lab.wgpy(t.a, "show", ia, "stats", check=True).stdout
     assert int(re.search(r"drop_too_big_icmp_sent\t(\d+)", stats).group(1)) >= 1, stats
+
+
+@pytest.mark.parametrize("v6,black_hole", [(False, False), (False, True), (True, False)],
+                         ids=["ipv4-icmp", "ipv4-black-hole", "ipv6-icmp"])
+def test_pmtu_inner_ipv6_over_a_path_below_what_ipv6_can_be_told(lab, v6, black_hole):
+    """A path of 1300 bytes, no attacker: the per-peer limit (1240 over IPv4, 1220 over IPv6) is below IPv6's
+    minimum, which no ICMP can tell an IPv6 host, and the interface stays at 1280 (it has IPv6 addresses). Inner
+    IPv6 packets above the limit go out whole with outer fragmentation allowed (as kernel WireGuard and
+    wireguard-go send): a 1280-byte ping with DF crosses, and inner IPv6 TCP completes both ways (before: such
+    packets were dropped, drop_too_big_dropped, and inner IPv6 TCP stalled). Over IPv6 the kernel fragments
+    only to a path MTU it learnt from ICMPv6 (routers never fragment IPv6), so an IPv6 black hole of this size
+    stays a limitation, as for kernel WireGuard and wireguard-go (docs/pmtu.md)."""
+    t = ARB(lab, 1300, black_hole=black_hole, v6=v6, inner_v6=True)
+    ia, ib = t.up_both()
+    netlab.assert_ping(t.a, B_IN)
+    for ns, iface in ((t.a, ia), (t.b, ib)):
+        wait_for(lambda: path_mtu(lab, ns, iface)[0] == 1300, 40, interval=0.3, what=f"path MTU 1300 on {iface}",
+                 ) if black_hole else converge(lab, ns, iface, 1300, 30, kick=lambda: ping_df(t.a, B_IN, 1300, 1),
+                                                overhead=1300 - 1280)
+        assert link_mtu(ns, iface) == 1280
+    res = run(t.a, "ping", "-6", "-M", "do", "-c", 3, "-i", "0.2", "-W", "2", "-s", 1232, "fd99::2", timeout=20,
+              check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for server_ns, client_ns, server_ip in ((t.b, t.a, "fd99::2"), (t.a, t.b, "fd99::1")):
+        server, client = lab.transfer(server_ns, client_ns, server_ip, 20 * 1024 * 1024, timeout=60)
+        assert server["bytes"] == client["bytes"] == 20 * 1024 * 1024 and server["sha256"] == client["sha256"]
+    for ns, iface in ((t.a, ia), (t.b, ib)):
+        stats = lab.wgpy(ns, "show", iface, "stats", check=True).stdout
+        assert int(re.search(r"drop_too_big_outer_fragmented\t(\d+)", stats).group(1)) > 0, stats
+        assert "drop_too_big_dropped" not in stats, stats
