@@ -33,6 +33,9 @@ offsets fixed before the release. */
 #define COALESCE_OK_FLAGS 0x18      /* ACK | PSH */
 #define MAX_GSO_BYTES 65535
 #define NOGIL_BYTES 16384           /* below this much copying, dropping the GIL costs more than it frees */
+/* run `work` (only byte work on buffers fixed beforehand) with the GIL released when `bytes` is large enough */
+#define BYTE_WORK(bytes, work) \
+    do { if ((bytes) >= NOGIL_BYTES) { Py_BEGIN_ALLOW_THREADS work; Py_END_ALLOW_THREADS } else { work; } } while (0)
 
 static inline unsigned rd16(const uint8_t *p) { return ((unsigned)p[0] << 8) | p[1]; }
 static inline uint32_t rd32(const uint8_t *p) { return ((uint32_t)rd16(p) << 16) | rd16(p + 2); }
@@ -230,13 +233,7 @@ static Py_ssize_t split_tcp(const uint8_t *pkt, Py_ssize_t n, int v6, Py_ssize_t
         if (!objs[i])
             goto fail;
     }
-    if (n >= NOGIL_BYTES) {
-        Py_BEGIN_ALLOW_THREADS
-        cut(&t);
-        Py_END_ALLOW_THREADS
-    } else {
-        cut(&t);
-    }
+    BYTE_WORK(n, cut(&t));
     PyMem_Free(t.seg);
     Py_ssize_t nseg = t.nseg;
     int rc = append_all(out, objs, nseg);
@@ -302,7 +299,7 @@ typedef struct {        /* a run of in-order segments of one flow, started by pa
     int v6, psh;
 } run_t;
 
-typedef struct {        /* flow table slot: key = klen bytes of packet `pk` from `koff`; run -1: none (popped) */
+typedef struct {        /* flow table slot: the key is the addresses and ports of packet pk; run -1: none (popped) */
     Py_ssize_t pk, run;
 } slot_t;
 
@@ -455,18 +452,16 @@ static PyObject *coalesce(PyObject *self, PyObject *const *args, Py_ssize_t narg
     PyObject *seq = PySequence_Fast(args[0], "coalesce: packets must be a sequence"), *out = args[1];
     if (!seq)
         return NULL;
-    Py_ssize_t npk = PySequence_Fast_GET_SIZE(seq), nbuf = 0, nobj = 0, total = 0;
-    PyObject **items_o = PySequence_Fast_ITEMS(seq), **objs = NULL;
-    Py_buffer *bufs = PyMem_Calloc(npk ? npk : 1, sizeof(Py_buffer));
-    writes_t w = {PyMem_Calloc(npk ? npk : 1, sizeof(pk_t)), PyMem_Calloc(npk ? npk : 1, sizeof(run_t)),
-                  PyMem_Calloc(npk ? npk : 1, sizeof(Py_ssize_t)), PyMem_Calloc(npk ? npk : 1, sizeof(uint8_t *)),
-                  0};
-    flows_t ft = {NULL, 15};
+    Py_ssize_t npk = PySequence_Fast_GET_SIZE(seq), cap = npk ? npk : 1, nbuf = 0, nobj = 0, total = 0;
+    PyObject **items_o = PySequence_Fast_ITEMS(seq), *result = NULL;
+    PyObject **objs = PyMem_Calloc(cap, sizeof(PyObject *));
+    Py_buffer *bufs = PyMem_Calloc(cap, sizeof(Py_buffer));
+    writes_t w = {PyMem_Calloc(cap, sizeof(pk_t)), PyMem_Calloc(cap, sizeof(run_t)),
+                  PyMem_Calloc(cap, sizeof(Py_ssize_t)), PyMem_Calloc(cap, sizeof(uint8_t *)), 0};
+    flows_t ft = {NULL, 15};            /* at least twice as many slots as packets: a probe always ends */
     while (ft.mask < (size_t)npk * 2)
         ft.mask = ft.mask * 2 + 1;
     ft.slots = PyMem_Malloc((ft.mask + 1) * sizeof(slot_t));
-    objs = PyMem_Calloc(npk ? npk : 1, sizeof(PyObject *));
-    PyObject *result = NULL;
     if (!bufs || !w.pks || !w.runs || !w.items || !w.data || !ft.slots || !objs) {
         PyErr_NoMemory();
         goto done;
@@ -488,13 +483,7 @@ static PyObject *coalesce(PyObject *self, PyObject *const *args, Py_ssize_t narg
             goto done;
         total += size;
     }
-    if (total >= NOGIL_BYTES) {
-        Py_BEGIN_ALLOW_THREADS
-        fill(&w);
-        Py_END_ALLOW_THREADS
-    } else {
-        fill(&w);
-    }
+    BYTE_WORK(total, fill(&w));
     nobj = 0;
     if (append_all(out, objs, w.nitems) == 0) {
         Py_INCREF(Py_None);
