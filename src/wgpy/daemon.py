@@ -65,6 +65,7 @@ class Interface:
         self.fwmark = 0
         self.epoll = select.epoll()
         self.running = False
+        self._stop_requested = False
         self._next_check = 0.0
         self._last_reads = (-1.0, -1.0)
         self.tun_write_errors = 0
@@ -197,8 +198,11 @@ class Interface:
     # ---- event loop ---------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """The event loop, until stop() or until the interface is deleted."""
+        """The event loop, until stop() (one called before run() too: a signal just before the loop starts is
+        not lost) or until the interface is deleted."""
         self.running = True
+        if self._stop_requested:
+            self.running = False
         self._loop(None)
 
     def step(self, max_wait: float = 0.0) -> None:
@@ -367,6 +371,7 @@ class Interface:
                 log.info("peer %s: %s", ev.peer, ev.text)
 
     def stop(self, *_args) -> None:
+        self._stop_requested = True
         self.running = False
 
 

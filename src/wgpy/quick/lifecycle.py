@@ -90,8 +90,7 @@ def up_foreground(path: str, ready_fd: int | None = None) -> int:
     # systemd (Type=notify, systemd/wgpy@.service): ready once everything `up` does is done
     sdnotify.notify("READY=1", f"STATUS=interface {cfg.name} is up, UDP port {session.iface.listen_port}")
     try:
-        if signals.pending is None:     # a signal in the last instants is not lost to run()'s reset
-            session.iface.run()
+        session.iface.run()             # returns at once if a signal came since signals.running()
     finally:
         sdnotify.notify("STOPPING=1", f"STATUS=interface {cfg.name}: tearing down")
         session.teardown()
