@@ -145,6 +145,7 @@ def host(monkeypatch, tmp_path):
     monkeypatch.setattr(session_mod, "has_net_admin", lambda: True)
     monkeypatch.setattr(netlink, "NetlinkSetup", Netlink)
     monkeypatch.setattr(netlink, "add_routes", lambda nets, oif, table: log.append(f"routes {nets}"))
+    monkeypatch.setattr(netlink, "routes_in_table", lambda family, table, oif=None: [])   # nothing on the link
     monkeypatch.setattr(nft, "Masquerade", Masquerade)
     monkeypatch.setattr(dns, "apply", dns_apply)
     monkeypatch.setattr(hooks, "run_hook", run_hook)

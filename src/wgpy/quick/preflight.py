@@ -11,6 +11,7 @@ from .. import config as cfgmod
 from ..constants import ETHERNET_HEADER_LEN
 from ..host import netlink, nft, privileges
 from ..host.privileges import has_net_admin
+from . import routes
 from .hooks import UpError
 
 
@@ -25,6 +26,7 @@ def preflight(cfg: cfgmod.InterfaceConfig) -> list[str]:
         return warnings
     if netlink.link_exists(cfg.name):
         raise UpError(f"interface {cfg.name} already exists (in use); choose another name or remove it first")
+    routes.check(cfg)        # the table `Table =` names exists; a full tunnel has its `nft`
     if cfg.masquerade and nft.nft_path() is None:
         raise cfgmod.ConfigError(cfg.path, None, "Masquerade",
                                  "needs the `nft` command (Debian package nftables), which is not installed")
@@ -39,10 +41,6 @@ def preflight(cfg: cfgmod.InterfaceConfig) -> list[str]:
         except privileges.PrivilegeError as e:
             raise cfgmod.ConfigError(cfg.path, None, "User", str(e)) from None
     return warnings
-
-
-def _full_tunnel(cfg: cfgmod.InterfaceConfig) -> bool:
-    return cfg.table in (None, "auto", "main") and any(n.prefixlen == 0 for p in cfg.peers for n in p.allowed_ips)
 
 
 def _check_attach(cfg: cfgmod.InterfaceConfig) -> None:
@@ -63,7 +61,7 @@ def _check_attach(cfg: cfgmod.InterfaceConfig) -> None:
         needs_root.append("User (dropping privileges needs `wgpy up` as root)")
     if cfg.fwmark:
         needs_root.append("FwMark (marking packets needs CAP_NET_ADMIN)")
-    if _full_tunnel(cfg):
+    if routes.full_tunnel(cfg):
         needs_root.append("AllowedIPs with a /0 (the full-tunnel fwmark and policy rules need CAP_NET_ADMIN; "
                           "with Table = off route it yourself)")
     if cfg.masquerade:

@@ -7,7 +7,7 @@ holds the daemon's pid, network namespace and config, and, each written before t
     sysctls     [[path, previous value, value set], ...]   src_valid_mark, ip_forward, IPv6 forwarding
     rules       the table (= fwmark) of a full tunnel's policy rules
     main_rules  the main-table rules before those were added (to tell the tunnel's own from the host's)
-    nft         the Masquerade table (nft.table_name)
+    nft         the Masquerade table (nft.table_name); with `rules`, the full tunnel's (host/fulltunnel.py) go too
     dns         "resolvconf" or "file" (the previous /etc/resolv.conf is in RUN_DIR/IFACE.resolv.conf)
 
 A clean teardown removes the file last. `wgpy down IFACE` with no daemon left, and `wgpy up IFACE` before it
@@ -32,7 +32,7 @@ import socket
 import stat
 from dataclasses import dataclass
 
-from ..host import dns, nft, privileges
+from ..host import dns, fulltunnel, nft, privileges
 from ..host.privileges import RUN_DIR
 
 VERSION = 1
@@ -130,16 +130,16 @@ def find_state(name: str) -> Found | None:
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()) or st.st_size > MAX_STATE:
-                return Found(path, None, f"{path} is not a state file of this user's; ignored")
+                return Found(path, None, f"{path} is not a state file of this user's")
             if st.st_uid != os.geteuid():
                 return Found(path, None, f"{path} belongs to root: cleaning up after that daemon needs root")
             raw = f.read(MAX_STATE)
         try:
             data = json.loads(raw)
         except ValueError:
-            return Found(path, None, f"{path} is not valid JSON; ignored")
+            return Found(path, None, f"{path} is not valid JSON (remove it once nothing of that daemon is left)")
         if not isinstance(data, dict) or data.get("interface") != name:
-            return Found(path, None, f"{path} is not the state file of {name}; ignored")
+            return Found(path, None, f"{path} is not the state file of {name} (remove it once nothing of that daemon is left)")
         return Found(path, data)
     return None
 
@@ -333,6 +333,9 @@ def recover(name: str, found: Found | None) -> tuple[list[str], list[str]]:
                 done.append(f"{deleted} policy rule{'s' if deleted != 1 else ''} of table {table} deleted")
         except OSError as e:
             problems.append(f"cannot remove the policy rules of table {table}: {e.strerror or e}")
+        d, p = fulltunnel.delete_tables(name)        # the full tunnel's nftables tables, as wg-quick's
+        done += [f"nft table {t} deleted" for t in d]
+        problems += p
     sysctls = data.get("sysctls")
     if isinstance(sysctls, list):
         d, p = _restore_sysctls(sysctls, skip_forwarding)

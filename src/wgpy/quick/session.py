@@ -39,6 +39,7 @@ from . import recovery
 from .down import is_daemon_of as daemon_check
 from .hooks import UpError, hook_errors, run_hook
 from .interrupt import UpSignals
+from . import routes
 from .resolve import resolve_endpoints, resolve_stream_endpoints
 from .undo import UndoStack
 
@@ -135,12 +136,12 @@ class Session:
     def _record_routing(self) -> None:
         """Before the routes: a full tunnel's rules table (= fwmark) and src_valid_mark, should it have one."""
         cfg = self.cfg
-        if cfg.mode == "tap" or cfg.table == "off":
+        if not routes.full_tunnel(cfg):         # Table = off, a number or a name: no rules
             return
         nets = [n for p in cfg.peers for n in p.allowed_ips if n.prefixlen == 0]
         if nets:
             self.state.record("main_rules", recovery.main_rules())
-            self.state.record("rules", self.iface.fwmark or netlink.DEFAULT_TABLE)
+            self.state.record("rules", routes.choose_table(self.iface.fwmark))   # the one install() takes
             if any(n.version == 4 for n in nets):
                 self.state.record_sysctl(recovery.SRC_VALID_MARK, "1")
 
@@ -233,21 +234,7 @@ class Session:
             nl.set_mtu_up(mtu - ETHERNET_HEADER_LEN)
             return
         nl.set_mtu_up(mtu)
-        if cfg.table == "off":
-            return
-        table = None if cfg.table in (None, "auto", "main") else int(cfg.table) if cfg.table.isdigit() else None
-        nets = sorted({n for p in cfg.peers for n in p.allowed_ips}, key=lambda n: (n.version, n.prefixlen),
-                      reverse=True)
-        plain = []
-        for net in nets:
-            if net.prefixlen == 0 and table is None:
-                t = self.iface.fwmark or netlink.DEFAULT_TABLE
-                if not self.iface.fwmark:
-                    self.iface.set_fwmark(t)
-                nl.add_default_route_policy(net, t)
-            else:
-                plain.append(net)
-        netlink.add_routes(plain, nl.index(), table)
+        routes.install(cfg, self.iface, nl, self.undo.push)   # exactly wg-quick's (routes.py)
 
     def _enable_auto_mtu(self) -> None:
         """No MTU (or `MTU = auto`) in the file: the interface MTU follows the peers' path MTUs (io/pmtu.py).
