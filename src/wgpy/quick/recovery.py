@@ -15,8 +15,9 @@ starts, run recover(): DNS back (resolvconf -d, or the backup put back if resolv
 wrote), the nft table deleted, the sysctls back to their previous values (each only while it still has the value
 wgpy set; forwarding only when no other wgpy table masquerades here), every policy rule for the table or its
 fwmark deleted, and main's `suppress_prefixlength 0` rule (and any other plain main-table rule up added) when no
-other full tunnel is left (wg-quick's down removes every rule of its table the same way); then the stale socket, pid and state files. The TUN and its
-addresses and routes went with the daemon: the kernel removes a TUN when its last file descriptor closes.
+other full tunnel is left (wg-quick's down removes every rule of its table the same way), the full tunnel's
+nftables tables (host/fulltunnel.py); then the stale socket, pid and state files. The TUN and its addresses and
+routes went with the daemon: the kernel removes a TUN when its last file descriptor closes.
 PreDown and PostDown are not run: the interface they were written for is gone.
 
 Only a state file in a trusted directory (privileges.search_dirs), owned by this user, is ever acted on, and
@@ -139,7 +140,8 @@ def find_state(name: str) -> Found | None:
         except ValueError:
             return Found(path, None, f"{path} is not valid JSON (remove it once nothing of that daemon is left)")
         if not isinstance(data, dict) or data.get("interface") != name:
-            return Found(path, None, f"{path} is not the state file of {name} (remove it once nothing of that daemon is left)")
+            return Found(path, None, f"{path} is not the state file of {name} (remove it once nothing of that "
+                                     f"daemon is left)")
         return Found(path, data)
     return None
 
