@@ -12,7 +12,9 @@ teardown:         PreDown -> pid file removed -> DNS restored -> Masquerade tabl
                   -> rules removed, sysctls restored -> TUN closed (its addresses and routes go with it) ->
                   sockets closed -> PostDown
 Every step of `up` pushes its undo onto the session's undo stack; teardown pops and runs them newest first, so a
-failure anywhere in `up` undoes exactly the steps already done and nothing is left behind.
+failure anywhere in `up` (or a SIGTERM during it) undoes exactly the steps already done and nothing is left
+behind. What the steps change on the host is also recorded in RUN_DIR/IFACE.state before it changes: a daemon
+killed with SIGKILL is cleaned up after by `wgpy down` (or the next `wgpy up`).
 In the background, `wgpy up` starts the same foreground process detached and waits for its readiness report.
 
 Without CAP_NET_ADMIN, `up` attaches to a persistent TUN that root created for this user beforehand and checks
@@ -26,6 +28,8 @@ own process and says which commands are missing otherwise (host/privileges.py, R
     session.py    Session: the setup steps in order, each pushing its undo; teardown
     lifecycle.py  up_foreground (the daemon), up_background (start it detached, wait for READY)
     down.py       which process is the daemon of an interface, stopping it, refusing what is not wgpy's
+    interrupt.py  SIGTERM/SIGINT from the first moment of up: undo during setup, stop once running
+    recovery.py   the state file written before each host change; the cleanup after a daemon that died
 """
 
 from .down import down
