@@ -36,7 +36,31 @@ PING_ARGS = ("ping", "-c", "3", "-i", "0.2", "-W", "2")
 STANDIN = os.environ.get("WGPY_IT_STANDIN", "").strip()
 
 WGPY_KIND = "wgpy"
-WGGO_KIND = "wireguard-go"
+WGGO_KIND = "wireguard-go"              # Debian's wireguard-go (0.0.20220316), on PATH
+WGGO_UPSTREAM_KIND = "wireguard-go-upstream"   # upstream 0.0.20250522 (GSO/GRO, TUN offloads), beside the project
+WGGO_KINDS = (WGGO_KIND, WGGO_UPSTREAM_KIND)
+# read-only in ../shared/anchors (its README); WGPY_IT_UPSTREAM_GO points elsewhere
+UPSTREAM_WGGO = Path(os.environ.get("WGPY_IT_UPSTREAM_GO")
+                     or ROOT.parent / "shared" / "anchors" / "wireguard-go-0.0.20250522")
+
+
+def upstream_wggo_problem() -> str | None:
+    """Why upstream wireguard-go cannot run here, or None."""
+    if not (UPSTREAM_WGGO.is_file() and os.access(UPSTREAM_WGGO, os.X_OK)):
+        return (f"upstream wireguard-go is missing or not executable at {UPSTREAM_WGGO} (it ships read-only in "
+                f"../shared/anchors/; WGPY_IT_UPSTREAM_GO=PATH points elsewhere)")
+    return None
+
+
+def wggo_binary(kind: str) -> str:
+    """The executable of a wireguard-go kind; skips the test (pytest) when upstream's is missing."""
+    if kind == WGGO_UPSTREAM_KIND:
+        problem = upstream_wggo_problem()
+        if problem is not None:
+            import pytest
+            pytest.skip(problem)
+        return str(UPSTREAM_WGGO)
+    return "wireguard-go"
 
 
 def ping(ns: str, addr: str, *, timeout: float = 15.0) -> subprocess.CompletedProcess:
@@ -65,7 +89,7 @@ def assert_ping(ns: str, addr: str, attempts: int = 2) -> None:
 class WgNode:
     """One running WireGuard interface (wgpy or wireguard-go) in a namespace."""
 
-    kind: str  # what the test asked for: "wgpy" or "wireguard-go"
+    kind: str  # what the test asked for: "wgpy", "wireguard-go" (Debian's) or "wireguard-go-upstream"
     impl: str  # what actually runs (differs from kind only in WGPY_IT_STANDIN self-check mode)
     ns: str
     iface: str
@@ -150,6 +174,7 @@ class Lab:
         self._cleanups: list[tuple[str, Callable[[], Any]]] = []
         self._seq = 0
         self.closed = False
+        self.wgpy_env: dict[str, str] = {}   # extra environment of every wgpy command (and so its daemon)
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
 
@@ -221,7 +246,7 @@ class Lab:
     def wgpy(self, ns: str | None, *args: Any, timeout: float = 30.0, check: bool = False,
              prefix: Sequence[str] = (), input: str | None = None) -> subprocess.CompletedProcess:
         """Run the wgpy CLI (optionally behind a prefix such as setpriv) inside `ns`."""
-        return run(ns, *prefix, WGPY, *args, timeout=timeout, check=check, input=input)
+        return run(ns, *prefix, WGPY, *args, timeout=timeout, check=check, input=input, env=self.wgpy_env or None)
 
     def _register_wgpy_iface(self, ns: str, iface: str) -> None:
         if iface in self.ifaces:
@@ -250,12 +275,14 @@ class Lab:
     # -- wireguard-go --------------------------------------------------------------------------------------------
 
     def wireguard_go_up(self, ns: str, iface: str, private_key: str, listen_port: int | None,
-                        peers: Iterable[PeerSpec], address: str | Sequence[str], *, mtu: int = 1420) -> str:
-        """Run `wireguard-go -f IFACE` in `ns` and configure it like wg-quick would; returns `iface`."""
+                        peers: Iterable[PeerSpec], address: str | Sequence[str], *, mtu: int = 1420,
+                        binary: str = "wireguard-go") -> str:
+        """Run `wireguard-go -f IFACE` in `ns` and configure it like wg-quick would; returns `iface`. `binary`:
+        Debian's on PATH by default, or another build (wggo_binary(WGGO_UPSTREAM_KIND))."""
         peers = list(peers)
         addresses = [address] if isinstance(address, str) else list(address)
         sock = UAPI_DIR / f"{iface}.sock"
-        proc = self.popen(ns, "wireguard-go", "-f", iface, env={"LOG_LEVEL": "error"},
+        proc = self.popen(ns, binary, "-f", iface, env={"LOG_LEVEL": "error"},
                           name=f"wireguard-go-{iface}")
         self.ifaces[iface] = ns
         wait_for(lambda: sock.exists() or not proc.alive(), 10, what=f"{sock} to appear")
@@ -280,7 +307,7 @@ class Lab:
 
     def node(self, kind: str, ns: str, *, keys: Keypair, listen_port: int, addresses: Sequence[str],
              peers: Iterable[PeerSpec] = (), iface: str | None = None, mtu: int = 1420) -> WgNode:
-        """Start a WireGuard interface of `kind` ("wgpy" or "wireguard-go")."""
+        """Start a WireGuard interface of `kind` ("wgpy", "wireguard-go" or "wireguard-go-upstream")."""
         peers = list(peers)
         iface = iface or unique_iface()
         impl = WGGO_KIND if (kind == WGGO_KIND or (kind == WGPY_KIND and STANDIN == WGGO_KIND)) else kind
@@ -289,8 +316,9 @@ class Lab:
             text = render_config(keys.private, listen_port, peers, addresses=addresses, mtu=mtu)
             node.config_path = write_config(self.tmp, iface, text)
             self.wgpy_up(ns, node.config_path)
-        elif impl == WGGO_KIND:
-            self.wireguard_go_up(ns, iface, keys.private, listen_port, peers, list(addresses), mtu=mtu)
+        elif impl in WGGO_KINDS:
+            self.wireguard_go_up(ns, iface, keys.private, listen_port, peers, list(addresses), mtu=mtu,
+                                 binary=wggo_binary(impl))
         else:
             raise ValueError(f"unknown node kind {kind!r}")
         return node

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from .capture import Capture, UdpPacket, captured_messages, parse_pcap, split_gso  # noqa: F401
 from .lab import (  # noqa: F401
-    BASE_PORT, PING_ARGS, ROOT, STANDIN, WGGO_KIND, WGPY_KIND, XFER, Lab, Topology, Transfer, WgNode, assert_ping,
-    inner_addresses, lan_host, ping, start_mesh,
+    BASE_PORT, PING_ARGS, ROOT, STANDIN, UPSTREAM_WGGO, WGGO_KIND, WGGO_KINDS, WGGO_UPSTREAM_KIND, WGPY_KIND, XFER,
+    Lab, Topology, Transfer, WgNode, assert_ping, inner_addresses, lan_host, ping, start_mesh, upstream_wggo_problem,
+    wggo_binary,
 )
 from .netns import (  # noqa: F401
     NETNS_DIR, NS_PREFIX, NS_RE, add_address, add_bridge, cleanup_stale_namespaces, create_netns, default_route,

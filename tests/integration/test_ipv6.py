@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from wgpy_testkit.netlab import WGGO_KIND, WGPY_KIND, assert_ping, start_mesh, wait_for
+from wgpy_testkit.netlab import WGGO_KIND, WGGO_UPSTREAM_KIND, WGPY_KIND, assert_ping, start_mesh, wait_for
 
 pytestmark = pytest.mark.netns
 
 NBYTES = 5 * 1000 * 1000
 
 
-@pytest.mark.parametrize("kinds", [(WGPY_KIND, WGPY_KIND), (WGPY_KIND, WGGO_KIND)],
-                         ids=["wgpy-wgpy", "wgpy-wireguard-go"])
+@pytest.mark.parametrize("kinds", [(WGPY_KIND, WGPY_KIND), (WGPY_KIND, WGGO_KIND), (WGPY_KIND, WGGO_UPSTREAM_KIND),
+                                   (WGGO_UPSTREAM_KIND, WGPY_KIND)],
+                         ids=["wgpy-wgpy", "wgpy-wireguard-go", "wgpy-upstream", "upstream-wgpy"])
 def test_ipv6_underlay_dual_stack_inner(lab, two_ns_v6, transfer, kinds):
     a, b = start_mesh(lab, two_ns_v6, list(kinds), inner_v6=True)
     assert a.dump()["peers"][b.keys.public]["endpoint"] == f"[fd00::2]:{b.listen_port}"
