@@ -121,11 +121,13 @@ class PathMTU:
 
     def note_sent(self, pkts: list, limit: int, now: float) -> None:
         """A batch of plaintexts went to this peer (the data path calls it once per batch): keep the largest."""
+        age = now - self.top_at
+        if self.top >= limit and age < PMTU_ICMP_RECENT:
+            return                                  # the largest there can be is already recorded: bulk traffic
         top = max(map(len, pkts))
         top += -top & 15                            # the padding to 16 bytes, within the limit
         if top > limit:
             top = limit                             # larger ones were not sent as they are (ICMP, fragments)
-        age = now - self.top_at
         if age >= PMTU_ICMP_RECENT:
             self.top_prev = self.top if age < 2 * PMTU_ICMP_RECENT else 0
             self.top = 0
