@@ -22,7 +22,7 @@
  *       thread, not after an error (a packet that raises leaves its chunk unsent and its counters unused).
  *   open_run(aead, replay, dgrams, start, peer, opened)
  *       -> (stop, n_ok, n_data, nbytes, first, last, n_invalid_tag, n_replay, n_expired)
- *       Opens the run of consecutive transport messages of the list `dgrams` ((data, src) tuples) that
+ *       Opens the run of consecutive transport messages of the list `dgrams` ((data, src) tuples or lists) that
  *       starts at `start` and carries the receiver index of dgrams[start] (at most RUN messages; the caller
  *       loops). A counter >= REJECT_AFTER_MESSAGES is "expired" (not decrypted); a bad tag "invalid_tag";
  *       then, in message order and only for authenticated messages, the replay window ("replay"). For each
@@ -421,8 +421,8 @@ struct opened { Py_buffer in; PyObject *pt; uint64_t ctr; int status; };
 static int pin_message(PyObject *dgrams, Py_ssize_t i, Py_buffer *b, int want_idx, uint32_t idx)
 {
     PyObject *item = PyList_GET_ITEM(dgrams, i);
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) return 0;
-    if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), b, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 0; }
+    if (!(PyTuple_Check(item) || PyList_Check(item)) || PySequence_Fast_GET_SIZE(item) != 2) return 0;
+    if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(item, 0), b, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 0; }
     const uint8_t *p = b->buf;
     if (b->len < MIN_MSG || b->len > MAX_DATA || memcmp(p, transport_word, 4) || (want_idx && le32(p + 4) != idx)) {
         PyBuffer_Release(b);
@@ -446,7 +446,7 @@ static PyObject *open_run(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     struct opened it[RUN];
     /* 1: with the GIL, pin the run's messages and make their plaintext objects */
     if (!pin_message(dgrams, start, &it[0].in, 0, 0))
-        return PyErr_Format(PyExc_ValueError, "dgrams[start] is not a (transport message, src) tuple");
+        return PyErr_Format(PyExc_ValueError, "dgrams[start] is not a (transport message, src) pair");
     uint32_t idx = le32((const uint8_t *)it[0].in.buf + 4);
     int k = 0, err = 0;
     Py_ssize_t stop = start;

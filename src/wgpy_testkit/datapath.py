@@ -165,7 +165,8 @@ def open_run_py(aead, window, dgrams: list, start: int, peer: object, run: int) 
     i = start
     while i < len(dgrams) and i - start < run:
         item = dgrams[i]
-        if not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], (bytes, bytearray, memoryview)):
+        if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], (bytes, bytearray,
+                                                                                              memoryview)):
             break
         data = item[0]
         if isinstance(data, memoryview) and not data.contiguous:

@@ -318,8 +318,8 @@ def test_open_run_checks_its_arguments():
     for dgrams, start in ((good, 1), (good, -1), ([], 0)):
         with pytest.raises(IndexError):
             C.open_run(a, w, dgrams, start, None, [])
-    for bad in ([(out[0][0][:31], "s")], [(b"\x01" + out[0][0][1:], "s")], [[out[0][0], "s"]], [(out[0][0],)],
-                [(None, "s")]):
+    for bad in ([(out[0][0][:31], "s")], [(b"\x01" + out[0][0][1:], "s")], [{out[0][0]: "s"}], [(out[0][0],)],
+                [(None, "s")], [(out[0][0], "s", 3)]):
         with pytest.raises(ValueError):
             C.open_run(a, w, bad, 0, None, [])
     with pytest.raises(TypeError):
@@ -331,6 +331,7 @@ def test_open_run_checks_its_arguments():
     opened: list = []
     assert w.top == 0 and C.open_run(a, w, good, 0, "peer", opened) == (1, 1, 1, 48, 0, 0, 0, 0, 0)
     assert opened == [("peer", b"x" + bytes(15))]
+    assert C.open_run(a, C.Replay(), [[out[0][0], "s"]], 0, "peer", []) == (1, 1, 1, 48, 0, 0, 0, 0, 0)
 
 
 @needs_native
