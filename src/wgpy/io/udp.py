@@ -9,6 +9,18 @@ the excess there, and the transport messages of existing sessions keep their own
 without SO_REUSEPORT to check it is free, so a port in use is still refused with EADDRINUSE and no other
 program can join the group without SO_REUSEPORT as the same user.) Where the kernel refuses any of it, one socket
 per family is used, as before. Datagrams are sent through the first socket of each family.
+
+The separate queue keeps handshake floods away from transport messages, not transport-type garbage: a flood of
+type-4 messages with invented receiver indices lands in the transport queue with the sessions' real packets,
+and at some hundred thousand a second it kept the queue full so that the kernel dropped the real packets with
+it (a session fell to ~1 Mbit/s, however fast the core dropped the garbage). So once sessions exist, a second
+classic BPF program on each transport socket (SO_ATTACH_FILTER, `receivers_filter`) lets a transport message
+into the queue only if its receiver index is one of the device's keypairs (a binary search over at most
+MAX_FILTERED_INDICES indices); the kernel drops the rest before they take any room, counted in the socket's
+drops (`kernel_drops`). The core keeps the set current through IndexTable.on_keypair: each new keypair
+rebuilds the program before the message that could first use the index is sent (a keypair that left the
+table is dropped from the program at the next rebuild; its messages meanwhile reach the core, which drops them).
+With more indices, or where the kernel refuses the program, there is no filter and the core drops garbage alone.
 """
 
 from __future__ import annotations
@@ -25,7 +37,10 @@ from .pmtu import send_fragmentable
 SO_MARK = getattr(socket, "SO_MARK", 36)
 SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15)
 SO_ATTACH_REUSEPORT_CBPF = 51          # include/uapi/asm-generic/socket.h
+SO_ATTACH_FILTER, SO_DETACH_FILTER, SO_MEMINFO = 26, 27, 55
+SK_MEMINFO_DROPS, SK_MEMINFO_VARS = 8, 9                 # include/uapi/linux/sock_diag.h
 SOCKET_BUFFER = 4 << 20
+MAX_FILTERED_INDICES = 1024            # receiver indices the transport sockets' filter checks (3 per peer)
 
 # cBPF run by the kernel on each datagram, with the packet data starting at the UDP payload; returns the index
 # of the socket in the reuseport group: 0 for a transport message, 1 for anything else.
@@ -35,9 +50,44 @@ _STEER = struct.pack("=HBBI HBBI HBBI HBBI".replace(" ", ""),
 
 
 def _attach_steering(sock: socket.socket) -> None:
-    buf = ctypes.create_string_buffer(_STEER, len(_STEER))
-    fprog = struct.pack("HxxxxxxQ", len(_STEER) // 8, ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    _attach(sock, SO_ATTACH_REUSEPORT_CBPF, _STEER)
+
+
+def _attach(sock: socket.socket, option: int, program: bytes) -> None:
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HxxxxxxQ", len(program) // 8, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, option, fprog)     # the kernel copies the program
+
+
+# the transport sockets' receiver filter (cBPF; a socket filter sees the datagram from its UDP header on)
+_LDB, _LDW, _JEQ, _JGT, _JA, _RET = 0x30, 0x20, 0x15, 0x25, 0x05, 0x06
+_INSN = struct.Struct("=HBBI")
+_ACCEPT, _DROP = 0xFFFFFFFF, 0
+_LEAF = 4                              # indices compared one after another at the bottom of the search
+
+
+def receivers_filter(indices) -> bytes:
+    """The receiver filter for these receiver indices: a datagram whose first payload byte is not 4 passes
+    (no steering: one socket gets everything); a transport message passes if the 32-bit receiver index at
+    payload offset 4 (little-endian on the wire) is one of `indices`, else it is dropped (one too short to
+    hold an index too: the load fails). A binary search over the big-endian values a cBPF word load yields:
+    each inner node `jgt pivot` falls through to a `ja` over its left half; leaves compare up to _LEAF values.
+    Jumps are relative (jt/jf one byte, ja 32 bits), so no conditional jump is longer than one instruction."""
+    values = sorted(int.from_bytes((i & 0xFFFFFFFF).to_bytes(4, "little"), "big") for i in set(indices))
+    prog = [(_LDB, 0, 0, 8), (_JEQ, 1, 0, 4), (_RET, 0, 0, _ACCEPT), (_LDW, 0, 0, 12)]
+
+    def search(vals: list[int]) -> list[tuple]:
+        if len(vals) <= _LEAF:
+            out: list[tuple] = []
+            for v in vals:
+                out += [(_JEQ, 0, 1, v), (_RET, 0, 0, _ACCEPT)]
+            return out + [(_RET, 0, 0, _DROP)]
+        mid = len(vals) // 2
+        left, right = search(vals[:mid]), search(vals[mid:])
+        return [(_JGT, 0, 1, vals[mid - 1]), (_JA, 0, 0, len(left)), *left, *right]
+
+    prog += search(values)
+    return b"".join(_INSN.pack(*i) for i in prog)
 
 
 def _steered_pair(family: int, port: int) -> tuple[socket.socket, socket.socket]:
@@ -69,6 +119,7 @@ class UdpBind:
         self.port = 0
         self.fwmark = 0
         self.sender = BatchSender()
+        self.filtered = False                     # the transport sockets drop unknown receiver indices
 
     def open(self, port: int, fwmark: int = 0) -> None:
         """Bind both families to `port` (0: a random free port shared by both). Raises OSError."""
@@ -147,6 +198,40 @@ class UdpBind:
             s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             s6.bind(("::", port))
         return s4, s6, None, None
+
+    def filter_receivers(self, indices) -> bool:
+        """Let transport messages into the transport sockets' queues only for these receiver indices (the
+        device's keypairs: IndexTable.on_keypair). Over MAX_FILTERED_INDICES, or where the kernel refuses the
+        program, no filter: the core drops what is unknown. -> whether the filter is on."""
+        socks = [s for s in (self.s4, self.s6) if s is not None]
+        if len(indices) <= MAX_FILTERED_INDICES:
+            program = receivers_filter(indices)
+            try:
+                for s in socks:
+                    _attach(s, SO_ATTACH_FILTER, program)
+                self.filtered = True
+                return True
+            except OSError:
+                pass
+        if self.filtered:
+            for s in socks:
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+                except OSError:
+                    pass
+        self.filtered = False
+        return False
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped at our sockets: the receiver filter's garbage and full queues."""
+        total = 0
+        for s in self.sockets():
+            try:
+                info = s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS)
+            except OSError:
+                continue
+            total += struct.unpack_from("=I", info, 4 * SK_MEMINFO_DROPS)[0]
+        return total
 
     def sockets(self) -> list[socket.socket]:
         return [s for s in (self.s4, self.h4, self.s6, self.h6) if s is not None]

@@ -23,7 +23,9 @@ class IndexTable:
         self._rand = rand
         self.keypairs: dict[int, Keypair] = {}
         self.handshakes: dict[int, Peer] = {}
-
+        # called with `keypairs` after each new keypair, before anything could use its index: the I/O layer
+        # keeps the kernel's filter of receiver indices current with it (io/udp.py filter_receivers)
+        self.on_keypair: Callable[[dict[int, Keypair]], object] | None = None
 
     def new_index(self) -> int:
         while True:
@@ -68,4 +70,6 @@ class IndexTable:
             peer.next = kp
             self.drop_keypair(peer.previous)
             peer.previous = None
+        if self.on_keypair is not None:
+            self.on_keypair(self.keypairs)
         return kp
