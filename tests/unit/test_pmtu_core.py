@@ -384,9 +384,10 @@ def test_icmp_between_wgpy_peers_is_a_hint_that_probes_check_at_once():
     assert p.a.drops["icmp_probed"] == 2 and p.a.drops["icmp_refuted"] == 2 and p.pa.pmtu.mtu == 1500
 
 
-def test_a_real_shrink_reported_by_icmp_is_taken_after_one_probe_timeout():
-    """The path really shrinks and says so: the ICMP's size answered, the estimate not, after one probe
-    timeout: lowered at once (before the 3 tries a black hole needs), then the round finds the exact size."""
+def test_a_real_shrink_reported_by_icmp_is_taken_after_two_probe_timeouts():
+    """The path really shrinks and says so: the ICMP's size answered, the estimate not, after two probe
+    timeouts: lowered then (before the 3 tries a black hole needs), then the round finds the exact size. One
+    lost probe at the old size is not enough."""
     path = Path(1500)
     p = pmtu_pair(path)
     p.handshake(0.0)
@@ -395,7 +396,10 @@ def test_a_real_shrink_reported_by_icmp_is_taken_after_one_probe_timeout():
     quote = send_big(p, 6.0)[:64]                   # lost: 1468 > 1400
     assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1400, 6.0, quote) == 1
     assert p.pa.pmtu.mtu == 1500
-    settle(p, 6.0 + p.pa.pmtu.timeout() + 0.01)
+    timeout = p.pa.pmtu.timeout()
+    settle(p, 6.0 + timeout + 0.01)
+    assert p.pa.pmtu.mtu == 1500 and p.pa.pmtu.searching
+    settle(p, 6.0 + 2 * timeout + 0.02)
     assert p.pa.pmtu.mtu == 1400 and p.pa.mtu == 1340 and p.pa.pmtu.searching
     settle(p, 30.0)
     assert p.pa.pmtu.mtu == 1400 and p.pa.pmtu.source == "probe"

@@ -14,7 +14,8 @@ PathMTU (one per peer with a UDP endpoint) holds the estimate and the search:
                lowers the estimate at once to the MTU it carries (clamped to [floor, link MTU]; kernel()) for a
                peer that is not probed; it never raises it. Between wgpy peers it is only a hint (icmp_hint()): a round
                starts at once, probing the ICMP's size too, and the estimate changes only as the probes say (the
-               old size answered: kept; unanswered while the ICMP's size got through: lowered at once)
+               old size answered: kept; unanswered after two tries while the ICMP's size got through: lowered
+               then, without waiting for the third)
     search     between wgpy peers only (HELLO said it answers probes), in the automatic MTU mode: a round probes
                the interval (lo, hi) with PMTU_PROBES_PER_STEP sizes at once, spread up to hi - 1 and always
                including the current estimate; an answered size raises lo, a size unanswered after
@@ -225,8 +226,8 @@ class PathMTU:
                 self.hi = s
         for s in [s for s in pending if s >= self.hi]:
             del pending[s]
-        if self.hint and self.answered_any and self.lo >= self.hint and self.mtu in pending:
-            self._set(self.lo, "icmp")              # the ICMP's size got through and the estimate did not
+        if self.hint and self.answered_any and self.lo >= self.hint and pending.get(self.mtu, 0) >= 2:
+            self._set(self.lo, "icmp")              # the ICMP's size got through, the estimate did not, twice
             self.hint = 0
         if self.answered_any and self.mtu >= self.hi:
             self._set(self.lo, "probe")             # black hole: the estimate itself does not get through
