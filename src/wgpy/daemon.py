@@ -10,7 +10,8 @@ Event loop (one thread, epoll):
     4. carry out what the core returned: datagrams in as few sendmsg() calls as UDP GSO allows; packets for the
        TUN merged per TCP flow by offload.coalesce into super-packets, one write() each
     5. run expired timers (Device.tick); once a second check that the interface still exists (through the TUN
-       file descriptor, so it works wherever the interface was moved)
+       file descriptor, so it works wherever the interface was moved) and let host-name endpoints be looked up
+       again (io/reresolve.py: worker threads; an answer moves a peer through a UAPI set)
 Nothing on the per-packet path logs or allocates beyond the packet buffers themselves.
 """
 
@@ -25,6 +26,7 @@ import time
 
 from .io.offload import coalesce, split
 from .io.pmtu import PathMtuIO
+from .io.reresolve import EndpointNames
 from .io.stream import StreamManager
 from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
@@ -80,6 +82,9 @@ class Interface:
         # MetricsListen: Prometheus /metrics (ops/), served in the same epoll; not listening until set
         self.metrics = MetricsServer(self.epoll, self._render_metrics, clock)
         self._metrics_registry = None
+        # host-name endpoints, looked up again in worker threads (io/reresolve.py); None: there are none
+        self.names: EndpointNames | None = None
+        self._wall = wall
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
 
@@ -132,6 +137,8 @@ class Interface:
             self.tun.close()
             self.tun = None
         self.pmtu.close()
+        if self.names is not None:
+            self.names.close()
         self.device.zero_all()
 
     # ---- uapi.Host ----------------------------------------------------------------------------------------
@@ -183,6 +190,22 @@ class Interface:
         if self._metrics_registry is None:
             self._metrics_registry = metrics.registry_for(self, lambda: self.metrics.stats)
         return metrics.CONTENT_TYPE, metrics.render(self._metrics_registry)
+
+    def track_endpoint_names(self, entries) -> None:
+        """(public key, host, port, resolved endpoint) of each peer whose Endpoint is a host name, as `wgpy up`
+        resolved them: looked up again while the interface runs (io/reresolve.py)."""
+        if self.names is None:
+            self.names = EndpointNames(self.device.peers, self._set_resolved_endpoint, self._clock, self._wall)
+        for key, host, port, resolved in entries:
+            self.names.add(key, host, port, resolved)
+
+    def _set_resolved_endpoint(self, public_key: bytes, endpoint: str) -> bool:
+        reply = self.handle_uapi(f"set=1\npublic_key={public_key.hex()}\nupdate_only=true\nendpoint={endpoint}\n")
+        return reply == "errno=0\n\n"
+
+    def endpoint_name(self, peer) -> str | None:
+        """wgpy_endpoint_name: the peer's host-name endpoint while its address is the one the name gave."""
+        return self.names.in_force(peer) if self.names is not None else None
 
     parse_endpoint = staticmethod(parse_endpoint)
     format_endpoint = staticmethod(format_endpoint)
@@ -330,6 +353,8 @@ class Interface:
                         self.tun_write_errors += 1
             if now >= next_check:
                 self._next_check = now + 1.0
+                if self.names is not None:
+                    self.names.tick(now)               # host-name endpoints: answers in, lookups due out
                 if not self.tun.attached():
                     log.info("interface %s was removed; stopping", self.name)
                     self.running = False

@@ -241,6 +241,7 @@ FIELDS: tuple[Field, ...] = (
       != ZERO_HEX_KEY else None, secret=True, name="preshared-keys", column=_psk, dump=1),
     F(P, ("endpoint",), "endpoint", lambda p, v: p.get("endpoint"),
       name="endpoints", column=lambda p, v: p.get("endpoint", "(none)"), dump=2),
+    F(P, ("wgpy_endpoint_name",), "endpoint name", lambda p, v: p.get("wgpy_endpoint_name")),
     F(P, ("wgpy_endpoint", "wgpy_endpoint_state"), "endpoint", _stream_endpoint),
     F(P, ("wgpy_endpoint", "wgpy_fallback_endpoint", "wgpy_fallback", "wgpy_fallback_after",
           "wgpy_fallback_probe_interval", "wgpy_fallback_switches", "wgpy_fallback_returns", "wgpy_fallback_probes"),

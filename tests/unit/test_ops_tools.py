@@ -35,6 +35,7 @@ def test_interface_object_hides_keys_as_the_listing_does():
     assert obj["listen_port"] == 51820 and obj["fwmark"] == 4660 and obj["mode"] == "tun" and obj["mtu"] is None
     p2, p3 = obj["peers"]
     assert p2 == {"public_key": PEER2, "preshared_key": "(hidden)", "endpoint": "192.0.2.2:51820",
+                  "endpoint_name": None,
                   "stream_endpoint": None, "transport": "udp", "fallback": None,
                   "allowed_ips": ["10.0.0.2/32", "fd00::2/128"], "allowed_macs": None, "macs": None,
                   "latest_handshake": NOW - 3725, "transfer_rx": 1536, "transfer_tx": 3 << 20,

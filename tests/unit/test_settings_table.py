@@ -174,6 +174,8 @@ CHECKS = {
     "protocol_version": ("l3", lambda r: r["a"]["protocol_version"] == "1"),
     "endpoint": ("l3", lambda r: r["a"]["endpoint"] == "192.0.2.1:51820" and "endpoint" not in r["b"]
                  and "endpoint: 192.0.2.1:51820" in r["show"]),
+    "wgpy_endpoint_name": ("l3", lambda r: "wgpy_endpoint_name" not in r["a"]             # numeric endpoints
+                           and "endpoint name" not in r["show"]),                     # (test_reresolve.py)
     "last_handshake_time_sec": ("l3", lambda r: r["a"]["last_handshake_time_sec"] == "0"
                                 and "latest handshake" not in r["show"]),
     "last_handshake_time_nsec": ("l3", lambda r: r["a"]["last_handshake_time_nsec"] == "0"),

@@ -77,6 +77,7 @@ def peer_object(p: dict, l2: bool, hide: bool) -> dict:
         "public_key": _b64(p["public_key"]),
         "preshared_key": None if psk == ZERO else HIDDEN if hide else _b64(psk),
         "endpoint": p.get("endpoint"),
+        "endpoint_name": p.get("wgpy_endpoint_name"),
         "stream_endpoint": ({"url": p["wgpy_endpoint"], "state": p.get("wgpy_endpoint_state")}
                             if "wgpy_endpoint" in p else None),
         "transport": _transport(p),

@@ -23,7 +23,7 @@ own process and says which commands are missing otherwise (host/privileges.py, R
 
     hooks.py      UpError; PreUp/PostUp/PreDown/PostDown commands
     preflight.py  checks that change nothing: name free, nft present, User =, attach mode's missing setup
-    resolve.py    host names of endpoints to numeric addresses (the daemon never resolves names)
+    resolve.py    host names of endpoints to numeric addresses at up (looked up again later: io/reresolve.py)
     undo.py       UndoStack: what up did, as undos run newest first
     session.py    Session: the setup steps in order, each pushing its undo; teardown
     lifecycle.py  up_foreground (the daemon), up_background (start it detached, wait for READY)

@@ -1,5 +1,6 @@
-"""Endpoint host names to numeric addresses, at `up` (the daemon never resolves names): IPv4 preferred, as wg
-does. A name that does not resolve is a config error naming the peer's line and key."""
+"""Endpoint host names to numeric addresses, at `up` (the core only ever sees addresses): IPv4 preferred, as wg
+does. A name that does not resolve is a config error naming the peer's line and key. While the interface runs,
+the runtime looks UDP endpoint names up again (io/reresolve.py; session.py hands them over)."""
 
 from __future__ import annotations
 

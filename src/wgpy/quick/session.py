@@ -34,6 +34,7 @@ from ..constants import DEFAULT_MTU, ETHERNET_HEADER_LEN
 from ..daemon import Interface
 from ..host import dns, netlink, nft, privileges
 from ..host.privileges import RUN_DIR, has_net_admin
+from ..settings.values import is_ip
 from ..uapi import protocol as uapi
 from . import recovery
 from .down import is_daemon_of as daemon_check
@@ -182,6 +183,11 @@ class Session:
             if code == str(uapi.EADDRINUSE):
                 raise UpError(f"cannot listen on UDP port {cfg.listen_port}: address already in use")
             raise UpError(f"configuring the interface failed ({reply.strip()})")
+        # host-name endpoints are looked up again while the interface runs (io/reresolve.py)
+        names = [(p.public_key, p.endpoint[0], p.endpoint[1], resolved[i]) for i, p in enumerate(cfg.peers)
+                 if p.endpoint is not None and i in resolved and not is_ip(p.endpoint[0])]
+        if names:
+            self.iface.track_endpoint_names(names)
 
     def _set_link(self, mtu: int | None = None, probe_interval: float | None = None, mtu_auto: bool | None = None,
                   mtu_min: int | None = None) -> None:

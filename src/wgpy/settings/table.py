@@ -111,6 +111,9 @@ TABLE: tuple[Setting, ...] = (
     S("Endpoint", "endpoint", P, "endpoint", v.any_endpoint, render="custom",
       notes="UDP host:port (names resolved by `wgpy up`); tcp:// and tls:// go to wgpy_endpoint; the UAPI "
             "value is parsed by the host (numeric addresses only)"),
+    S(None, "wgpy_endpoint_name", P, **ST,
+      notes="get: HOST:PORT of a host-name Endpoint while the peer's endpoint is the address it gave (the "
+            "runtime looks it up again: io/reresolve.py)"),
     S(None, "last_handshake_time_sec", P, **ST),
     S(None, "last_handshake_time_nsec", P, **ST),
     S(None, "tx_bytes", P, **ST),

@@ -50,6 +50,10 @@ Failures that look like success, get only, per peer, only when there is one:
 "no answer to N handshake initiations" once N >= UNANSWERED_INITIATIONS_REPORTED (2) initiations went out since
 the last completed handshake (Peer.handshake_error). One line of printable text, at most LAST_ERROR_MAX
 characters, never key material; `wg show` skips it.
+
+Host-name endpoints, get only, per peer: `wgpy_endpoint_name=HOST:PORT`, the name the peer's Endpoint was given
+as, while its endpoint is still the address the name resolved to (the runtime looks names up again and moves the
+peer: io/reresolve.py; a host that keeps no names never reports it).
 """
 
 from __future__ import annotations
@@ -205,6 +209,12 @@ def _if(cond, read):
     return lambda host, peer, ctx: [read(host, peer)] if cond(host, peer) else []
 
 
+def _endpoint_name(host, peer) -> str | None:
+    """The host-name endpoint in force (daemon.Interface.endpoint_name); hosts without names have none."""
+    read = getattr(host, "endpoint_name", None)
+    return read(peer) if read is not None else None
+
+
 def _handshake_nsec(peer) -> int:
     wall = peer.last_handshake_wall
     return int((wall - int(wall)) * 1e9) if wall else 0
@@ -236,6 +246,7 @@ _PEER_GET = {
     "protocol_version": _if(lambda h, p: True, lambda h, p: 1),
     "endpoint": _if(lambda h, p: p.endpoint is not None and not _transport.is_stream(p.endpoint),
                     lambda h, p: h.format_endpoint(p.endpoint)),          # a stream: wgpy_endpoint
+    "wgpy_endpoint_name": lambda h, p, ctx: [n for n in (_endpoint_name(h, p),) if n],
     "last_handshake_time_sec": _if(lambda h, p: True, lambda h, p: int(p.last_handshake_wall)),
     "last_handshake_time_nsec": _if(lambda h, p: True, lambda h, p: _handshake_nsec(p)),
     "tx_bytes": _if(lambda h, p: True, lambda h, p: p.tx_bytes),
