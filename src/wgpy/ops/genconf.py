@@ -173,9 +173,14 @@ def _note(name: str, public: bytes, routed: list, guessed: bool, endpoint: str, 
     if guessed:
         print(f"wgpy: Endpoint = {endpoint} is this host's default-route address; give --endpoint if the "
               f"client reaches it elsewhere (a public address, a port forward)", file=sys.stderr)
-    for d in CONFIG_DIRS:
-        path = os.path.join(d, f"{name}.conf")
-        if os.path.exists(path):
+    from .saveconf import config_path_of, saves
+    path = config_path_of(name, None)
+    if saves(path) is not None:
+        print(f"wgpy: {path} has SaveConfig = true: `wgpy down {name}` writes the peer into it, so it stays "
+              f"after a restart", file=sys.stderr)
+        return
+    for path in [path] + [os.path.join(d, f"{name}.conf") for d in CONFIG_DIRS]:
+        if path is not None and os.path.exists(path):
             print(f"wgpy: {path} was not changed; to keep the peer after a restart add:\n\n[Peer]\n"
                   f"PublicKey = {crypto.encode_key(public)}\n"
                   + ("PresharedKey = <the PresharedKey of the client config>\n" if psk else "")

@@ -229,6 +229,21 @@ def _stop_all(name: str, pids: list[int], timeout: float) -> int:
     return 0
 
 
+def _save_config(name: str, given: str | None) -> bool:
+    """SaveConfig = true in the interface's file: write the running configuration into it first (ops/saveconf.py).
+    True when that failed: as wg-quick, the interface is then not taken down."""
+    from ..ops import saveconf
+    path = saveconf.config_path_of(name, given)
+    try:
+        if saveconf.save(name, path):
+            print(f"wgpy: saved the running configuration of {name} to {path} (SaveConfig)", file=sys.stderr)
+    except saveconf.SaveError as e:
+        print(f"wgpy: {e}; {name} stays up (remove SaveConfig from {path} to take it down without saving)",
+              file=sys.stderr)
+        return True
+    return False
+
+
 def down(name_or_path: str, timeout: float = 15.0) -> int:
     """Stop the daemon of an interface that wgpy (or wgpyd) runs and let it undo what it did; refuse anything
     else. Only TUN/TAP devices held by a wgpy process are ever touched: a bridge, a veth pair, `lo`, or a TUN of
@@ -247,6 +262,8 @@ def down(name_or_path: str, timeout: float = 15.0) -> int:
             return 1
     pid = daemon_pid(name)
     if pid is not None:
+        if _save_config(name, name_or_path if name_or_path.endswith(".conf") else None):
+            return 1
         return _stop_all(name, [pid], timeout)
     found = recovery.find_state(name)
     if not netlink.link_exists(name):

@@ -96,7 +96,7 @@ TABLE: tuple[Setting, ...] = (
     S("PostUp", None, I, "post_up", v.command, how="extend", render=None),
     S("PreDown", None, I, "pre_down", v.command, how="extend", render=None),
     S("PostDown", None, I, "post_down", v.command, how="extend", render=None),
-    S("SaveConfig", None, I, "save_config", v.save_config, render=None, notes="accepted, never acted on"),
+    S("SaveConfig", None, I, "save_config", v.save_config, render=None, notes="true: `wgpy down` writes the running config back first (ops/saveconf.py)"),
     S("Masquerade", None, I, "masquerade", v.ifnames, how="extend", render=None),
     S("User", None, I, "user", v.user, render=None),
 
