@@ -55,6 +55,10 @@ def _start(lab, two_ns, b_kind: str, b_knows_a: bool) -> tuple[str, Keypair, WgN
     return iface, ka, b, hosts
 
 
+def kb_public(b: WgNode) -> str:
+    return b.keys.public
+
+
 def _peer_json(lab, ns: str, iface: str) -> dict:
     out = lab.wgpy(ns, "show", "--json", iface, check=True).stdout
     (peer,) = json.loads(out)["peers"]
@@ -84,6 +88,8 @@ def test_endpoint_follows_the_name(lab, two_ns, b_kind):
     wait_for(lambda: b.peer(ka.public)["rx"] > rx, 15, what="A's keepalive at B")
     peer = _peer_json(lab, a_ns, iface)
     assert peer["endpoint"] == f"{two_ns.ip[1]}:{PORT_B}" and peer["endpoint_name"] == f"{NAME}:{PORT_B}"
+    # `wg` skips the key it does not know
+    assert run(a_ns, "wg", "show", iface, "endpoints").stdout.split() == [kb_public(b), f"{two_ns.ip[1]}:{PORT_B}"]
 
     _move_b(two_ns, two_ns.ip[1], MOVED)
     _hosts(hosts, MOVED)

@@ -11,8 +11,10 @@
    route leaves from), AllowedIPs (--allowed-ips, default: the networks of the interface's addresses),
    PersistentKeepalive (default 25: a phone is behind NAT).
 
-The interface's config file is not rewritten (SaveConfig is not acted on): when one is found, a note on stderr
-says so and gives the [Peer] section to add to it, without any secret.
+genconf never writes the interface's config file. When that file (the one its `up` read, else NAME.conf where
+`up NAME` looks) says SaveConfig = true, a note on stderr says `wgpy down` will write the peer into it
+(ops/saveconf.py); otherwise the note says the file was not changed and gives the [Peer] section to add to it,
+without any secret.
 """
 
 from __future__ import annotations
