@@ -99,7 +99,7 @@ class Interface:
             self.bind.open(0)
             self.listen_port = self.bind.port
             if self._want_uapi:
-                self.uapi = UapiServer(self.name, self.handle_uapi)
+                self.uapi = UapiServer(self.name, self.uapi_steps)
         except BaseException:
             self.close()
             raise
@@ -145,6 +145,10 @@ class Interface:
 
     def handle_uapi(self, text: str) -> str:
         return uapi.handle_request(text, self, log.warning)
+
+    def uapi_steps(self, text: str):
+        """The UAPI socket's handler: a large set in slices (uapi.request_steps), between passes of the loop."""
+        return uapi.request_steps(text, self, log.warning)
 
     def set_listen_port(self, port: int) -> None:
         old = dict(self._sock_by_fd) if hasattr(self, "_sock_by_fd") else {}
@@ -239,6 +243,7 @@ class Interface:
         tun_fd = self.tun.fd
         uapi_fd = self.uapi.fileno() if self.uapi is not None else -1
         uapi_conns = self.uapi.conns if self.uapi is not None else None
+        uapi_server = self.uapi
         metrics = self.metrics
         metrics_fds = metrics.fds               # the same dicts while MetricsListen changes
         metrics_conns = metrics.conns
@@ -261,6 +266,8 @@ class Interface:
             timeout = min(next_check, deadline if deadline is not None else next_check) - now
             if uapi_conns:              # a UAPI client's idle cut-off
                 timeout = min(timeout, self.uapi.next_deadline() - now)
+            if uapi_server is not None and uapi_server.job is not None:
+                timeout = 0.0           # a large set is applied in slices: the next one after this pass
             if metrics_conns:           # a metrics client's cut-off
                 timeout = min(timeout, metrics.next_deadline() - now)
             if once:
@@ -335,6 +342,8 @@ class Interface:
                 dev.tick(now, out_net)
             if uapi_conns:
                 self.uapi.tick(now)
+            if uapi_server is not None and uapi_server.job is not None:
+                uapi_server.work()             # one slice of a large set (UapiServer.work), then the data path again
             if metrics_conns:
                 metrics.tick(now)
             if out_net:

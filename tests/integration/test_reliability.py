@@ -189,7 +189,7 @@ def test_soak(lab, pair):
 # --------------------------------------------------------------------------------------------------------------
 
 def test_uapi_connection_limits(lab, pair):
-    """An idle client is cut off after REQUEST_TIMEOUT (2 s); a request over MAX_REQUEST (16 MiB) is refused by
+    """An idle client is cut off after REQUEST_TIMEOUT (2 s); a request over MAX_REQUEST (64 MiB) is refused by
     closing the connection; the daemon keeps serving and forwarding throughout."""
     import socket as so
     from wgpy.uapi.server import MAX_REQUEST, REQUEST_TIMEOUT, socket_path

@@ -158,3 +158,82 @@ def test_slow_uapi_clients_never_stall_the_data_path():
         for s in slow:
             s.close()
         p.close()
+
+
+def test_a_multi_megabyte_set_never_stalls_the_data_path():
+    """A 4 MB `set` (40,000 peers, as `wg setconf` of a big config sends it) through the UAPI socket while
+    packets flow: they keep coming through during the seconds the set takes (it is applied in slices between
+    passes of the loop), the set ends with errno=0 and every peer, and a `get` sent meanwhile waits for it and
+    sees all of it; the client shut its side after the request (`nc -N`) and still gets the reply. (Before: the
+    loop applied it in one go; an 8 MB set held the data path 6-7 s, RSS 70 -> 331 MB.)"""
+    import os
+    import random
+    import socket
+    import threading
+    import time as walltime
+    if os.geteuid() != 0:
+        pytest.skip("the UAPI socket directory /run/wireguard is root's")
+    rng = random.Random(21)
+    lines = ["set=1"]
+    for n in range(40000):
+        lines += [f"public_key={rng.randbytes(32).hex()}",
+                  f"allowed_ip=172.{16 + (n >> 16)}.{(n >> 8) & 255}.{n & 255}/32"]
+    request = ("\n".join(lines) + "\n\n").encode()
+    assert len(request) > 4_000_000
+    p = RuntimePair(uapi_socket=True)
+    try:
+        path = p.a.iface.uapi.path
+        p.a.tun.inject(udp4(A_IP4, B_IP4, b"warm up"))
+        p.pump()
+        assert p.b.tun.delivered()
+        result = {}
+
+        def setconf():
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)          # as `nc -N` does: the reply must still come
+            reply = b""
+            while not reply.endswith(b"\n\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            result["reply"], result["at"] = reply, walltime.monotonic()
+            s.close()
+        client = threading.Thread(target=setconf)
+        t0 = last = walltime.monotonic()
+        client.start()
+        gap, sent, got, getter, got_reply = 0.0, 0, 0, None, b""
+        while "reply" not in result and walltime.monotonic() - t0 < 120:
+            p.a.tun.inject(udp4(A_IP4, B_IP4, sent.to_bytes(4, "big") * 16))
+            sent += 1
+            p.pump(3)
+            delivered = p.b.tun.delivered()
+            now = walltime.monotonic()
+            if delivered:
+                got += len(delivered)
+                gap, last = max(gap, now - last), now
+            if getter is None and len(p.a.iface.device.peers) > 1000:      # the set is under way
+                getter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                getter.connect(path)
+                getter.sendall(b"get=1\n\n")
+                getter.setblocking(False)
+        client.join()
+        duration = result["at"] - t0
+        assert result["reply"] == b"errno=0\n\n"
+        assert len(p.a.iface.device.peers) == 40001
+        assert got >= sent - 2 and getter is not None
+        assert gap < max(0.5, duration / 5), f"no packet for {gap:.2f} s of a {duration:.1f} s set"
+        while not got_reply.endswith(b"errno=0\n\n") and walltime.monotonic() - t0 < 150:
+            p.pump(1)
+            try:
+                got_reply += getter.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        getter.close()
+        assert got_reply.count(b"public_key=") == 40001          # the whole set, never half of it
+        p.pump(1)
+        assert p.a.iface.uapi.buffered == 0 and p.a.iface.uapi.job is None
+    finally:
+        p.close()

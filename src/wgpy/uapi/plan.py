@@ -45,6 +45,7 @@ class PeerOp:
     replace_allowed_macs: bool = False
     allowed_macs: list[tuple[bool, bytes]] = field(default_factory=list)
     transport: dict = field(default_factory=dict, repr=False)   # the wgpy_* stream keys (uapi/transport.py)
+    section: int = 0                  # which peer section of the request (0 for the first public_key)
 
 
 @dataclass
@@ -74,11 +75,23 @@ def _name(key: str) -> str:
     return f" {key!r}" if _KEY_NAME.fullmatch(key) else ""
 
 
-def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: bool = False) -> SetPlan:
-    """Parse a set request for an L3 device, or with `l2` for an L2 (TAP) device."""
-    plan = SetPlan()
-    target: SetPlan | PeerOp = plan
-    for n, line in enumerate(lines, 1):
+class SetParser:
+    """A set request parsed one line at a time (parse_set feeds it a whole request; uapi/protocol.py feeds a
+    large one in slices and takes the finished peer sections as it goes). `plan` holds the device section and
+    the peer sections not yet taken; `target` is the section lines now go to (the plan itself before the first
+    public_key). Raises UapiError at the first bad line, numbered from 1 after the operation line."""
+
+    def __init__(self, parse_endpoint: Callable[[str], object], l2: bool = False) -> None:
+        self.parse_endpoint = parse_endpoint
+        self.l2 = l2
+        self.plan = SetPlan()
+        self.target: SetPlan | PeerOp = self.plan
+        self.n = 0                      # lines parsed
+        self.sections = 0               # peer sections begun
+
+    def line(self, line: str) -> None:
+        self.n += 1
+        n, plan, target, l2 = self.n, self.plan, self.target, self.l2
         key, sep, value = line.partition("=")
         if not sep:
             raise UapiError(EPROTO, f"line {n}: expected key=value")
@@ -95,7 +108,7 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: boo
                 parsed = row.parse_uapi(value, key)
             else:                                               # endpoint=: the host's address syntax
                 try:
-                    parsed = parse_endpoint(value)
+                    parsed = self.parse_endpoint(value)
                 except ValueError:
                     raise BadAtLine(f"invalid {key}") from None
         except BadAtLine as e:
@@ -103,9 +116,10 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: boo
         except Bad as e:
             raise UapiError(EINVAL, str(e)) from None
         if key == "public_key":
-            target = PeerOp(parsed, n)
-            plan.peers.append(target)
-            continue
+            self.target = PeerOp(parsed, n, section=self.sections)
+            self.sections += 1
+            plan.peers.append(self.target)
+            return
         dest = row.dest or row.attr or row.uapi
         if dest == "transport":
             target.transport[key] = parsed
@@ -113,4 +127,19 @@ def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: boo
             getattr(target, dest).append(parsed)
         else:
             setattr(target, dest, parsed)
-    return plan
+
+    def take_finished(self) -> list[PeerOp]:
+        """The peer sections that are complete (all but the one lines still go to), removed from the plan."""
+        peers = self.plan.peers
+        keep = 1 if peers and self.target is peers[-1] else 0
+        done = peers[:len(peers) - keep]
+        del peers[:len(peers) - keep]
+        return done
+
+
+def parse_set(lines: list[str], parse_endpoint: Callable[[str], object], l2: bool = False) -> SetPlan:
+    """Parse a set request for an L3 device, or with `l2` for an L2 (TAP) device."""
+    parser = SetParser(parse_endpoint, l2)
+    for line in lines:
+        parser.line(line)
+    return parser.plan

@@ -7,6 +7,9 @@ Rules of this file:
   negative errno values (errno=-22 for an invalid request).
 - A get reply lists the table's get keys in table order, each read by one reader below (or uapi/transport.py).
 - The only thing that can fail while applying is binding a new listen port; it is applied first.
+- Nothing holds the loop for long: request_steps is a generator that yields between the steps of a large set
+  (over LARGE bytes: validated in a first pass, applied in a second, see "a large set, in slices" below) and of
+  a get of many peers; the socket server runs steps for a few milliseconds per pass of the loop.
 
 wgpy extension, `wgpy_stats=1`: what the core dropped and how full its bounded tables are, one `key=value` per
 line (`drop_<reason>=N`, `peers=`, `keypairs=`, `handshakes=`, `staged_packets=`, `ratelimiter_entries=`,
@@ -58,6 +61,7 @@ peer: io/reresolve.py; a host that keeps no names never reports it).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 from typing import Callable, Protocol
 
@@ -67,10 +71,10 @@ from ..settings.table import rows
 from ..settings.values import host_port
 from . import transport as _transport     # the TCP/TLS transports' keys: wgpy_listen_tcp, wgpy_endpoint, ...
 from ..settings.values import redact
-from .plan import EADDRINUSE, EINVAL, EIO, EPROTO, UNSET, PeerOp, SetPlan, UapiError, _name, parse_set
+from .plan import EADDRINUSE, EINVAL, EIO, EPROTO, UNSET, PeerOp, SetParser, SetPlan, UapiError, _name, parse_set
 
 __all__ = ["EINVAL", "EPROTO", "EIO", "EADDRINUSE", "UNSET", "UapiError", "Host", "PeerOp", "SetPlan",
-           "parse_set", "apply_set", "handle_get", "handle_stats", "handle_request", "last_error"]
+           "parse_set", "apply_set", "handle_get", "handle_stats", "handle_request", "request_steps", "last_error"]
 
 ZERO_KEY = b"\x00" * 32
 LAST_ERROR_MAX = 300
@@ -110,10 +114,20 @@ def handle_stats(host: Host) -> str:
 
 
 def apply_set(plan: SetPlan, host: Host) -> None:
-    dev = host.device
     now = host.now()
     out: list = []
     _transport.prepare(plan, host)      # TLS files and stream endpoints, may refuse the set
+    _apply_device(plan, host)
+    for op in plan.peers:
+        _apply_peer(op, host, now, out)
+    _transport.after_set(host)
+    if out:
+        host.flush(out)
+
+
+def _apply_device(plan: SetPlan, host: Host) -> None:
+    """The device section; what can fail (a port in use) comes first, so a refusal changes nothing."""
+    dev = host.device
     if plan.listen_port is not UNSET and plan.listen_port != host.listen_port:
         try:
             host.set_listen_port(plan.listen_port)
@@ -142,43 +156,153 @@ def apply_set(plan: SetPlan, host: Host) -> None:
                           None if plan.mtu_min is UNSET else plan.mtu_min)
     if plan.replace_peers:
         dev.remove_all_peers()
-    own = dev.public_key
-    for op in plan.peers:
-        if op.remove:
-            dev.remove_peer(op.public_key)
-            continue
-        if op.public_key == own:
-            continue   # as wireguard-go: a peer with our own public key is ignored
-        peer = dev.peers.get(op.public_key)
-        if peer is None:
-            if op.update_only:
-                continue
-            peer = dev.add_peer(op.public_key)
-        if op.preshared_key is not UNSET:
-            dev.set_preshared_key(peer, None if op.preshared_key == ZERO_KEY else op.preshared_key)
-        if op.endpoint is not UNSET:
-            peer.endpoint = op.endpoint
-        if op.replace_allowed_ips:
-            dev.allowed_ips.remove_by_peer(peer)
-        for remove, net in op.allowed_ips:
+
+
+def _apply_peer(op: PeerOp, host: Host, now: float, out: list, first: bool = True) -> None:
+    """One peer section, or (`first` False) a later piece of one whose replace_allowed_ips/macs are done."""
+    dev = host.device
+    if op.remove:
+        dev.remove_peer(op.public_key)
+        return
+    if op.public_key == dev.public_key:
+        return   # as wireguard-go: a peer with our own public key is ignored
+    peer = dev.peers.get(op.public_key)
+    if peer is None:
+        if op.update_only:
+            return
+        peer = dev.add_peer(op.public_key)
+    if op.preshared_key is not UNSET:
+        dev.set_preshared_key(peer, None if op.preshared_key == ZERO_KEY else op.preshared_key)
+    if op.endpoint is not UNSET:
+        peer.endpoint = op.endpoint
+    if op.replace_allowed_ips and first:
+        dev.allowed_ips.remove_by_peer(peer)
+    for remove, net in op.allowed_ips:
+        if remove:
+            dev.allowed_ips.remove(net, peer)
+        else:
+            dev.allowed_ips.insert(net, peer)
+    replace_macs = op.replace_allowed_macs and first
+    if replace_macs or op.allowed_macs:
+        macs = set() if replace_macs else set(peer.allowed_macs or ())
+        for remove, mac in op.allowed_macs:
             if remove:
-                dev.allowed_ips.remove(net, peer)
+                macs.discard(mac)
             else:
-                dev.allowed_ips.insert(net, peer)
-        if op.replace_allowed_macs or op.allowed_macs:
-            macs = set() if op.replace_allowed_macs else set(peer.allowed_macs or ())
-            for remove, mac in op.allowed_macs:
-                if remove:
-                    macs.discard(mac)
-                else:
-                    macs.add(mac)
-            dev.set_allowed_macs(peer, macs)
-        if op.persistent_keepalive is not UNSET:
-            dev.set_persistent_keepalive(peer, op.persistent_keepalive, now, out)
-        _transport.apply_peer(op, peer, host, now, out)     # the TCP/TLS transports and the fallback
+                macs.add(mac)
+        dev.set_allowed_macs(peer, macs)
+    if op.persistent_keepalive is not UNSET:
+        dev.set_persistent_keepalive(peer, op.persistent_keepalive, now, out)
+    _transport.apply_peer(op, peer, host, now, out)     # the TCP/TLS transports and the fallback
+
+
+# ---- a large set, in slices -----------------------------------------------------------------------------------
+# A set of many peers (wg setconf of a big config: ~100 bytes and one X25519 exchange, ~60 us, per peer) would
+# hold the loop for seconds: 8 MB of text took 6.6 s of the data path and ~230 MB of plan objects before. Above
+# LARGE bytes it is done in two passes over the text, in steps of STEP lines: the generator request_steps
+# yields after each, and the server (UapiServer.work) runs steps for a few milliseconds, then lets the data path
+# run, then the next slice:
+#   1. validate every line (and the TLS files a peer names), keeping only 4 flag bits per peer section; a bad
+#      request is refused having changed nothing, as a small one;
+#   2. parse again and apply: the device section as soon as it is complete (a port in use refuses the request
+#      before anything else changes), then each peer section, a long one (many allowed IPs) piece by piece, its
+#      remove / update_only / replace_allowed_* taken from pass 1 so that the first piece already obeys them.
+# Memory: the request text, the flags, and one slice of parsed lines. Between two slices the data path sees the
+# set half applied (a peer already added, the next not yet), as with wireguard-go, which applies line by line.
+
+LARGE = 64 << 10        # bytes: a set request above this is applied in slices
+STEP = 64               # lines parsed (and, in pass 2, applied) between two yields
+_REMOVE, _UPDATE_ONLY, _REPLACE_IPS, _REPLACE_MACS = 1, 2, 4, 8
+
+
+def _body_lines(text: str):
+    """The non-empty lines after the operation line, without splitting the whole text at once."""
+    start = text.find("\n") + 1
+    size = len(text)
+    if start == 0:
+        return
+    while start < size:
+        end = text.find("\n", start)
+        if end < 0:
+            end = size
+        if end > start:
+            yield text[start:end]
+        start = end + 1
+
+
+def _flags(op: PeerOp) -> int:
+    return (_REMOVE * op.remove | _UPDATE_ONLY * op.update_only | _REPLACE_IPS * op.replace_allowed_ips
+            | _REPLACE_MACS * op.replace_allowed_macs)
+
+
+def _obey(op: PeerOp, f: int) -> PeerOp:
+    op.remove, op.update_only = bool(f & _REMOVE), bool(f & _UPDATE_ONLY)
+    op.replace_allowed_ips, op.replace_allowed_macs = bool(f & _REPLACE_IPS), bool(f & _REPLACE_MACS)
+    return op
+
+
+def _set_in_slices(request: str, host: Host):
+    l2 = host.device.l2
+    # pass 1: validate
+    p = SetParser(host.parse_endpoint, l2)
+    flags = bytearray()
+
+    def checked(final: bool) -> None:
+        done = p.plan.peers[:] if final else p.take_finished()
+        flags.extend(_flags(op) for op in done)
+        if final:
+            _transport.prepare(p.plan, host)                 # the device's TLS files, the last peers'
+        elif any(op.transport for op in done):
+            _transport.prepare(SetPlan(peers=done), host)
+        if not final and p.target is not p.plan:             # validated: the lists are not kept
+            p.target.allowed_ips.clear()
+            p.target.allowed_macs.clear()
+    for i, line in enumerate(_body_lines(request), 1):
+        p.line(line)
+        if not i % STEP:
+            checked(False)
+            yield
+    checked(True)
+    del p
+    yield
+    # pass 2: apply
+    q = SetParser(host.parse_endpoint, l2)
+    state = {"device": False, "piece_of": -1}      # the device section applied; the section a piece was of
+
+    def apply(final: bool) -> None:
+        if not state["device"]:
+            if q.target is q.plan and not final:
+                return                                        # the device section goes on
+            _transport.prepare(dataclasses.replace(q.plan, peers=[]), host)
+            _apply_device(q.plan, host)
+            state["device"] = True
+        now = host.now()
+        out: list = []
+        done = q.plan.peers[:] if final else q.take_finished()
+        if final:
+            q.plan.peers.clear()
+        for op in done:
+            _obey(op, flags[op.section])
+            if op.transport:
+                _transport.prepare(SetPlan(peers=[op]), host)
+            _apply_peer(op, host, now, out, first=state["piece_of"] != op.section)
+            state["piece_of"] = -1
+        cur = q.target
+        if not final and cur is not q.plan and (cur.allowed_ips or cur.allowed_macs):
+            piece = _obey(PeerOp(cur.public_key, cur.line, allowed_ips=cur.allowed_ips,
+                                 allowed_macs=cur.allowed_macs, section=cur.section), flags[cur.section])
+            cur.allowed_ips, cur.allowed_macs = [], []
+            _apply_peer(piece, host, now, out, first=state["piece_of"] != cur.section)
+            state["piece_of"] = cur.section
+        if out:
+            host.flush(out)
+    for i, line in enumerate(_body_lines(request), 1):
+        q.line(line)
+        if not i % STEP:
+            apply(False)
+            yield
+    apply(True)
     _transport.after_set(host)
-    if out:
-        host.flush(out)
 
 
 def last_error(peer) -> str | None:
@@ -268,25 +392,59 @@ READERS = {"interface": _DEVICE_GET, "peer": _PEER_GET}
 
 
 def handle_get(host: Host) -> str:
+    steps = _get_steps(host)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+GET_STEP = 256          # peers written between two yields of a get (80,000 peers: 1.4 s of text, 25 MB)
+
+
+def _get_steps(host: Host):
+    """The get reply, yielding every GET_STEP peers (the loop runs the data path between slices; the set of peers
+    cannot change meanwhile: UAPI requests are served one at a time)."""
     learned = _learned(host)
+    parts = []
     lines = []
     for key in GET_KEYS["interface"]:
         lines += [f"{key}={v}" for v in _DEVICE_GET[key](host, None, learned)]
-    for peer in host.device.peers.values():
+    for i, peer in enumerate(list(host.device.peers.values()), 1):
         for key in GET_KEYS["peer"]:
             lines += [f"{key}={v}" for v in _PEER_GET[key](host, peer, learned)]
-    return "".join(line + "\n" for line in lines)
+        if not i % GET_STEP:
+            parts.append("".join(line + "\n" for line in lines))
+            lines = []
+            yield
+    parts.append("".join(line + "\n" for line in lines))
+    return "".join(parts)
 
 
 def handle_request(request: str, host: Host, log: Callable[[str], None] | None = None) -> str:
     """One complete request (without its terminating blank line) -> the full response text."""
-    lines = request.split("\n")
-    op = lines[0]
+    steps = request_steps(request, host, log)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def request_steps(request: str, host: Host, log: Callable[[str], None] | None = None):
+    """handle_request as a generator: it yields (None) between the slices of a large set, for the loop to run
+    the data path (UapiServer.work), and returns the response text. Anything else is done at the first next()."""
     try:
+        if len(request) > LARGE and request.startswith("set=1\n"):
+            yield from _set_in_slices(request, host)
+            return "errno=0\n\n"
+        lines = request.split("\n")
+        op = lines[0]
         if op == "get=1":
             if len(lines) > 1 and any(lines[1:]):
                 raise UapiError(EINVAL, "get takes no arguments")
-            return handle_get(host) + "errno=0\n\n"
+            return (yield from _get_steps(host)) + "errno=0\n\n"
         if op == "wgpy_stats=1":
             return handle_stats(host) + "errno=0\n\n"
         if op == "set=1":

@@ -7,12 +7,19 @@ The socket is created under a 0077 umask (mode 0600, root only); a stale socket 
 replaced, a live one means the interface is in use. Connections from a user other than our own (SO_PEERCRED) are
 refused. Requests are served inside the daemon's event loop without ever blocking it: every connection is
 non-blocking with its own buffers, at most MAX_CONNECTIONS at once (a new one evicts the oldest), each given
-REQUEST_TIMEOUT to complete its request and MAX_REQUEST bytes; the clients (`wg`, `wgpy`) send one request and
-wait for the reply.
+REQUEST_TIMEOUT to complete its request and MAX_REQUEST bytes (MAX_BUFFERED for all of them); the clients (`wg`, `wgpy`) send one request and
+wait for the reply. Finding the end of a request is linear in its size (the search resumes where it stopped).
+
+A request is handled by `handler`, which returns the reply text or a generator (uapi/protocol.py request_steps)
+that yields between the slices of a large set and returns the reply. Such a job runs in slices of SLICE seconds
+of work, one per pass of the loop (work()), the data path running in between; while it runs, complete requests
+of other connections wait their turn (so a `get` never sees a set half applied), and every connection is still
+read, so none stalls the loop.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import select
@@ -25,13 +32,16 @@ from ..host import privileges
 
 SOCKET_DIR = "/var/run/wireguard"
 REQUEST_TIMEOUT = 2.0      # seconds a connection may take to send its request
-MAX_REQUEST = 16 << 20     # bytes of one request
+MAX_REQUEST = 64 << 20     # bytes of one request: ~300,000 peers of `wg setconf` (applied in slices)
+MAX_BUFFERED = 64 << 20    # bytes read and not yet handled, all connections together
 MAX_CONNECTIONS = 32       # connections served at once; a new one evicts the oldest
 LINGER = 0.05              # after a reply, how long a connection may stay for another request
+SLICE = 0.004              # seconds of a large set's work per pass of the loop
+NEVER = float("inf")
 
 
 class _Client:
-    __slots__ = ("sock", "fd", "buf", "scan", "out", "deadline", "replied", "waiting")
+    __slots__ = ("sock", "fd", "buf", "scan", "out", "deadline", "replied", "waiting", "busy", "eof")
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock = sock
@@ -42,6 +52,8 @@ class _Client:
         self.deadline = deadline
         self.replied = False
         self.waiting = False             # registered for EPOLLOUT: a reply waits for room
+        self.busy = False                # its request runs as the job, or waits for the job to end
+        self.eof = False                 # the client shut its side after its request: close after the reply
 
 
 def find_socket(name: str) -> str | None:
@@ -60,12 +72,15 @@ def socket_path(name: str) -> str:
 
 
 class UapiServer:
-    def __init__(self, name: str, handler: Callable[[str], str]) -> None:
+    def __init__(self, name: str, handler: Callable[[str], object]) -> None:
         self.path = os.path.join(privileges.runtime_dir(SOCKET_DIR, create=True), f"{name}.sock")
         self.handler = handler
         self.refused = 0
         self.evicted = 0
         self.conns: dict[int, _Client] = {}
+        self.buffered = 0                                    # bytes in the connections' input buffers
+        self.job: tuple[_Client, object] | None = None      # (client, generator) of the request in slices
+        self.waiting: collections.deque[_Client] = collections.deque()   # complete requests behind the job
         self._epoll = None
         old = os.umask(0o077)
         try:
@@ -157,34 +172,103 @@ class UapiServer:
 
     def _read(self, c: "_Client") -> None:
         """Serve every complete request in the buffer, reading more while the socket has it. Linear: the search
-        for the empty line that ends a request resumes where the previous one stopped."""
+        for the empty line that ends a request resumes where the previous one stopped. While a job runs, a
+        complete request waits (the connection is still read, up to MAX_REQUEST)."""
         while True:
-            end = c.buf.find(b"\n\n", c.scan)
-            if end >= 0:
-                request = bytes(c.buf[:end])
-                del c.buf[:end + 2]
-                c.scan = 0
-                try:
-                    reply = self.handler(request.decode("utf-8")).encode()
-                except UnicodeDecodeError:
-                    reply = b"errno=-22\n\n"
-                c.out += reply
-                c.replied = True
-                if not self._flush(c):
-                    return                           # the rest when the socket takes more (EPOLLOUT)
-                continue
-            c.scan = max(len(c.buf) - 1, 0)
+            if not c.busy:
+                end = c.buf.find(b"\n\n", c.scan)
+                if end >= 0:
+                    if self.job is not None:         # one request at a time: after the set in progress
+                        c.busy = True
+                        c.deadline = NEVER
+                        self.waiting.append(c)
+                        continue
+                    with memoryview(c.buf) as whole, whole[:end] as view:
+                        try:
+                            text = str(view, "utf-8")
+                        except UnicodeDecodeError:
+                            text = None
+                    del c.buf[:end + 2]
+                    self.buffered -= end + 2
+                    if not c.buf:
+                        c.buf = bytearray()          # a large request's memory goes back at once
+                    c.scan = 0
+                    if not self._start(c, text):
+                        return      # the reply waits for room (EPOLLOUT) or for the job's end
+                    continue
+                c.scan = max(len(c.buf) - 1, 0)
             try:
                 chunk = c.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
                 return
             if not chunk:
-                self._drop(c)
+                if c.busy:                           # shut after its request: answer, then close
+                    c.eof = True
+                    self._epoll.unregister(c.fd)     # EOF stays readable: out of the loop until the reply
+                else:
+                    self._drop(c)
                 return
             c.buf += chunk
-            if len(c.buf) > MAX_REQUEST:
+            self.buffered += len(chunk)
+            if len(c.buf) > MAX_REQUEST or self.buffered > MAX_BUFFERED:
                 self._drop(c)
                 return
+
+    def _start(self, c: "_Client", text: str | None) -> bool:
+        """Handle one request: its reply now, or (a large set) the job that will make it. True once the reply
+        went out."""
+        if text is None:
+            return self._reply(c, "errno=-22\n\n")
+        result = self.handler(text)
+        if not isinstance(result, str):
+            try:
+                next(result)
+            except StopIteration as done:
+                result = done.value
+            else:
+                self.job = (c, result)
+                c.busy = True
+                c.deadline = NEVER
+                return False
+        return self._reply(c, result)
+
+    def _reply(self, c: "_Client", reply: str) -> bool:
+        c.out += reply.encode()
+        c.replied = True
+        return self._flush(c)
+
+    def work(self) -> None:
+        """Run the job for SLICE seconds (the loop calls this once per pass while `job` is set); at its end,
+        send its reply and serve the requests that waited."""
+        c, job = self.job
+        end = time.monotonic() + SLICE
+        try:
+            while True:
+                next(job)
+                if time.monotonic() >= end:
+                    return
+        except StopIteration as done:
+            reply = done.value
+        except Exception:       # request_steps catches its own; never let one take the loop down
+            reply = "errno=-5\n\n"
+        self.job = None
+        if self.conns.get(c.fd) is c:
+            c.busy = False
+            try:
+                if self._reply(c, reply) and not c.eof:
+                    self._read(c)
+            except OSError:
+                self._drop(c)
+        while self.job is None and self.waiting:
+            w = self.waiting.popleft()
+            if self.conns.get(w.fd) is not w:
+                continue                              # gone meanwhile
+            w.busy = False
+            w.deadline = time.monotonic() + REQUEST_TIMEOUT
+            try:
+                self._read(w)
+            except OSError:
+                self._drop(w)
 
     def _flush(self, c: "_Client") -> bool:
         """Send what is queued; True once all of it went out."""
@@ -195,8 +279,14 @@ class UapiServer:
         del c.out[:n]
         if c.out:
             if not c.waiting:
-                self._epoll.modify(c.fd, select.EPOLLOUT)
+                if c.eof:
+                    self._epoll.register(c.fd, select.EPOLLOUT)
+                else:
+                    self._epoll.modify(c.fd, select.EPOLLOUT)
                 c.waiting = True
+            return False
+        if c.eof:
+            self._drop(c)                   # it shut its side: the reply was all it waited for
             return False
         if c.waiting:
             self._epoll.modify(c.fd, select.EPOLLIN)
@@ -213,7 +303,10 @@ class UapiServer:
             self._drop(c)
 
     def _drop(self, c: "_Client") -> None:
+        if self.conns.get(c.fd) is not c:
+            return
         self.conns.pop(c.fd, None)
+        self.buffered -= len(c.buf)
         try:
             self._epoll.unregister(c.fd)
         except (OSError, ValueError):
@@ -223,7 +316,10 @@ class UapiServer:
     def _serve_blocking(self, conn: socket.socket) -> None:
         deadline = time.monotonic() + REQUEST_TIMEOUT
         buf = bytearray()
-        while b"\n\n" not in buf:
+        while True:
+            end = buf.find(b"\n\n", max(len(buf) - 65536 - 1, 0))     # only where the last chunk could end it
+            if end >= 0:
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0 or len(buf) > MAX_REQUEST:
                 return
@@ -232,13 +328,22 @@ class UapiServer:
             if not chunk:
                 return
             buf += chunk
-        request, _, _ = bytes(buf).partition(b"\n\n")
         try:
-            conn.sendall(self.handler(request.decode("utf-8")).encode())
+            reply = self.handler(bytes(buf[:end]).decode("utf-8"))
         except UnicodeDecodeError:
-            conn.sendall(b"errno=-22\n\n")
+            reply = "errno=-22\n\n"
+        while not isinstance(reply, str):              # a large set: all of it, here
+            try:
+                next(reply)
+            except StopIteration as done:
+                reply = done.value
+        conn.settimeout(REQUEST_TIMEOUT)
+        conn.sendall(reply.encode())
 
     def close(self) -> None:
+        if self.job is not None:
+            self.job[1].close()
+            self.job = None
         for c in list(self.conns.values()):
             self._drop(c)
         try:
@@ -260,8 +365,9 @@ def request(name: str, text: str, timeout: float = 5.0) -> str:
     try:
         s.connect(path)
         s.sendall(text.encode() + b"\n")
-        buf = b""
-        while b"errno=" not in buf or not buf.endswith(b"\n\n"):
+        buf = bytearray()
+        # a reply ends with its errno line and an empty line: only the tail is looked at (linear)
+        while not (buf.endswith(b"\n\n") and b"errno=" in buf[-32:]):
             chunk = s.recv(65536)
             if not chunk:
                 break
