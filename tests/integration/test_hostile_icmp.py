@@ -38,7 +38,9 @@ PORT_A, PORT_S = 51820, 51821
 A_IN, S_IN = ("10.99.0.1", "fd99::1"), ("10.99.0.2", "fd99::2")
 SECONDS = 9
 ATTACKS = ((3.0, "port0"), (4.0, "bare"), (5.0, "forged-wg"))
-KEEP = 0.5          # after / before: the old code gave 0 (inner IPv6) and 0.12 (inner IPv4)
+# after / before: the old code gave 0 (inner IPv6) and 0.13-0.32 (inner IPv4); without any attack the ratio
+# of two windows of one run varies from about 0.55 to 1.5 on this shared 2-vCPU machine
+KEEP = 0.35
 
 
 def wgpy_up(lab, ns: str, keys, port: int, me: tuple[str, str], peer_keys, peer: tuple[str, str],
@@ -147,7 +149,7 @@ def test_spoofed_icmp_too_big_does_not_shrink_the_tunnel(lab, underlay):
                    icmp={k: st.get(f"drop_icmp_{k}", 0) for k in ("unmatched", "probed", "refuted", "confirmed")})
     hl.record(f"spoofed_icmp_{underlay}", **figures)
     assert pm[0] == 1500 and link_mtu(s_ns, is_) == mtu_before
-    assert st.get("drop_too_big_dropped", 0) == 0
+    assert st.get("drop_too_big_dropped", 0) == 0 and st.get("drop_too_big_icmp_sent", 0) == 0   # none to the TUN
     # the port-0 and the forged-header ICMP matched nothing; the bare one was checked by probes and refuted
     assert st.get("drop_icmp_unmatched", 0) >= 2
     assert st.get("drop_icmp_probed", 0) >= 1 and st.get("drop_icmp_refuted", 0) == st.get("drop_icmp_probed", 0)

@@ -356,16 +356,17 @@ def test_icmp_must_name_the_endpoint_and_a_datagram_really_sent():
 
 
 def test_icmp_between_wgpy_peers_is_a_hint_that_probes_check_at_once():
-    """A wgpy peer: a believed ICMP leaves the estimate alone and starts a probe round at once; the old size
-    answered, nothing changes (a spoofed ICMP costs a few probes). At most one such round per peer and
-    PMTU_ICMP_PROBE_GAP."""
+    """A wgpy peer: an ICMP that cannot be checked further (only the UDP header quoted, as an off-path attacker
+    who knows the endpoint can send it while traffic flows) leaves the estimate alone and starts a probe round at
+    once; the old size answered, nothing changes (a spoofed ICMP costs a few probes). At most one such round per
+    peer and PMTU_ICMP_PROBE_GAP."""
     p = pmtu_pair(Path(1500))
     p.handshake(0.0)
     settle(p, 5.0)
     assert p.pa.pmtu.mtu == 1500 and not p.pa.pmtu.searching
-    quote = send_big(p, 6.0)[:16]
+    send_big(p, 6.0)
     p.a.events.clear()
-    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 6.01, quote) == 1
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 6.01) == 1
     assert p.pa.pmtu.mtu == 1500 and p.pa.mtu == 1440 and PATH_MTU_CHANGED not in p.a.events
     assert p.pa.t_pmtu == 6.01                       # the round: at once
     n = len(p.log)
@@ -374,36 +375,73 @@ def test_icmp_between_wgpy_peers_is_a_hint_that_probes_check_at_once():
     assert probes and not p.pa.pmtu.searching and p.pa.pmtu.mtu == 1500
     assert p.a.drops["icmp_probed"] == 1 and p.a.drops["icmp_refuted"] == 1
     assert PATH_MTU_CHANGED not in p.a.events
-    quote = send_big(p, 6.5)[:16]
-    p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 6.5, quote)
+    send_big(p, 6.5)
+    p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 6.5)
     settle(p, 6.6)
     assert p.a.drops["icmp_probed"] == 1                 # within the gap: no second round
-    quote = send_big(p, 7.2)[:16]
-    p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 7.2, quote)
+    send_big(p, 7.2)
+    p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 7.2)
     settle(p, 7.3)
     assert p.a.drops["icmp_probed"] == 2 and p.a.drops["icmp_refuted"] == 2 and p.pa.pmtu.mtu == 1500
 
 
-def test_a_real_shrink_reported_by_icmp_is_taken_after_two_probe_timeouts():
-    """The path really shrinks and says so: the ICMP's size answered, the estimate not, after two probe
-    timeouts: lowered then (before the 3 tries a black hole needs), then the round finds the exact size. One
-    lost probe at the old size is not enough."""
+def test_icmp_quoting_our_header_lowers_at_once_and_a_probe_restores_the_old_size():
+    """An ICMP that quotes our WireGuard header (its sender saw the datagram: a router, or someone on the path)
+    lowers a wgpy peer's estimate at once, and the probe round started with it restores the old size as soon as
+    that is answered."""
+    p = pmtu_pair(Path(1500))
+    p.handshake(0.0)
+    settle(p, 5.0)
+    quote = send_big(p, 6.0)[:64]
+    p.a.events.clear()
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 576, 6.0, quote) == 1
+    assert p.pa.pmtu.mtu == 576 and p.pa.mtu == 516 and PATH_MTU_CHANGED in p.a.events
+    settle(p, 6.0)
+    assert p.pa.pmtu.mtu == 1500 and p.pa.mtu == 1440 and not p.pa.pmtu.searching
+    assert p.a.drops["icmp_probed"] == 1 and p.a.drops["icmp_refuted"] == 1
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_real_shrink_reported_by_icmp_is_taken(quoted):
+    """The path really shrinks and a router says so. Quoting our header: lowered at once, and the round started
+    with it confirms the size. Quoting only the UDP header: the ICMP's size answered, the estimate not, after
+    two probe timeouts: lowered then (before the 3 tries a black hole needs; one lost probe at the old size is
+    not enough). Either way the round ends at the exact size."""
     path = Path(1500)
     p = pmtu_pair(path)
     p.handshake(0.0)
     settle(p, 5.0)
     path.mtu = 1400
     quote = send_big(p, 6.0)[:64]                   # lost: 1468 > 1400
-    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1400, 6.0, quote) == 1
-    assert p.pa.pmtu.mtu == 1500
+    assert p.a.path_mtu_learned(EP_B[0], EP_B[1], 1400, 6.0, quote if quoted else b"") == 1
     timeout = p.pa.pmtu.timeout()
-    settle(p, 6.0 + timeout + 0.01)
-    assert p.pa.pmtu.mtu == 1500 and p.pa.pmtu.searching
-    settle(p, 6.0 + 2 * timeout + 0.02)
-    assert p.pa.pmtu.mtu == 1400 and p.pa.mtu == 1340 and p.pa.pmtu.searching
+    if quoted:
+        assert p.pa.pmtu.mtu == 1400 and p.pa.mtu == 1340
+    else:
+        assert p.pa.pmtu.mtu == 1500
+        settle(p, 6.0 + timeout + 0.01)
+        assert p.pa.pmtu.mtu == 1500 and p.pa.pmtu.searching
+        settle(p, 6.0 + 2 * timeout + 0.02)
+        assert p.pa.pmtu.mtu == 1400 and p.pa.mtu == 1340 and p.pa.pmtu.searching
     settle(p, 30.0)
     assert p.pa.pmtu.mtu == 1400 and p.pa.pmtu.source == "probe"
     assert p.a.drops["icmp_confirmed"] == 1 and not p.a.drops.get("icmp_refuted")
+
+
+def test_during_a_search_only_an_icmp_quoting_our_header_counts():
+    """A search is under way (probes above the path unanswered): an ICMP about one of the probes, quoting our
+    header, narrows it at once (fast convergence where ICMP works); one quoting only the UDP header is ignored."""
+    for quoted in (False, True):
+        p = pmtu_pair(Path(1280))
+        n = len(p.log)
+        p.handshake(0.0)                             # HELLOs
+        settle(p, 0.0)                               # the first round's probes, those up to 1280 answered
+        assert p.pa.pmtu.searching
+        probe = max((e[3] for e in p.log[n:] if e[1] == "A" and e[3][0] == 4), key=len)
+        assert len(probe) + 28 > 1280
+        got = p.a.path_mtu_learned(EP_B[0], EP_B[1], 1280, 0.0, probe[:64] if quoted else b"")
+        assert got == (1 if quoted else 0) and p.pa.pmtu.searching
+        assert (p.pa.pmtu.hi == 1281) == quoted and (p.pa.pmtu.mtu == 1280) == quoted
 
 
 def test_a_plain_wireguard_peer_gets_three_hellos_and_no_probes():

@@ -190,9 +190,11 @@ class PathMtuExtension(Extension):
         `mtu` went to that peer in the last few seconds (PathMTU.sent_above), and, when the router quoted the
         WireGuard header (`quote`: the start of the quoted UDP payload, as the error queue gives it), only if it
         is a transport message of one of the peer's sessions with a counter already sent. A peer that is probed
-        (a wgpy peer, the automatic MTU) takes it as a hint: a probe round at once, probing that size as well,
-        and only the probes' answers change the estimate (docs/pmtu.md). Any other peer's estimate is lowered
-        at once, as before."""
+        (a wgpy peer, the automatic MTU) takes it as a hint: a probe round at once, probing that size and the
+        old estimate as well; only the probes' answers change the estimate, unless the quote carried our header
+        (then it is lowered at once and the round restores the old size if that is answered); during a search
+        only such a quote counts (it narrows the search). Any other peer's estimate is lowered at once, as
+        before (docs/pmtu.md)."""
         drops = self.dev.drops
         if not port and not local:
             drops["icmp_unmatched"] += 1
@@ -218,7 +220,13 @@ class PathMtuExtension(Extension):
                 if not self._icmp_about_ours(peer, st, mtu, quote, now):
                     continue
                 if self._pmtu_probing(peer):
-                    if st.icmp_hint(mtu, now):
+                    seen = len(quote) >= 16             # it quoted our header: its sender saw the datagram
+                    if st.searching:
+                        if not seen:
+                            noop = True                 # the running search answers the same question
+                            continue
+                        st.kernel(mtu)                  # narrows it
+                    elif st.icmp_hint(mtu, now, lower=seen):
                         drops["icmp_probed"] += 1
                 else:
                     st.kernel(mtu)
@@ -232,8 +240,8 @@ class PathMtuExtension(Extension):
     @staticmethod
     def _icmp_about_ours(peer, st: PathMTU, mtu: int, quote: bytes, now: float) -> bool:
         """Could an ICMP reporting `mtu` and quoting `quote` be about a datagram we sent to `peer`?"""
-        if not st.sent_above(mtu, now):
-            return False                        # nothing that large went there recently
+        if not st.sent_above(mtu, now) and not (st.pending and max(st.pending) > mtu):
+            return False                        # nothing that large went there recently (data, or the probes)
         if not quote:
             return True                         # only the UDP header quoted (RFC 792's minimum): nothing more
         head = quote[:8]

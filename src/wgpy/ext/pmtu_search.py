@@ -13,9 +13,12 @@ PathMTU (one per peer with a UDP endpoint) holds the estimate and the search:
                matched it to a datagram really sent (sent_above: the largest datagrams of the last few seconds),
                lowers the estimate at once to the MTU it carries (clamped to [floor, link MTU]; kernel()) for a
                peer that is not probed; it never raises it. Between wgpy peers it is only a hint (icmp_hint()): a round
-               starts at once, probing the ICMP's size too, and the estimate changes only as the probes say (the
-               old size answered: kept; unanswered after two tries while the ICMP's size got through: lowered
-               then, without waiting for the third)
+               starts at once, probing the ICMP's size and the old estimate too, and the estimate changes only
+               as the probes say (the old size answered: kept; unanswered after two tries while the ICMP's size
+               got through: lowered then, without waiting for the third). An ICMP whose quote carries our own
+               WireGuard header (its sender saw the datagram: on the path) lowers the estimate at once as well,
+               and the round restores the old size if that is answered; during a search it narrows the search
+               (kernel())
     search     between wgpy peers only (HELLO said it answers probes), in the automatic MTU mode: a round probes
                the interval (lo, hi) with PMTU_PROBES_PER_STEP sizes at once, spread up to hi - 1 and always
                including the current estimate; an answered size raises lo, a size unanswered after
@@ -145,15 +148,23 @@ class PathMTU:
             best = self.top_prev
         return best > 0 and best + self.overhead > mtu
 
-    def icmp_hint(self, mtu: int, now: float) -> bool:
-        """A (matched) ICMP reported `mtu`, between wgpy peers: ask for a round at once (next_round = now) that
-        probes `mtu` besides the usual sizes; the estimate is left alone. False if nothing is to be done: not
-        lower than the estimate, a search already under way, or such a round asked for less than
-        PMTU_ICMP_PROBE_GAP seconds ago."""
+    def icmp_hint(self, mtu: int, now: float, lower: bool = False) -> bool:
+        """A (matched) ICMP reported `mtu`, between wgpy peers, no search under way: ask for a round at once
+        (next_round = now) that probes `mtu` and the current estimate besides the usual sizes. The estimate is
+        left alone, unless `lower` (the ICMP quoted our own WireGuard header: its sender saw the datagram):
+        then it takes `mtu` at once and the round restores the old size if that is answered. Returns whether a
+        round was asked for: not when the ICMP is not lower than the estimate, or when such a round was asked
+        for less than PMTU_ICMP_PROBE_GAP seconds ago."""
         mtu = min(max(mtu, self.floor), self.ceiling)
-        if mtu >= self.mtu or self.pending is not None or now - self.hint_at < PMTU_ICMP_PROBE_GAP:
+        if mtu >= self.mtu or self.pending is not None:
+            return False
+        before = self.mtu
+        if lower:
+            self._set(mtu, "icmp")
+        if now - self.hint_at < PMTU_ICMP_PROBE_GAP:
             return False
         self.hint = mtu
+        self.hint_before = before
         self.hint_at = now
         self.next_round = now
         return True
@@ -191,11 +202,9 @@ class PathMTU:
         if self.floor < self.mtu <= self.ceiling:
             sizes.add(self.mtu)
         if self.hint:
-            if self.floor <= self.hint < self.mtu:
-                sizes.add(self.hint)
-                self.hint_before = self.mtu
-            else:
-                self.hint = 0
+            sizes.add(self.hint)
+            if self.floor < self.hint_before <= self.ceiling:
+                sizes.add(self.hint_before)
         self._send(sizes, now, out)
 
     def answered(self, size: int, now: float, out: list) -> None:
@@ -212,6 +221,8 @@ class PathMTU:
             self.lo = size
             for s in [s for s in pending if s <= size]:
                 del pending[s]
+            if self.hint_before and self.lo >= self.hint_before > self.mtu:
+                self._set(self.lo, "probe")         # the size before the ICMP got through: restored at once
         if not pending:
             self._step_done(now, out)
 
@@ -226,7 +237,8 @@ class PathMTU:
                 self.hi = s
         for s in [s for s in pending if s >= self.hi]:
             del pending[s]
-        if self.hint and self.answered_any and self.lo >= self.hint and pending.get(self.mtu, 0) >= 2:
+        if (self.hint and self.answered_any and self.lo >= self.hint and self.mtu > self.lo
+                and pending.get(self.hint_before, 0) >= 2):
             self._set(self.lo, "icmp")              # the ICMP's size got through, the estimate did not, twice
             self.hint = 0
         if self.answered_any and self.mtu >= self.hi:
