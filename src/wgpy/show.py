@@ -129,7 +129,7 @@ def _mtu(d: dict, v: View) -> str | None:
     probe = float(d.get("wgpy_mtu_probe_interval", PMTU_PROBE_INTERVAL))
     every = "" if probe == PMTU_PROBE_INTERVAL else f", re-probed every {probe:g} s" if probe else ", not re-probed"
     return (f"{int(mtu) - (14 if v.l2 else 0)} "
-            f"({'automatic: follows the smallest path MTU' if how == 'auto' else 'fixed'}{every})")
+            f"({'automatic: follows the path MTUs of the peers' if how == 'auto' else 'fixed'}{every})")
 
 
 def _psk(p: dict, v: View | None = None) -> str:

@@ -72,7 +72,7 @@ interface: wgx0
   private key: {PRIV_B64}
   listening port: 51821
   mode: tap (Ethernet), relay on
-  mtu: 1420 (automatic: follows the smallest path MTU, not re-probed)
+  mtu: 1420 (automatic: follows the path MTUs of the peers, not re-probed)
 
 peer: {PEER2}
   endpoint: 192.0.2.2:51821
@@ -122,7 +122,7 @@ PMTU_LISTING = f"""\
 interface: wgx0
   public key: {PUB_B64}
   private key: (hidden)
-  mtu: 1420 (automatic: follows the smallest path MTU, re-probed every 45 s)
+  mtu: 1420 (automatic: follows the path MTUs of the peers, re-probed every 45 s)
 
 peer: {PEER2}
   endpoint: 192.0.2.2:51820

@@ -190,7 +190,7 @@ class PathMtuIO:
 
     def set_auto(self, enabled: bool, min_mtu: int | None = None) -> None:
         """The UAPI's wgpy_mtu_auto= and wgpy_mtu_min= (Host.set_mtu_auto). On (`MTU = auto`, or no MTU): probe,
-        limit per peer, and let the interface MTU follow the smallest peer, starting from the core's MTU (the
+        limit per peer, and let the interface MTU follow the peers (L3: their upper median, L2: the smallest), starting from the core's MTU (the
         interface's, L2 with the Ethernet header), never below `min_mtu`. Off: the MTU stays what it is. The
         caller then has the bind configure its sockets (configure(): the PMTU discovery mode follows `auto`)."""
         if min_mtu is not None:

@@ -78,7 +78,7 @@ TABLE: tuple[Setting, ...] = (
       parse_uapi=v.u_probe_interval, fmt=v.f_seconds, render="link",
       notes="seconds between path MTU re-probes, 0/off: none; get: in the automatic MTU mode only"),
     S(None, "wgpy_mtu_auto", I, parse_uapi=v.u_bool, fmt=v.f_bool, render="link", dest="mtu_auto",
-      notes="INI: MTU = auto or no MTU (and CAP_NET_ADMIN): the interface MTU follows the smallest path MTU; the "
+      notes="INI: MTU = auto or no MTU (and CAP_NET_ADMIN): the interface MTU follows the path MTUs of the peers (L3: their upper median, L2: the smallest); the "
             "host sets the sockets' PMTU discovery mode; get: true, in the automatic mode only"),
     S(None, "wgpy_mtu_min", I, parse_uapi=v.u_mtu_min, render="link", dest="mtu_min",
       notes="the automatic MTU's floor, the interface's (L2: the TAP's) MTU: 1280 with IPv6 addresses, else 576; "

@@ -32,7 +32,7 @@ and `wg showconf` work on L2 interfaces; it never sends the set keys.
 
 Path MTU: set, device: `wgpy_mtu=N` (the core's MTU: the largest plaintext, L2 with the Ethernet header),
 `wgpy_mtu_probe_interval=SECONDS` (between re-probe rounds; 0: none), `wgpy_mtu_auto=true|false` (the automatic
-MTU mode: the interface MTU follows the smallest path MTU; the host sets its sockets' PMTU discovery mode,
+MTU mode: the interface MTU follows the peers' path MTUs (L3: their upper median, L2: the smallest); the host sets its sockets' PMTU discovery mode,
 Host.set_mtu_auto, applied after `wgpy_mtu`, from which the mode starts) and `wgpy_mtu_min=N` (its floor, an
 interface MTU: 1280 when the interface carries IPv6), which `wgpy up` sends once the link has its MTU
 (settings/render.py link_uapi); get, device: `wgpy_mtu=<N> auto`, `wgpy_mtu_probe_interval=<s>`,
