@@ -155,3 +155,25 @@ def test_saves_only_with_save_config(tmp_path):
     assert saveconf.saves(str(on)) is not None
     assert saveconf.saves(str(off)) is None and saveconf.saves(str(bad)) is None
     assert saveconf.saves(str(tmp_path / "missing.conf")) is None and saveconf.saves(None) is None
+
+
+def test_a_failed_save_keeps_the_interface_up(tmp_path, monkeypatch, capsys):
+    import importlib
+    downmod = importlib.import_module("wgpy.quick.down")     # (wgpy.quick.down is also the function)
+    path = tmp_path / "wg0.conf"
+    path.write_text(f"[Interface]\nPrivateKey = {B64(PRIV)}\nSaveConfig = true\n")
+    reply = f"private_key={PRIV.hex()}\nlisten_port=51820\nerrno=0\n"
+    monkeypatch.setattr("wgpy.uapi.server.request", lambda name, text: reply)
+    monkeypatch.setattr(saveconf, "_live_addresses", lambda name, kept: [])
+
+    def no_space(path, text):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(saveconf, "_replace", no_space)
+    assert downmod._save_config("wg0", str(path)) is True          # down returns 1 before stopping anything
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "No space left on device" in err and "stays up" in err
+    monkeypatch.undo()
+    monkeypatch.setattr("wgpy.uapi.server.request", lambda name, text: reply)
+    monkeypatch.setattr(saveconf, "_live_addresses", lambda name, kept: [])
+    assert downmod._save_config("wg0", str(path)) is False
+    assert path.read_text() == f"[Interface]\nSaveConfig = true\nListenPort = 51820\nPrivateKey = {B64(PRIV)}\n"
