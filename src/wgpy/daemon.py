@@ -115,6 +115,11 @@ class Interface:
     def _register_sockets(self) -> None:
         self._sock_by_fd = {s.fileno(): s for s in self.bind.sockets()}
         self.bind.configure(self.pmtu)          # GRO; IP_RECVERR and the PMTU discovery mode
+        # the kernel lets transport messages in for the device's receiver indices only (io/udp.py)
+        keep = getattr(self.bind, "filter_receivers", None)
+        self.device.index.on_keypair = keep
+        if keep is not None and self.device.keypairs_by_index:
+            keep(self.device.keypairs_by_index)
         for fd in self._sock_by_fd:
             self.epoll.register(fd, select.EPOLLIN)
 

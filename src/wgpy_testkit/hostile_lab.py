@@ -112,6 +112,13 @@ def p50(values: list[float]) -> float | None:
     return values[len(values) // 2] if values else None
 
 
+def socket_drops(ns: str, port: int) -> int:
+    """What the kernel dropped at the UDP sockets on `port` in `ns` (`ss -m`: d<N>, the sockets' sk_drops): the
+    transport sockets' receiver filter (io/udp.py) and full queues."""
+    out = run(ns, "ss", "-uamnH", f"sport = :{port}", timeout=10).stdout
+    return sum(int(d) for d in re.findall(r"\bd(\d+)\)", out))
+
+
 def add_addresses(ns: str, dev: str, cidrs: list[str]) -> None:
     batch = "".join(f"address add {c} dev {dev}\n" for c in cidrs)
     run(ns, "ip", "-batch", "-", input=batch, timeout=60)

@@ -13,6 +13,12 @@
         fast as one core can send them (--gso: 64 datagrams per system call with UDP_SEGMENT). Counts the cookie
         replies that come back.
 
+    hostile.py flood HOST PORT --kind transport --sources ADDR[,ADDR...] [--rate PPS] [--size N] ...
+        Transport-type garbage: type-4 messages of N bytes (default 96) with random receiver indices and
+        counters, which the kernel steers into the transport queue beside the sessions' real packets; the
+        target drops them as unknown_index. --rate paces the flood (packets per second; default: as fast as
+        one core sends them). --pubkey is not needed.
+
     hostile.py replay HOST PORT --pcap FILE --sport N
         Resend, byte for byte, every UDP payload in FILE whose source port is N (captured WireGuard messages).
 
@@ -136,10 +142,19 @@ def cmd_scan(args) -> dict:
             "reply_bytes": nbytes[0]}
 
 
+def garbage_transport(rng: random.Random, size: int) -> bytes:
+    """`size` bytes: type 4, a random receiver index and counter, random ciphertext."""
+    return b"\x04\x00\x00\x00" + rng.randbytes(max(size, 32) - 4)
+
+
 def cmd_flood(args) -> dict:
-    pub = base64.b64decode(args.pubkey)
     rng = random.Random(args.seed)
-    msgs = [garbage_initiation(rng, pub) for _ in range(64)]
+    if args.kind == "transport":
+        msgs = [garbage_transport(rng, args.size) for _ in range(64)]
+    else:
+        if not args.pubkey:
+            raise SystemExit("flood: --pubkey is needed for initiations")
+        msgs = [garbage_initiation(rng, base64.b64decode(args.pubkey)) for _ in range(64)]
     socks = []
     for src in args.sources.split(","):
         s = socket.socket(family_of(src), socket.SOCK_DGRAM)
@@ -153,7 +168,8 @@ def cmd_flood(args) -> dict:
     sent = 0
     blocked = 0
     gso_blob = b"".join(msgs)
-    gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 148))]
+    gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(msgs[0])))]
+    rate = args.rate
     t0 = time.monotonic()
     end = t0 + args.seconds
     stop = []
@@ -175,6 +191,10 @@ def cmd_flood(args) -> dict:
             blocked += 1
         except OSError:
             blocked += 1
+        if rate and i & 7 == 0:
+            ahead = t0 + sent / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
         if i & 1023 == 0:
             for s2 in socks:
                 drain(s2, replies, nbytes)
@@ -188,7 +208,7 @@ def cmd_flood(args) -> dict:
         time.sleep(0.05)
     return {"mode": "flood", "sent": sent, "seconds": round(seconds, 2), "rate_pps": round(sent / seconds),
             "sources": nsocks, "blocked": blocked, "replies": dict(replies), "reply_bytes": nbytes[0],
-            "gso": bool(args.gso)}
+            "gso": bool(args.gso), "kind": args.kind}
 
 
 def cmd_replay(args) -> dict:
@@ -220,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("port", type=int)
         p.add_argument("--seed", type=int, default=1)
         p.add_argument("--linger", type=float, default=1.0)
-        if name != "replay":
+        if name == "scan":
             p.add_argument("--pubkey", required=True)
+        elif name == "flood":
+            p.add_argument("--pubkey")
         if name == "scan":
             p.add_argument("--count", type=int, default=2000)
             p.add_argument("--pace", type=float, default=0.0)
@@ -229,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--sources", required=True)
             p.add_argument("--seconds", type=float, default=10.0)
             p.add_argument("--gso", action="store_true")
+            p.add_argument("--kind", choices=("initiation", "transport"), default="initiation")
+            p.add_argument("--size", type=int, default=96)
+            p.add_argument("--rate", type=float, default=0.0)
         else:
             p.add_argument("--pcap", required=True)
             p.add_argument("--sport", type=int, required=True)

@@ -113,3 +113,82 @@ def test_without_steering_other_messages_pass_the_transport_socket():
         assert sorted(got) == sorted([transport(9), init, b"\x07junk"])
     finally:
         b.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the event loop keeps the filter current (daemon.Interface, real UDP sockets on the loopback, in-memory TUNs)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_the_loop_filters_garbage_and_follows_new_sessions():
+    """Two real event loops over the loopback: once a session is up, transport-type garbage sent to B is
+    dropped by the kernel (B's core sees none of it) while A's packets arrive; a new handshake (a new receiver
+    index) is in the filter before A's first message with it, and a listen port changed live keeps it."""
+    import ipaddress
+
+    from wgpy.daemon import Interface
+    from wgpy.io.memory import MemoryTun
+    from wgpy_testkit.core_pair import A_IP4, B_IP4, udp4
+
+    def node(name):
+        i = Interface(name, tun=MemoryTun(name), uapi=False, host_link=False)
+        i.open()
+        i.device.set_private_key(os.urandom(32))
+        return i
+
+    a, b = node("wgfa"), node("wgfb")
+    try:
+        pa, pb = a.device.add_peer(b.device.public_key), b.device.add_peer(a.device.public_key)
+        a.device.allowed_ips.insert(ipaddress.ip_network(B_IP4 + "/32"), pa)
+        b.device.allowed_ips.insert(ipaddress.ip_network(A_IP4 + "/32"), pb)
+        pa.endpoint = ("127.0.0.1", b.listen_port)
+        got: list[bytes] = []
+
+        def send(n: int, tag: bytes) -> None:
+            out: list = []
+            a.device.send_packets([udp4(A_IP4, B_IP4, tag + b"%d" % i) for i in range(n)], time.monotonic(), out)
+            a.flush(out)
+            deadline = time.monotonic() + 5
+            want = len(got) + n
+            while len(got) < want and time.monotonic() < deadline:
+                a.step(0.005)
+                b.step(0.005)
+                got.extend(b.tun.delivered())
+            assert len(got) == want, (len(got), want)
+
+        send(3, b"first")
+        assert b.bind.filtered and set(b.device.keypairs_by_index) and a.bind.filtered
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rng = random.Random(1)
+        drops0 = b.bind.kernel_drops()
+        for _ in range(500):
+            c.sendto(transport(rng.getrandbits(32), 96), ("127.0.0.1", b.listen_port))
+        send(3, b"beside the garbage")
+        assert b.device.drops["unknown_index"] == 0                # the core never saw the garbage
+        assert b.bind.kernel_drops() - drops0 >= 500
+        # a new session: A initiates again, B (the responder) has a new index before A's first message with it
+        old, session = set(b.device.keypairs_by_index), pa.current
+        out: list = []
+        pa.last_sent_handshake = -1e9              # (REKEY_TIMEOUT since the first one, without the wait)
+        time.sleep(0.1)                            # a newer TAI64N stamp than the first initiation's
+        a.device.initiate_handshake(pa, time.monotonic(), out, retry=False)
+        a.flush(out)
+        deadline = time.monotonic() + 5
+        while pa.current is session:
+            assert time.monotonic() < deadline, ("no new session", dict(b.device.drops), dict(a.device.drops))
+            a.step(0.005)
+            b.step(0.005)
+        send(3, b"new session")
+        assert not b.device.drops["unknown_index"] and set(b.device.keypairs_by_index) - old
+        # a new listen port: the new sockets get the filter of the sessions that exist
+        b.set_listen_port(0)
+        pa.endpoint = ("127.0.0.1", b.listen_port)
+        assert b.bind.filtered
+        drops0 = b.bind.kernel_drops()
+        for _ in range(100):
+            c.sendto(transport(rng.getrandbits(32), 96), ("127.0.0.1", b.listen_port))
+        send(3, b"new port")
+        assert b.device.drops["unknown_index"] == 0 and b.bind.kernel_drops() - drops0 >= 100
+        c.close()
+    finally:
+        a.close()
+        b.close()
