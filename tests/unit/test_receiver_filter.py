@@ -165,6 +165,9 @@ def test_the_loop_filters_garbage_and_follows_new_sessions():
         send(3, b"beside the garbage")
         assert b.device.drops["unknown_index"] == 0                # the core never saw the garbage
         assert b.bind.kernel_drops() - drops0 >= 500
+        from wgpy.uapi.protocol import handle_stats
+        stats = dict(line.split("=", 1) for line in handle_stats(b).splitlines())
+        assert int(stats["udp_kernel_drops"]) >= 500               # `wgpy show IFACE stats` tells
         # a new session: A initiates again, B (the responder) has a new index before A's first message with it
         old, session = set(b.device.keypairs_by_index), pa.current
         out: list = []

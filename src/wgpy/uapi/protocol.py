@@ -109,6 +109,9 @@ def handle_stats(host: Host) -> str:
     if dev.macs is not None:   # L2: the learning switch's table (bounded by MAC_TABLE_SIZE)
         lines += [f"mac_table_entries={len(dev.macs)}", f"mac_table_evicted={dev.macs.evicted}",
                   f"mac_table_moved={dev.macs.moved}"]
+    kernel_drops = getattr(getattr(host, "bind", None), "kernel_drops", None)
+    if kernel_drops is not None:   # dropped by the kernel at the UDP sockets: the receiver filter, full queues
+        lines.append(f"udp_kernel_drops={kernel_drops()}")
     lines += _transport.stats_lines(host)   # the TCP/TLS transports: stream_* counters
     return "".join(line + "\n" for line in lines)
 
