@@ -93,6 +93,27 @@ def test_too_many_indices_or_no_steering_is_the_core_alone(bind):
     assert sorted(got) == sorted([transport(7), transport(8)])    # no filter: the core drops what is unknown
 
 
+def test_a_refused_program_leaves_no_socket_filtered(bind, monkeypatch):
+    """The kernel refuses the program on the second socket (e.g. out of option memory): the first, which took
+    it, must not keep filtering with it, nor any socket with an older program that lacks a new index."""
+    from wgpy.io import udp
+    assert bind.filter_receivers({7: None})
+    if bind.s6 is None:
+        pytest.skip("one socket only")
+    real = udp._attach
+    calls = []
+
+    def second_fails(sock, option, program):
+        calls.append(sock)
+        if len(calls) == 2:
+            raise OSError(12, "Cannot allocate memory")
+        real(sock, option, program)
+    monkeypatch.setattr(udp, "_attach", second_fails)
+    assert not bind.filter_receivers({7: None, 8: None}) and not bind.filtered
+    got, _ = exchange(bind, [transport(7), transport(8), transport(9)])
+    assert sorted(got) == sorted([transport(7), transport(8), transport(9)])     # the core decides
+
+
 def test_program_fits_the_kernel_limit():
     rng = random.Random(9)
     prog = receivers_filter(rng.getrandbits(32) for _ in range(MAX_FILTERED_INDICES))

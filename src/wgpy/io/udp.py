@@ -204,16 +204,18 @@ class UdpBind:
         device's keypairs: IndexTable.on_keypair). Over MAX_FILTERED_INDICES, or where the kernel refuses the
         program, no filter: the core drops what is unknown. -> whether the filter is on."""
         socks = [s for s in (self.s4, self.s6) if s is not None]
+        attached = False
         if len(indices) <= MAX_FILTERED_INDICES:
             program = receivers_filter(indices)
             try:
                 for s in socks:
                     _attach(s, SO_ATTACH_FILTER, program)
+                    attached = True
                 self.filtered = True
                 return True
             except OSError:
                 pass
-        if self.filtered:
+        if self.filtered or attached:       # no socket may keep an older program that lacks a new index
             for s in socks:
                 try:
                     s.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
