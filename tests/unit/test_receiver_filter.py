@@ -97,7 +97,6 @@ def test_a_refused_program_leaves_no_socket_filtered(bind, monkeypatch):
     """The kernel refuses the program on the second socket (e.g. out of option memory): the first, which took
     it, must not keep filtering with it, nor any socket with an older program that lacks a new index."""
     from wgpy.io import udp
-    assert bind.filter_receivers({7: None})
     if bind.s6 is None:
         pytest.skip("one socket only")
     real = udp._attach
