@@ -18,6 +18,7 @@ import os
 import struct
 import time
 
+from wgpy import native
 from wgpy.io import offload
 from wgpy.protocol.device import Device
 from wgpy.routing.mactable import LOCAL
@@ -76,6 +77,7 @@ def main() -> None:
     a, b = pair()
     batch = [ip4("10.0.0.1", "10.0.0.2", args.size)] * args.batch
     enc_t, dec_t, n = time_both_ways(a, b, batch, args.rounds)
+    print(f"data path: {', '.join(f'{m} {why}' for m, why in native.status().items())}")
     print(f"packet size {args.size} B, batch {args.batch}, {n} packets")
     print(f"  encrypt path (route + pad + AEAD + header): {enc_t / n * 1e6:6.2f} us/packet")
     print(f"  decrypt path (index + AEAD + replay + source check): {dec_t / n * 1e6:6.2f} us/packet")
