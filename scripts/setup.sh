@@ -39,7 +39,11 @@ fi
 # Re-install only when the build inputs changed or the install is broken (editable, so Python source edits need
 # nothing; a changed C source of the native data path is rebuilt).
 STAMP="$VENV/.wgpy-setup-stamp"
-want=$(cat pyproject.toml setup.py src/native/*.c src/native/*.h 2>/dev/null | sha256sum | cut -d' ' -f1)
+build_inputs=(pyproject.toml setup.py)
+shopt -s nullglob
+build_inputs+=(src/native/*.c src/native/*.h)
+shopt -u nullglob
+want=$(cat "${build_inputs[@]}" | sha256sum | cut -d' ' -f1)
 have=$(cat "$STAMP" 2>/dev/null || true)
 if [[ "$want" != "$have" ]] || ! "$VENV/bin/python" -c 'import wgpy, pytest' >/dev/null 2>&1 \
         || [[ ! -x "$VENV/bin/wgpy" ]]; then
