@@ -1,5 +1,6 @@
 """Fuzz target for the native TUN offloads (wgpy._offload, src/native/offload.c): split and coalesce must never
-crash, and must give the same results as the Python reference (io/offload.py's split_py, coalesce_py).
+crash, and must give the same results as the Python reference (io/offload.py's split_py, coalesce_py; and
+io/batch.py's gso_run_py, gro_split_py for the UDP batch helpers gso_run and gro_split).
 
     .venv/bin/python bench/fuzz_offload.py [--seconds 30] [--seed 1] [--module DIR]
 
@@ -23,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from wgpy.io.batch import gro_split_py, gso_run_py
 from wgpy.io.offload import VNET_HDR, coalesce_py, split_py
 
 EDGE = (0, 1, 2, 0x7F, 0x80, 0xFE, 0xFF)
@@ -148,6 +150,19 @@ def run(mod, seconds: float, seed: int) -> dict:
                 raise SystemExit(f"coalesce differs from coalesce_py on {[p.hex() for p in pkts]}")
             stats["coalesce_inputs"] += 1
             stats["coalesce_merged"] += sum(1 for w in b if w[1])
+            # the UDP batch helpers of io/batch.py: GSO runs over random (datagram, endpoint) lists, GRO cuts
+            eps = [("192.0.2.1", 1), ("192.0.2.2", 1), ("2001:db8::1", 1, 0, 0)]
+            out = [(rng.randbytes(rng.choice((0, 1, 40, 1452, 1452, 3000))), rng.choice(eps))
+                   for _ in range(rng.randrange(1, 90))]
+            i = rng.randrange(len(out))
+            segs, limit = rng.randrange(1, 80), rng.choice((1, 2000, 65000, 1 << 20))
+            if mod.gso_run(out, i, segs, limit) != gso_run_py(out, i, segs, limit):
+                raise SystemExit(f"gso_run differs from gso_run_py at {i} of {[(len(d), e) for d, e in out]}")
+            data, seg = rng.randbytes(rng.randrange(4000)), rng.randrange(1, 1500)
+            a, b = [], []
+            if mod.gro_split(data, seg, eps[0], b) != gro_split_py(data, seg, eps[0], a) or a != b:
+                raise SystemExit(f"gro_split differs from gro_split_py ({len(data)} bytes, segment {seg})")
+            stats["udp_inputs"] = stats.get("udp_inputs", 0) + 1
     return stats
 
 

@@ -2,6 +2,8 @@
 
     split(buf, out) -> int      one TUN read (virtio_net_hdr + packet) -> IP packets appended to out
     coalesce(packets, out)      IP packets -> TUN writes (virtio_net_hdr + packet), in-order TCP runs merged
+    gso_run(out, start, ...)    the UDP GSO run of io/batch.py at out[start] -> (stop, size, joined datagrams)
+    gro_split(data, seg, ...)   a UDP GRO read of io/batch.py -> its datagrams appended, with their source
 
 The Python functions there (split_py, coalesce_py) are the reference: same output bytes, same drops (split
 returns 0), same order. Every packet this module appends is a new `bytes` object. Inputs are any objects with
@@ -505,6 +507,89 @@ done:
     return result;
 }
 
+
+/* gso_run(out, start, max_segments, max_bytes) -> (stop, size, data) or None: io/batch.py's UDP GSO run. `out` is a list
+   of (datagram, endpoint) pairs; the run starts at `start` (< len(out)) and takes the datagrams after it while
+   they go to an equal endpoint, are no longer than the first (`size`: a shorter one ends the run), keep the
+   total within max_bytes and the count within max_segments. `data` is the first datagram itself for a run of
+   one, else the run's datagrams joined into one new bytes object (one sendmsg with UDP_SEGMENT = size).
+   None when out[start] is not a (bytes, endpoint) tuple (gso_run_py takes any bytes-like). */
+static PyObject *gso_run(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_Check(args[0]))
+        return PyErr_Format(PyExc_TypeError, "gso_run(out: list, start, max_segments, max_bytes)");
+    PyObject *out = args[0];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_seg = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_bytes = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(out);
+    if (start < 0 || start >= n || max_seg < 1)
+        return PyErr_Format(PyExc_ValueError, "gso_run: start %zd out of range (%zd items) or no segments", start, n);
+    PyObject *first = PyList_GET_ITEM(out, start);
+    if (!PyTuple_Check(first) || PyTuple_GET_SIZE(first) < 2 || !PyBytes_Check(PyTuple_GET_ITEM(first, 0)))
+        Py_RETURN_NONE;                     /* not a (bytes, endpoint) pair: the caller's Python loop decides */
+    PyObject *ep = PyTuple_GET_ITEM(first, 1);
+    Py_ssize_t size = PyBytes_GET_SIZE(PyTuple_GET_ITEM(first, 0)), total = size, j = start + 1;
+    Py_ssize_t limit = n - start > max_seg ? start + max_seg : n;
+    while (j < limit) {
+        PyObject *it = PyList_GET_ITEM(out, j);
+        if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) < 2 || !PyBytes_Check(PyTuple_GET_ITEM(it, 0)))
+            break;                          /* not ours to judge: the Python loop sends it on its own */
+        Py_ssize_t l2 = PyBytes_GET_SIZE(PyTuple_GET_ITEM(it, 0));
+        if (l2 > size || total + l2 > max_bytes) break;
+        PyObject *e2 = PyTuple_GET_ITEM(it, 1);
+        if (e2 != ep) {
+            int eq = PyObject_RichCompareBool(e2, ep, Py_EQ);
+            if (eq < 0) return NULL;
+            if (!eq) break;
+        }
+        total += l2;
+        j++;
+        if (l2 < size) break;               /* a shorter datagram can only end a run */
+    }
+    PyObject *data;
+    if (j - start == 1) {
+        data = PyTuple_GET_ITEM(first, 0);
+        Py_INCREF(data);
+    } else {
+        data = PyBytes_FromStringAndSize(NULL, total);
+        if (!data) return NULL;
+        char *w = PyBytes_AS_STRING(data);
+        for (Py_ssize_t k = start; k < j; k++) {      /* sizes read above; bytes objects cannot change */
+            PyObject *d = PyTuple_GET_ITEM(PyList_GET_ITEM(out, k), 0);
+            memcpy(w, PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d));
+            w += PyBytes_GET_SIZE(d);
+        }
+    }
+    return Py_BuildValue("nnN", j, size, data);
+}
+
+/* gro_split(data, seg, src, out) -> int: io/batch.py's UDP GRO read cut back into its datagrams: (data[off:off +
+   seg], src) appended to the list `out` for off = 0, seg, ... (the last may be shorter); returns how many. */
+static PyObject *gro_split(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyList_Check(args[3]))
+        return PyErr_Format(PyExc_TypeError, "gro_split(data: bytes, seg: int, src, out: list)");
+    Py_ssize_t seg = PyLong_AsSsize_t(args[1]);
+    if (seg == -1 && PyErr_Occurred()) return NULL;
+    if (seg < 1) return PyErr_Format(PyExc_ValueError, "gro_split: segment size %zd", seg);
+    const char *p = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]), count = 0;
+    for (Py_ssize_t off = 0; off < n; off += seg, count++) {
+        Py_ssize_t len = n - off < seg ? n - off : seg;
+        PyObject *d = PyBytes_FromStringAndSize(p + off, len);
+        if (!d) return NULL;
+        PyObject *t = PyTuple_Pack(2, d, args[2]);
+        Py_DECREF(d);
+        if (!t) return NULL;
+        int rc = PyList_Append(args[3], t);
+        Py_DECREF(t);
+        if (rc < 0) return NULL;
+    }
+    return PyLong_FromSsize_t(count);
+}
+
 static PyMethodDef methods[] = {
     {"split", (PyCFunction)(void (*)(void))split, METH_FASTCALL,
      "split(buf, out) -> int\n\nAppend the IP packets (bytes) of one TUN read (virtio_net_hdr + packet) to out; "
@@ -512,6 +597,12 @@ static PyMethodDef methods[] = {
     {"coalesce", (PyCFunction)(void (*)(void))coalesce, METH_FASTCALL,
      "coalesce(packets, out) -> None\n\nAppend TUN write buffers (bytes: virtio_net_hdr + packet) for packets to "
      "out, in-order TCP runs merged into GSO super-packets. Identical to wgpy.io.offload.coalesce_py."},
+    {"gso_run", (PyCFunction)(void (*)(void))gso_run, METH_FASTCALL,
+     "gso_run(out, start, max_segments, max_bytes) -> (stop, size, data)\n\nThe UDP GSO run of (datagram, "
+     "endpoint) pairs at out[start] and its datagrams joined. Identical to wgpy.io.batch.gso_run_py."},
+    {"gro_split", (PyCFunction)(void (*)(void))gro_split, METH_FASTCALL,
+     "gro_split(data, seg, src, out) -> int\n\n(data[off:off + seg], src) appended to out for every segment of "
+     "a UDP GRO read. Identical to wgpy.io.batch.gro_split_py."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,6 +19,8 @@ import errno
 import socket
 import struct
 
+from ..native import load
+
 SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
@@ -47,28 +49,20 @@ class BatchSender:
         i = 0
         singly_until = 0                # datagrams before this index go out one by one (EMSGSIZE below)
         while i < n:
-            data, ep = out[i]
-            size = len(data)
-            j = i + 1
             if self.gso and i >= singly_until:
-                total = size
-                limit = min(n, i + GSO_MAX_SEGMENTS)
-                while j < limit:
-                    d2, e2 = out[j]
-                    l2 = len(d2)
-                    if e2 != ep or l2 > size or total + l2 > GSO_MAX_BYTES:
-                        break
-                    total += l2
-                    j += 1
-                    if l2 < size:
-                        break   # a shorter datagram can only end a run
+                run = gso_run(out, i, GSO_MAX_SEGMENTS, GSO_MAX_BYTES)
+                if run is None:
+                    run = gso_run_py(out, i, GSO_MAX_SEGMENTS, GSO_MAX_BYTES)
+                j, size, data = run
+            else:
+                j, size, data = i + 1, 0, out[i][0]
+            ep = out[i][1]
             sock = s6 if len(ep) == 4 else s4
             try:
                 if j - i == 1:
                     sock.sendto(data, ep)
                 else:
-                    sock.sendmsg([b"".join([d for d, _ in out[i:j]])],
-                                 [(SOL_UDP, UDP_SEGMENT, _H.pack(size))], 0, ep)
+                    sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _H.pack(size))], 0, ep)
                 self.calls += 1
             except OSError as e:
                 if j - i > 1 and e.errno == errno.EMSGSIZE:
@@ -81,6 +75,42 @@ class BatchSender:
             except AttributeError:      # no socket for this family
                 self.errors += j - i
             i = j
+
+
+def gso_run_py(out: list, i: int, max_segments: int, max_bytes: int) -> tuple[int, int, bytes]:
+    """The run of datagrams at out[i] that one UDP GSO sendmsg can carry: the same endpoint, each no longer than
+    the first (whose length is the segment size; a shorter one can only end the run), at most `max_segments`
+    and `max_bytes` in all. Returns (index after the run, segment size, the run's datagrams joined; the datagram
+    itself for a run of one). The reference of wgpy._offload.gso_run."""
+    data, ep = out[i]
+    size = total = len(data)
+    j = i + 1
+    limit = min(len(out), i + max_segments)
+    while j < limit:
+        d2, e2 = out[j]
+        l2 = len(d2)
+        if e2 != ep or l2 > size or total + l2 > max_bytes:
+            break
+        total += l2
+        j += 1
+        if l2 < size:
+            break
+    if j - i == 1:
+        return j, size, data
+    return j, size, b"".join([d for d, _ in out[i:j]])
+
+
+def gro_split_py(data: bytes, seg: int, src: object, out: list) -> int:
+    """(datagram, src) appended to `out` for each `seg`-byte piece of one UDP GRO read (the last may be shorter);
+    returns how many. The reference of wgpy._offload.gro_split."""
+    for off in range(0, len(data), seg):
+        out.append((data[off:off + seg], src))
+    return (len(data) + seg - 1) // seg
+
+
+_native = load("_offload")
+gso_run = _native.gso_run if _native is not None else gso_run_py
+gro_split = _native.gro_split if _native is not None else gro_split_py
 
 
 def enable_gro(sock: socket.socket) -> bool:
@@ -106,11 +136,8 @@ def receive_batch(sock: socket.socket, limit: int, out: list) -> None:
         for level, kind, payload in anc:
             if level == SOL_UDP and kind == UDP_GRO:
                 seg = _I.unpack_from(payload)[0]
-        n = len(data)
-        if seg and seg < n:
-            for off in range(0, n, seg):
-                out.append((data[off:off + seg], src))
-            count += (n + seg - 1) // seg
+        if seg and seg < len(data):
+            count += gro_split(data, seg, src, out)
         else:
             out.append((data, src))
             count += 1

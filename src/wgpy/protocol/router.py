@@ -23,20 +23,45 @@ class Router:
         self.dev = dev
 
     def send(self, packets: Iterable[bytes], now: float, out: list) -> None:
-        """Route, then encrypt or stage, a batch of IP packets read from the TUN device."""
+        """Route, then encrypt or stage, a batch of IP packets read from the TUN device.
+
+        Consecutive packets to one destination (the segments of a TSO super-packet, a burst of one flow) are
+        routed once: the lookup depends only on the IP version and the destination bytes, and a destination
+        slice of full length also proves the packet long enough for the lookup to read it (a shorter one,
+        equal only to a slice as short, has no route either way)."""
         dev = self.dev
         lookup = dev.allowed_ips.lookup_dst
         groups: dict[Peer, list[bytes]] = {}      # a plain dict: cheaper to make than a defaultdict for a
-        for pkt in packets:                        # batch of one or two, as a ping or an ACK is
+        last_v = -1                                # batch of one or two, as a ping or an ACK is
+        last_dst = None
+        g = None                                   # the group of the last destination (None: no route)
+        no_route = 0
+        for pkt in packets:
+            if not pkt:
+                no_route += 1
+                continue
+            v = pkt[0] >> 4
+            dst = pkt[16:20] if v == 4 else pkt[24:40]
+            if v == last_v and dst == last_dst:
+                if g is None:
+                    no_route += 1
+                else:
+                    g.append(pkt)
+                continue
+            last_v = v
+            last_dst = dst
             peer = lookup(pkt)
             if peer is None:
-                dev.drops["no_route"] += 1
+                g = None
+                no_route += 1
                 continue
             g = groups.get(peer)
             if g is None:
-                groups[peer] = [pkt]
+                g = groups[peer] = [pkt]
             else:
                 g.append(pkt)
+        if no_route:
+            dev.drops["no_route"] += no_route
         for peer, pkts in groups.items():
             dev._send_to_peer(peer, pkts, now, out)
 
@@ -52,14 +77,25 @@ class Router:
         src_lookup = dev.allowed_ips.lookup_src
         drops = dev.drops
         append = out_tun.append
+        # the source check of a packet that has the version, addresses and peer of the last one allowed is that
+        # one's (a run of one flow): the slices of full length (v4: source and destination, 12:20; v6: 8:40)
+        # also prove the packet long enough for the lookup; only a check that passed is remembered
+        ok_peer = None
+        ok_v = -1
+        ok_addrs = None
         for peer, pt in opened:
-            if src_lookup(pt) is not peer:
-                if pt[0] == CONTROL_MARKER:       # wgpy's control channel (ext/control.py), not IP
-                    dev.path_mtu.receive_control(peer, pt, len(pt), now, out_net)
+            v = pt[0] >> 4                        # opened plaintexts are never empty
+            addrs = pt[12:20] if v == 4 else pt[8:40]
+            if peer is not ok_peer or v != ok_v or addrs != ok_addrs:
+                if src_lookup(pt) is not peer:
+                    if pt[0] == CONTROL_MARKER:   # wgpy's control channel (ext/control.py), not IP
+                        dev.path_mtu.receive_control(peer, pt, len(pt), now, out_net)
+                        continue
+                    drops["dishonest_peer"] += 1
                     continue
-                drops["dishonest_peer"] += 1
-                continue
-            v = pt[0] >> 4
+                ok_peer = peer
+                ok_v = v
+                ok_addrs = addrs
             if v == 4:
                 length = (pt[2] << 8) | pt[3]
             elif v == 6:
