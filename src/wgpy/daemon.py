@@ -429,4 +429,5 @@ def _no_link_local(name: str) -> None:
 def install_signal_handlers(iface: Interface) -> None:
     signal.signal(signal.SIGTERM, iface.stop)
     signal.signal(signal.SIGINT, iface.stop)
+    signal.signal(signal.SIGHUP, iface.stop)      # a closed terminal tears down as SIGTERM does
     signal.set_wakeup_fd(iface._wake_w, warn_on_full_buffer=False)

@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT from the first moment of `wgpy up`: during setup they undo what was done, once the
+"""SIGTERM, SIGINT and SIGHUP from the first moment of `wgpy up`: during setup they undo what was done, once the
 interface runs they stop it (and its teardown undoes everything), during teardown they are ignored.
 
 The handlers are installed before the config is read. During setup a signal is noted and acted on at the next
@@ -17,7 +17,7 @@ from typing import Iterator
 
 from .hooks import UpError
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)   # SIGHUP: the terminal of `wgpy up` closed
 
 
 class Interrupted(UpError):

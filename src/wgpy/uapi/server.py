@@ -355,23 +355,40 @@ class UapiServer:
                 pass   # a daemon that dropped root cannot: `wgpy down` (or `wg`) removes the stale socket
 
 
+REPLY_LIMIT = 256 << 20               # bytes of one reply a client takes (a `get` of ~1M peers)
+REPLY_TIME = 60.0                     # seconds for a whole reply
+
+
 def request(name: str, text: str, timeout: float = 5.0) -> str:
-    """Client side: send one request (without the blank line) and return the response (with errno)."""
+    """Client side: send one request (without the blank line) and return the response (with errno). Each step
+    waits at most `timeout` seconds and the whole reply at most REPLY_TIME, of at most REPLY_LIMIT bytes: a
+    daemon (or whatever holds the socket) that trickles or floods makes this raise TimeoutError / OSError
+    (EMSGSIZE) instead of stalling or filling the caller."""
     path = find_socket(name)
     if path is None:                  # nothing in a trusted directory: an untrusted one is never tried
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
+    end = time.monotonic() + max(timeout, REPLY_TIME)
     try:
         s.connect(path)
         s.sendall(text.encode() + b"\n")
         buf = bytearray()
         # a reply ends with its errno line and an empty line: only the tail is looked at (linear)
         while not (buf.endswith(b"\n\n") and b"errno=" in buf[-32:]):
-            chunk = s.recv(65536)
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, f"no complete reply from {path} in time")
+            s.settimeout(min(timeout, left))
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                raise TimeoutError(errno.ETIMEDOUT, f"no complete reply from {path} in time") from None
             if not chunk:
                 break
             buf += chunk
+            if len(buf) > REPLY_LIMIT:
+                raise OSError(errno.EMSGSIZE, f"reply from {path} larger than {REPLY_LIMIT >> 20} MiB")
         return buf.decode(errors="replace")     # a reply is the daemon's word: never a traceback here
     finally:
         s.close()
