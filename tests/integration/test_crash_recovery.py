@@ -232,9 +232,16 @@ def _fake_reply(bad_key: bool = False) -> str:
 
 def _private_tmp(script: str) -> list[str]:
     """sh -c SCRIPT in a private mount namespace with an empty, world-writable /tmp (as any machine's), and
-    without XDG_RUNTIME_DIR (root's runtime-dir fallback was /tmp/wgpy-0 then)."""
+    without XDG_RUNTIME_DIR (root's runtime-dir fallback was /tmp/wgpy-0 then). A checkout that lives under
+    /tmp (a CI clone) is bound back into the empty /tmp, so its wgpy still runs there."""
+    repo = netlab.WGPY.resolve().parents[2]
+    keep = ""
+    if repo.is_relative_to("/tmp"):
+        rel = shlex.quote(str(repo.relative_to("/tmp")))
+        keep = (f"mount --bind /tmp /mnt\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n"
+                f"mkdir -p /tmp/{rel}\nmount --bind /mnt/{rel} /tmp/{rel}\n")
     return ["env", "-u", "XDG_RUNTIME_DIR", "unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-            "mount -t tmpfs -o mode=1777 tmpfs /tmp\n" + script]
+            (keep or "mount -t tmpfs -o mode=1777 tmpfs /tmp\n") + script]
 
 
 def test_a_planted_pid_file_does_not_make_root_stop_another_tunnel(lab):
