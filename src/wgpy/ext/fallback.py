@@ -21,7 +21,8 @@ Rules (all per peer; "on the fallback" means `peer.endpoint is fb.target`):
     4. Roaming stays the only rule that moves a peer between paths once a message authenticates; the fallback
        logic only acts on unanswered initiations and on its own timers, so it cannot fight roaming for long.
 Hooks (called by device.py / timers.py, never per packet): initiation_sent, response_received, run_timer.
-Types of endpoints: `type(ep) is tuple` is a UDP address (the shared convention of the I/O layer); the
+Types of endpoints: `isinstance(ep, tuple)` is a UDP address (the shared convention of the I/O layer: a plain tuple
+or a received source, io/batch.py's Sticky, a tuple subclass); the
 fallback target is compared by identity.
 """
 
@@ -90,7 +91,7 @@ def configure(dev, peer: Peer, target: object | None, now: float, out: list, *, 
         peer.fallback = fb
     fb.after = after
     fb.probe_interval = probe_interval
-    if type(peer.endpoint) is tuple:
+    if isinstance(peer.endpoint, tuple):
         fb.primary = peer.endpoint
     if peer.endpoint is None:
         peer.endpoint = target
@@ -106,7 +107,7 @@ def endpoint_set(dev, peer: Peer, now: float) -> None:
     fb = peer.fallback
     if fb is None:
         return
-    if type(peer.endpoint) is tuple:
+    if isinstance(peer.endpoint, tuple):
         fb.primary = peer.endpoint
     fb.unanswered_since = None
     fb.probe_check = None
@@ -136,7 +137,7 @@ def response_received(dev, peer: Peer, src: object, now: float) -> None:
     if src is fb.target:
         _rearm(dev, peer)
         return
-    if type(src) is tuple:
+    if isinstance(src, tuple):
         fb.primary = src
     if fb.since is not None:        # we were on the fallback: the answer over UDP brought us back
         fb.returns += 1

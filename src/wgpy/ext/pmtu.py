@@ -107,11 +107,11 @@ class PathMtuExtension(Extension):
 
     def _usable(self) -> list[int]:
         return [peer.pmtu.mtu - peer.pmtu.overhead for peer in self.dev.peers.values()
-                if peer.pmtu is not None and type(peer.endpoint) is tuple]
+                if peer.pmtu is not None and isinstance(peer.endpoint, tuple)]
 
     def _pmtu_ensure(self, peer, now: float) -> "PathMTU | None":
         ep = peer.endpoint
-        if type(ep) is not tuple:
+        if not isinstance(ep, tuple):
             return None
         st = peer.pmtu
         if st is None or st.endpoint[0] != ep[0] or len(st.endpoint) != len(ep):
@@ -130,7 +130,7 @@ class PathMtuExtension(Extension):
 
     def _pmtu_probing(self, peer) -> bool:
         return (self.pmtu_auto and self.control_enabled and bool(peer.wgpy & control.EXT_PMTU)
-                and type(peer.endpoint) is tuple)
+                and isinstance(peer.endpoint, tuple))
 
     # ---- hooks called by the device ----------------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class PathMtuExtension(Extension):
         noop = False
         for peer in self.dev.peers.values():
             ep = peer.endpoint
-            if type(ep) is not tuple or ep[0] != host or (port and ep[1] != port):
+            if not isinstance(ep, tuple) or ep[0] != host or (port and ep[1] != port):
                 continue
             if local:
                 st = self._pmtu_ensure(peer, now)

@@ -132,8 +132,18 @@ def send_fragmentable(sock: socket.socket, datagrams: list, path_mtu: int) -> in
         return len(datagrams)
     try:
         for data, ep in datagrams:
+            src = getattr(ep, "cmsg", None)         # a Sticky's local address (io/batch.py)
             try:
-                sock.sendto(data, ep)
+                if src is None:
+                    sock.sendto(data, ep)
+                else:
+                    try:
+                        sock.sendmsg([data], [src], 0, ep)
+                    except OSError as e:
+                        if e.errno not in (errno.EADDRNOTAVAIL, errno.EINVAL, errno.ENETUNREACH):
+                            raise
+                        ep.cmsg = None
+                        sock.sendto(data, ep)
             except OSError:
                 errors += 1
     finally:

@@ -124,7 +124,7 @@ class EndpointNames:
     def in_force(self, peer) -> str | None:
         """`host:port` while the peer's endpoint is the one its name gave, else None."""
         name = self.names.get(peer.public_key)
-        if name is None or type(peer.endpoint) is not tuple or format_endpoint(peer.endpoint) != name.resolved:
+        if name is None or not isinstance(peer.endpoint, tuple) or format_endpoint(peer.endpoint) != name.resolved:
             return None
         return name.text
 
@@ -182,7 +182,7 @@ class EndpointNames:
         if not endpoints or name.resolved in endpoints and self.in_force(peer) is not None:
             return                                # unchanged
         if self.in_force(peer) is None:           # the peer roamed (or was set): never moved from there
-            current = format_endpoint(peer.endpoint) if type(peer.endpoint) is tuple else None
+            current = format_endpoint(peer.endpoint) if isinstance(peer.endpoint, tuple) else None
             name.resolved = current if current in endpoints else endpoints[0]
             return
         new = endpoints[0]

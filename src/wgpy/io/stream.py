@@ -369,7 +369,7 @@ class StreamManager:
         now = None
         for item in out:
             ep = item[1]
-            if type(ep) is tuple:
+            if isinstance(ep, tuple):
                 udp.append(item)
                 continue
             conn = ep.conn

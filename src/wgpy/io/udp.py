@@ -1,6 +1,8 @@
 """UDP sockets for one interface: an IPv4 and an IPv6 socket bound to the same port (IPV6_V6ONLY), as
 wireguard-go's StdNetBind. Endpoints are the address tuples of recvfrom/sendto: (ip, port) for IPv4 and
-(ip, port, flowinfo, scope_id) for IPv6, so the socket for an endpoint is chosen by the tuple's length.
+(ip, port, flowinfo, scope_id) for IPv6, so the socket for an endpoint is chosen by the tuple's length. A received
+source is such a tuple as a `batch.Sticky`, which also carries the local address it arrived at (IP_PKTINFO /
+IPV6_RECVPKTINFO, set in `configure`): what is sent to it leaves from that address, as kernel WireGuard does.
 
 Per family there are two receiving sockets in one SO_REUSEPORT group, and a classic BPF program steers each
 datagram by its first byte: transport messages (type 4) to the first socket, everything else (handshake
@@ -31,7 +33,7 @@ import ipaddress
 import socket
 import struct
 
-from .batch import BatchSender, enable_gro, receive_batch
+from .batch import BatchSender, enable_gro, enable_pktinfo, receive_batch
 from .pmtu import send_fragmentable
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -241,11 +243,14 @@ class UdpBind:
     # ---- what the event loop calls (io/memory.py's MemoryBind has the same three) -----------------------------
 
     def configure(self, pmtu_io) -> None:
-        """Per socket: UDP GRO on, and the path MTU mode (IP_RECVERR, PMTU discovery) of `pmtu_io`."""
+        """Per socket: UDP GRO on, the local address of each read (IP_PKTINFO/IPV6_RECVPKTINFO: answers leave
+        from the address the peer wrote to, io/batch.py), and the path MTU mode (IP_RECVERR, PMTU discovery) of
+        `pmtu_io`."""
         socks = self.sockets()
         pmtu_io.configure(socks)
         for s in socks:
             enable_gro(s)
+            enable_pktinfo(s)
 
     receive = staticmethod(receive_batch)
     """receive(sock, limit, out): append up to about `limit` (datagram, source) tuples read from `sock`."""

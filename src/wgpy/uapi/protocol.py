@@ -382,7 +382,7 @@ _PEER_GET = {
     "allowed_ip": lambda h, p, ctx: h.device.allowed_ips.entries(p),
     "wgpy_allowed_mac": _l2(lambda h, p, ctx: [format_mac(m) for m in sorted(p.allowed_macs or ())]),
     "wgpy_mac": _l2(lambda h, p, ctx: ctx.get(p, [])),
-    "wgpy_path_mtu": _if(lambda h, p: p.pmtu is not None and type(p.endpoint) is tuple, lambda h, p: _path_mtu(p)),
+    "wgpy_path_mtu": _if(lambda h, p: p.pmtu is not None and isinstance(p.endpoint, tuple), lambda h, p: _path_mtu(p)),
     "wgpy_peer_wgpy": _if(lambda h, p: p.wgpy, lambda h, p: p.wgpy & 0x7FFFFFFF),
     "wgpy_last_error": lambda h, p, ctx: [e for e in (last_error(p),) if e is not None],
 }
