@@ -68,8 +68,10 @@ def ping(ns: str, addr: str, *, timeout: float = 15.0) -> subprocess.CompletedPr
     return run(ns, *PING_ARGS[:1], family, *PING_ARGS[1:], addr, timeout=timeout, check=False)
 
 
-def assert_ping(ns: str, addr: str, attempts: int = 2) -> None:
-    """At least one echo reply within a bounded number of `ping -c 3 -i 0.2 -W 2` runs."""
+def assert_ping(ns: str, addr: str, attempts: int = 3) -> None:
+    """At least one echo reply within a bounded number of `ping -c 3 -i 0.2 -W 2` runs (~2.4 s each: three cover
+    one lost handshake initiation, retried after REKEY_TIMEOUT 5 s + jitter, as when the peer's daemon was still
+    starting)."""
     res = None
     for _ in range(attempts):
         res = ping(ns, addr)
