@@ -13,7 +13,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 
 rc=0
-.venv/bin/python -m pytest -q tests "$@" || rc=$?
+.venv/bin/python -m pytest -q --durations=15 tests "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
     echo "test.sh: pytest collected no tests -- treating that as a failure" >&2
 fi
