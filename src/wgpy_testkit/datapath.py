@@ -76,6 +76,8 @@ def mangle(rng: random.Random, msgs: list[bytes], history: list[bytes]) -> list[
         r = rng.random()
         i = rng.randrange(len(out))
         m = bytearray(out[i])
+        if not m and 0.4 <= r < 0.65:                 # an empty datagram (inserted garbage): no bit, no cut
+            continue
         if r < 0.15:                                   # swap two: out of order
             j = rng.randrange(len(out))
             out[i], out[j] = out[j], out[i]
