@@ -174,3 +174,21 @@ STREAM_USER_TIMEOUT = 30.0
 FALLBACK_AFTER = 15.0
 FALLBACK_PROBE_INTERVAL = 30.0
 FALLBACK_PROBE_ANSWER = 3.0
+# --- per-peer rate limits (RateLimit, protocol/shaper.py, ext/ratelimit.py) ---
+# A token bucket per peer and direction, counting the tunnel's (inner) packet bytes. Its depth: RateLimitBurst, by
+# default RATE_LIMIT_BURST_TIME of the rate and at least RATE_LIMIT_BURST_MIN (a TSO burst of the local stack is
+# 64 KiB, so a small bucket only moves the wait into the queue). Packets over the limit wait in a FIFO of at most
+# RATE_LIMIT_QUEUE_TIME of the rate (at least the burst, at most RATE_LIMIT_QUEUE_MAX bytes): that bounds the delay
+# the limit adds and the memory a peer can hold; beyond it they are dropped and counted (tail drop: never
+# reordered). A queue is let out when its head fits, no sooner than RATE_LIMIT_MIN_WAIT after it was last looked
+# at, so a limited peer costs at most ~1000 wake-ups a second.
+RATE_LIMIT_BURST_TIME = 0.01
+RATE_LIMIT_BURST_MIN = 64 * 1024
+RATE_LIMIT_QUEUE_TIME = 0.05
+RATE_LIMIT_QUEUE_MAX = 4 * 1024 * 1024
+RATE_LIMIT_MIN_WAIT = 0.001
+# RateLimit's range, bits per second (8 kbit/s: 1000 bytes a second; 100 Gbit/s: beyond any path here)
+RATE_LIMIT_MIN = 8_000
+RATE_LIMIT_MAX = 100_000_000_000
+# RateLimitBurst's range, bytes
+RATE_LIMIT_BURST_RANGE = (1500, 64 * 1024 * 1024)

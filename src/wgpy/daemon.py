@@ -32,7 +32,7 @@ from .io.tun import Tun
 from .io.udp import UdpBind, format_endpoint, parse_endpoint
 from .ops.http import MetricsServer
 from .protocol.device import Device
-from .protocol.events import PATH_MTU_CHANGED, FallbackSwitched, Fragmentable, TunPacket
+from .protocol.events import PATH_MTU_CHANGED, FallbackSwitched, Fragmentable, TunPacket, TunPackets
 from .uapi import protocol as uapi
 from .uapi.server import UapiServer
 
@@ -402,6 +402,8 @@ class Interface:
         for ev in events:
             if type(ev) is TunPacket:
                 out_tun.append(ev.packet)           # ICMP too-big answers for the local stack
+            elif type(ev) is TunPackets:
+                out_tun.extend(ev.packets)          # a rate-limited peer's packets let out (ext/ratelimit.py)
             elif type(ev) is Fragmentable:
                 self.bind.send_fragmentable(ev.datagrams, ev.path_mtu)   # above the path MTU, outer fragments
             elif ev is PATH_MTU_CHANGED:

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from . import crypto
 from .constants import PMTU_PROBE_INTERVAL
+from .protocol.shaper import default_burst
 from .settings.table import LIST_KEYS
 
 __all__ = ["Field", "FIELDS", "FIELD_NAMES", "NOT_SHOWN", "View", "parse_get", "listing", "field_lines", "dump",
@@ -157,6 +158,24 @@ def _handshake(p: dict, v: View) -> str | None:
     return _ago(max(0, int(v.now - hs))) if hs else None
 
 
+def _rate(bits: int) -> str:
+    for unit, size in (("Gbit/s", 10**9), ("Mbit/s", 10**6), ("kbit/s", 10**3)):
+        if bits >= size:
+            return f"{bits / size:g} {unit}"
+    return f"{bits} bit/s"
+
+
+def _rate_limit(p: dict, v: View) -> str | None:
+    """RateLimit: the rate, the bucket (given or the default for the rate), what it dropped each way."""
+    if "wgpy_rate_limit" not in p:
+        return None
+    bits = int(p["wgpy_rate_limit"])
+    given = int(p.get("wgpy_rate_limit_burst", "0"))
+    burst = f"burst {_bytes(given)}" if given else f"burst {_bytes(default_burst(bits))} (default)"
+    sent, _, received = p.get("wgpy_rate_limit_dropped", "0 0").partition(" ")
+    return f"{_rate(bits)} each way, {burst}; dropped {sent} sent, {received or '0'} received"
+
+
 def _stream_endpoint(p: dict, v: View) -> str | None:
     return f"{p['wgpy_endpoint']} ({p.get('wgpy_endpoint_state', '?')})" if "wgpy_endpoint" in p else None
 
@@ -258,6 +277,7 @@ FIELDS: tuple[Field, ...] = (
       name="transfer", column=lambda p, v: f"{p.get('rx_bytes', '0')}\t{p.get('tx_bytes', '0')}", dump=5),
     F(P, ("persistent_keepalive_interval",), "persistent keepalive", _every,
       name="persistent-keepalive", column=_keepalive, dump=6),
+    F(P, ("wgpy_rate_limit", "wgpy_rate_limit_burst", "wgpy_rate_limit_dropped"), "rate limit", _rate_limit),
     F(P, ("wgpy_path_mtu", "wgpy_peer_wgpy"), "path mtu", _path_mtu, name="path-mtu", column=path_mtu_column),
 
     F("after", ("wgpy_local_mac", "wgpy_mac"), None, _mac_table_text, mode="l2",

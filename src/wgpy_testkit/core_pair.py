@@ -16,6 +16,7 @@ import struct
 
 from wgpy import crypto
 from wgpy.protocol.device import Device
+from wgpy.protocol.events import TunPackets
 
 WALL0 = 1_700_000_000.0
 
@@ -217,7 +218,13 @@ class Net:
             d, name = min(cands)
             self.at(d)
             out: list = []
-            self.dev[name].tick(d, out)
+            dev = self.dev[name]
+            dev.tick(d, out)
+            if dev.events:                    # what a rate limit let out for the TUN, as the runtime writes it
+                for ev in dev.events:
+                    if type(ev) is TunPackets:
+                        self.tun[name].extend(ev.packets)
+                dev.events = [ev for ev in dev.events if type(ev) is not TunPackets]
             self.deliver(name, out, d)
         else:  # pragma: no cover
             raise AssertionError("timer loop does not converge")

@@ -58,6 +58,7 @@ class PeerSpec:
     endpoint: str | None = None
     preshared_key: str | None = None
     persistent_keepalive: int | None = None
+    extra_lines: tuple[str, ...] = ()        # more [Peer] lines, as written (wgpy's own keys: RateLimit = ...)
 
 
 def render_config(private_key: str, listen_port: int | None, peers: Iterable[PeerSpec], *,
@@ -81,6 +82,7 @@ def render_config(private_key: str, listen_port: int | None, peers: Iterable[Pee
         lines.append(f"AllowedIPs = {', '.join(peer.allowed_ips)}")
         if peer.persistent_keepalive:
             lines.append(f"PersistentKeepalive = {peer.persistent_keepalive}")
+        lines.extend(peer.extra_lines)
     return "\n".join(lines) + "\n"
 
 

@@ -39,7 +39,7 @@ def test_interface_object_hides_keys_as_the_listing_does():
                   "stream_endpoint": None, "transport": "udp", "fallback": None,
                   "allowed_ips": ["10.0.0.2/32", "fd00::2/128"], "allowed_macs": None, "macs": None,
                   "latest_handshake": NOW - 3725, "transfer_rx": 1536, "transfer_tx": 3 << 20,
-                  "persistent_keepalive": 25, "path_mtu": None, "last_error": None}
+                  "persistent_keepalive": 25, "path_mtu": None, "rate_limit": None, "last_error": None}
     assert p3["preshared_key"] is None and p3["endpoint"] is None and p3["allowed_ips"] == []
     shown = showjson.interface_object("wgx0", dev, peers, hide=False)
     assert shown["private_key"] == PRIV_B64 and shown["peers"][0]["preshared_key"] == PSK_B64

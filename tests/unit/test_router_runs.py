@@ -14,16 +14,22 @@ from wgpy.ext.control import CONTROL_MARKER
 from wgpy.protocol.router import Router
 from wgpy.routing.allowedips import AllowedIPs
 
-PEERS = ("p1", "p2", "p3")
+class _Peer(str):
+    """A peer as the router sees it: compared by name here, without a RateLimit."""
+    limit = None
+
+
+P1, P2, P3 = _Peer("p1"), _Peer("p2"), _Peer("p3")
+PEERS = (P1, P2, P3)
 
 
 def _table() -> AllowedIPs:
     t = AllowedIPs()
-    t.insert("10.0.1.0/24", "p1")
-    t.insert("10.0.2.0/24", "p2")
-    t.insert("10.0.2.128/25", "p3")
-    t.insert("fd00:1::/64", "p1")
-    t.insert("fd00:2::/64", "p2")
+    t.insert("10.0.1.0/24", P1)
+    t.insert("10.0.2.0/24", P2)
+    t.insert("10.0.2.128/25", P3)
+    t.insert("fd00:1::/64", P1)
+    t.insert("fd00:2::/64", P2)
     return t
 
 
@@ -74,6 +80,8 @@ class _Dev:
         self.sent: list = []
         self.control: list = []
         self.path_mtu = self
+        self.rate_limit = self
+        self.active = 0                 # no peer has a RateLimit
 
     def _send_to_peer(self, peer, pkts, now, out) -> None:
         self.sent.append((peer, list(pkts)))
@@ -152,7 +160,7 @@ def test_a_dishonest_packet_inside_a_run_is_dropped() -> None:
     good = _packet(random.Random(1), 4, ADDR4[0], ADDR4[1], 100)
     forged = _packet(random.Random(2), 4, ADDR4[1], ADDR4[1], 100)     # p2's address, opened by p1's key
     dev = _Dev()
-    dev.open_transport = lambda d, now, out: [("p1", good), ("p1", forged), ("p1", good)]   # type: ignore
+    dev.open_transport = lambda d, now, out: [(P1, good), (P1, forged), (P1, good)]   # type: ignore
     tun: list = []
     Router(dev).receive([], 0.0, [], tun)
     assert tun == [good, good]

@@ -89,7 +89,7 @@ def l3_text(tmp_path) -> tuple[str, dict]:
             f"[Peer]\nPublicKey = {crypto.encode_key(PUB_A)}\nPresharedKey = {crypto.encode_key(PSK)}\n"
             f"Endpoint = 192.0.2.1:51820\nPersistentKeepalive = 25\nAllowedIPs = 10.0.0.2/32\n"
             f"FallbackEndpoint = tls://192.0.2.1:8443\nFallbackAfter = 7.5\nFallbackProbeInterval = 20\n"
-            f"TLSPin = {PIN.hex()}\n"
+            f"TLSPin = {PIN.hex()}\nRateLimit = 20mbit\nRateLimitBurst = 256k\n"
             f"[Peer]\nPublicKey = {crypto.encode_key(PUB_B)}\nEndpoint = tls://192.0.2.3:443\n"
             f"TLSServerName = vpn.example.test\nTLSCAFile = {cert}\n"), {"ports": ports, "cert": str(cert),
                                                                        "key": str(key)}
@@ -208,6 +208,12 @@ CHECKS = {
     "wgpy_tls_server_name": ("l3", lambda r: _peer_ep(r, PUB_B).server_name == "vpn.example.test"),
     "wgpy_tls_ca_file": ("l3", lambda r: _peer_ep(r, PUB_B).ca_file == r["cert"]),
     "wgpy_tls_pin": ("l3", lambda r: r["host"].device.peers[PUB_A].fallback.target.pin == PIN),
+    "wgpy_rate_limit": ("l3", lambda r: r["a"]["wgpy_rate_limit"] == "20000000" and "wgpy_rate_limit" not in r["b"]
+                        and "rate limit: 20 Mbit/s each way, burst 256.00 KiB; dropped 0 sent, 0 received"
+                        in r["show"]),
+    "wgpy_rate_limit_burst": ("l3", lambda r: r["a"]["wgpy_rate_limit_burst"] == "262144"
+                              and r["host"].device.peers[PUB_A].limit.tx.burst == 262144),
+    "wgpy_rate_limit_dropped": ("l3", lambda r: r["a"]["wgpy_rate_limit_dropped"] == "0 0"),
     "wgpy_last_error": ("l3", lambda r: "wgpy_last_error" not in r["a"] and "last error" not in r["show"]),
 }
 

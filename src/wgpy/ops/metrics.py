@@ -77,6 +77,11 @@ class InterfaceCollector(Collector):
                      for k, doc in (("switches", "Switches from UDP to the fallback stream endpoint"),
                                     ("returns", "Returns from the fallback to UDP"),
                                     ("probes", "UDP probes sent while on the fallback"))}
+        limit = GaugeMetricFamily("wgpy_peer_rate_limit_bits_per_second", "The peer's RateLimit, each way (peers "
+                                  "with one)", labels=("interface", "public_key"))
+        limited = CounterMetricFamily("wgpy_peer_rate_limit_dropped_packets", "Packets its RateLimit dropped, by "
+                                      "direction (sent: to the peer, received: from it)",
+                                      labels=("interface", "public_key", "direction"))
         for peer in list(dev.peers.values()):
             rec = {k: read[k](host, peer, {}) for k in _PEER_KEYS}
             key = crypto.encode_key(peer.public_key)
@@ -100,11 +105,17 @@ class InterfaceCollector(Collector):
                 mtu, _, source = str(path).partition(" ")
                 pmtu.add_metric((name, key, source.partition(" ")[0]), float(mtu))
             unanswered.add_metric((name, key), float(getattr(peer, "unanswered_initiations", 0)))
+            lim = getattr(peer, "limit", None)
+            if lim is not None:
+                limit.add_metric((name, key), float(lim.bits))
+                tx, rx = lim.dropped()
+                limited.add_metric((name, key, "sent"), float(tx))
+                limited.add_metric((name, key, "received"), float(rx))
             failing.add_metric((name, key), 1.0 if rec["wgpy_last_error"] else 0.0)
             if fallback is not None:
                 for k, fam in fb_counts.items():
                     fam.add_metric((name, key), float(_one(rec[f"wgpy_fallback_{k}"], 0)))
-        for fam in (sent, received, handshake, info, pmtu, unanswered, failing, *fb_counts.values()):
+        for fam in (sent, received, handshake, info, pmtu, unanswered, failing, *fb_counts.values(), limit, limited):
             if fam.samples or fam in (sent, received, handshake):
                 yield fam
 

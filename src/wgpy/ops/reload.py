@@ -10,7 +10,8 @@ sends, and compared with the interface's get reply:
   endpoint and its stream connection go on untouched; a changed peer is updated in place (`replace_allowed_ips`,
   no `replace_peers`): its keypairs survive unless its preshared key changed, exactly as with `wg syncconf`;
 * the interface's keys are sent as in the file without `replace_peers` (an unchanged private key or port is a
-  no-op); MetricsListen, ListenTCP and ListenTLS removed from the file are turned off.
+  no-op); MetricsListen, ListenTCP and ListenTLS removed from the file are turned off, and so are a changed
+  peer's RateLimit and RateLimitBurst (a new RateLimit alone keeps the queue of packets waiting, no drop).
 
 Address, DNS, MTU, Table, Masquerade, User and the hooks are the host setup of `up`; a change to them takes a
 restart (`systemctl restart wgpy@IFACE`). Routes for AllowedIPs added to the file outside the interface's own
@@ -26,6 +27,8 @@ __all__ = ["plan_reload", "reload_main"]
 _PER_PEER_FLAGS = ("replace_allowed_ips", "wgpy_replace_allowed_macs")
 _LIST = {"allowed_ip": "allowed_ips", "wgpy_allowed_mac": "wgpy_allowed_mac"}
 _DEFAULTS = {"preshared_key": "0" * 64, "persistent_keepalive_interval": "0"}
+# peer keys a get shows only while set: a changed peer's set clears them when the file no longer has them
+_PEER_OFF_WHEN_ABSENT = {"wgpy_rate_limit": "0", "wgpy_rate_limit_burst": "0"}
 _OFF_WHEN_ABSENT = {"wgpy_metrics_listen": "", "wgpy_listen_tcp": "0", "wgpy_listen_tls": "0"}
 
 
@@ -45,7 +48,7 @@ def _chunks(body: str) -> tuple[list[str], list[list[str]]]:
 
 def _unchanged(lines: list[str], cur: dict) -> bool:
     """Whether the get record `cur` already shows every setting of a peer's set lines."""
-    want: dict[str, object] = dict(_DEFAULTS)
+    want: dict[str, object] = dict(_DEFAULTS, **_PEER_OFF_WHEN_ABSENT)
     lists: dict[str, set] = {"allowed_ips": set(), "wgpy_allowed_mac": set()}
     for line in lines[1:]:
         key, _, value = line.partition("=")
@@ -56,7 +59,7 @@ def _unchanged(lines: list[str], cur: dict) -> bool:
         else:
             want[key] = value
     for key, value in want.items():
-        if cur.get(key, _DEFAULTS.get(key)) != value:
+        if cur.get(key, _DEFAULTS.get(key, _PEER_OFF_WHEN_ABSENT.get(key))) != value:
             return False                     # changed, or a set-only key (TLS files, pins): sent again
     if set(cur.get("allowed_ips", [])) != lists["allowed_ips"]:
         return False
@@ -89,7 +92,8 @@ def plan_reload(body: str, dev: dict, peers: list[dict]) -> tuple[str, dict[str,
             counts["unchanged"] += 1
         else:
             counts["updated"] += 1
-            out += chunk
+            given = {ln.partition("=")[0] for ln in chunk}
+            out += chunk + [f"{k}={off}" for k, off in _PEER_OFF_WHEN_ABSENT.items() if k in cur and k not in given]
     for key in current:
         if key not in wanted:
             counts["removed"] += 1

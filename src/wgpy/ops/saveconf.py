@@ -40,6 +40,7 @@ import tempfile
 
 from .. import crypto
 from .. import config as cfgmod
+from ..settings.values import f_rate
 
 # [Interface] keys copied from the file as written (lower case -> the spelling written)
 _OWN_INTERFACE = {k.lower(): k for k in ("Mode", "Relay", "Masquerade", "User", "MTUProbeInterval",
@@ -156,6 +157,10 @@ def render(cfg: cfgmod.InterfaceConfig, text: str, dev: dict, peers: list[dict],
             out.append(f"Endpoint = {endpoint}")
         if p.get("persistent_keepalive_interval", "0") not in ("", "0"):
             out.append(f"PersistentKeepalive = {p['persistent_keepalive_interval']}")
+        if p.get("wgpy_rate_limit", "0") != "0":
+            out.append(f"RateLimit = {f_rate(int(p['wgpy_rate_limit']))}")
+            if p.get("wgpy_rate_limit_burst", "0") != "0":
+                out.append(f"RateLimitBurst = {p['wgpy_rate_limit_burst']}")
         out += [f"{_OWN_PEER[k]} = {_value(ln)}" for k, ln in mine if k in _OWN_PEER]
     return "\n".join(out) + "\n"
 

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from .. import crypto
+from ..protocol.shaper import default_burst
 
 __all__ = ["interface_object", "field_object", "stats_object", "show_json", "FIELD_KEYS", "HIDDEN"]
 
@@ -71,6 +72,16 @@ def _learned(entries) -> list[dict]:
     return out
 
 
+def _rate_limit(p: dict) -> dict | None:
+    if "wgpy_rate_limit" not in p:
+        return None
+    bits = int(p["wgpy_rate_limit"])
+    given = _int(p.get("wgpy_rate_limit_burst"), None)
+    sent, _, received = p.get("wgpy_rate_limit_dropped", "0 0").partition(" ")
+    return {"bits_per_second": bits, "burst_bytes": given or default_burst(bits), "burst_default": not given,
+            "dropped_sent": int(sent or 0), "dropped_received": int(received or 0)}
+
+
 def peer_object(p: dict, l2: bool, hide: bool) -> dict:
     psk = p.get("preshared_key", ZERO)
     return {
@@ -90,6 +101,7 @@ def peer_object(p: dict, l2: bool, hide: bool) -> dict:
         "transfer_tx": _int(p.get("tx_bytes")),
         "persistent_keepalive": _int(p.get("persistent_keepalive_interval")),
         "path_mtu": _path_mtu(p),
+        "rate_limit": _rate_limit(p),
         "last_error": p.get("wgpy_last_error"),
     }
 

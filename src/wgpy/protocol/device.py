@@ -59,6 +59,7 @@ from .transport import NATIVE, TRANSPORT_WORD, parse_header, seal_batch
 from ..ext.base import Extension, hooks_of
 from ..ext.fallback import FallbackExtension
 from ..ext.pmtu import PathMtuExtension
+from ..ext.ratelimit import RateLimitExtension
 
 _ZERO4 = b"\x00" * 4
 InvalidTag = crypto.InvalidTag
@@ -75,10 +76,12 @@ class Device:
         self.events: list = []             # typed events for the runtime (protocol/events.py), rare
         self.peers: dict[bytes, Peer] = {}
         # wgpy's extensions, plug-ins with their own per-peer state (ext/base.py): path MTU and its control
-        # channel, the UDP -> stream fallback. The core calls them through the hook lists below only.
+        # channel, the UDP -> stream fallback, per-peer rate limits (which the forwarding steps also call, for a
+        # limited peer only). The core calls them through the hook lists below only.
         self.path_mtu = PathMtuExtension(self)
         self.fallback = FallbackExtension(self)
-        self.extensions: list[Extension] = [self.path_mtu, self.fallback]
+        self.rate_limit = RateLimitExtension(self)
+        self.extensions: list[Extension] = [self.path_mtu, self.fallback, self.rate_limit]
         self._on_initiation_sent = hooks_of(self.extensions, "initiation_sent")
         self._on_response_received = hooks_of(self.extensions, "response_received")
         self._on_handshake_complete = hooks_of(self.extensions, "handshake_complete")
@@ -250,6 +253,11 @@ class Device:
         self.peers[public_key] = peer
         return peer
 
+    def set_rate_limit(self, peer: Peer, bits_per_second: int, burst: int | None, now: float, out: list) -> None:
+        """Limit `peer`'s traffic each way to `bits_per_second` (0: unlimited), bucket depth `burst` bytes (None:
+        the default for the rate); ext/ratelimit.py."""
+        self.rate_limit.set_limit(peer, bits_per_second, burst, now, out)
+
     def set_preshared_key(self, peer: Peer, psk: bytes | None) -> None:
         peer.handshake.preshared_key = psk or noise.ZERO_KEY
 
@@ -264,6 +272,7 @@ class Device:
         self.index.drop_handshake(peer)
         self.index.clear_keypairs(peer)
         self.clear_staged(peer)
+        self.rate_limit.peer_removed(peer)
 
     def remove_all_peers(self) -> None:
         for key in list(self.peers):

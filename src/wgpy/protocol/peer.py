@@ -47,6 +47,7 @@ class Peer:
         # state of wgpy's extensions (ext/), kept here so the data path reaches it without a lookup:
         "pmtu", "t_pmtu", "wgpy", "hellos_sent",   # ext/pmtu.py: path state, its deadline, the peer's HELLO
         "fallback",     # ext/fallback.py: FallbackState or None
+        "limit",        # ext/ratelimit.py: PeerLimit (protocol/shaper.py), None without a RateLimit
     )
 
     def __init__(self, public_key: bytes, handshake: Handshake) -> None:
@@ -82,6 +83,7 @@ class Peer:
         self.wgpy = 0                  # extensions announced by the peer's HELLO (0: not known to be wgpy)
         self.hellos_sent = 0           # HELLOs sent without having received one
         self.fallback = None          # FallbackState when a FallbackEndpoint is set
+        self.limit = None             # PeerLimit when a RateLimit is set (ext/ratelimit.py)
 
     def keypairs(self) -> list[Keypair]:
         return [k for k in (self.previous, self.current, self.next) if k is not None]

@@ -63,6 +63,10 @@ class Router:
         if no_route:
             dev.drops["no_route"] += no_route
         for peer, pkts in groups.items():
+            if peer.limit is not None:            # a RateLimit (ext/ratelimit.py): what it lets go now
+                pkts = dev.rate_limit.outbound(peer, pkts, now)
+                if not pkts:
+                    continue
             dev._send_to_peer(peer, pkts, now, out)
 
     def receive(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list, out_tun: list) -> None:
@@ -74,6 +78,13 @@ class Router:
         opened = dev.open_transport(datagrams, now, out_net)
         if not opened:
             return
+        if dev.rate_limit.active:                 # some peer has a RateLimit (ext/ratelimit.py)
+            opened = dev.rate_limit.inbound(opened, now)
+        self.inbound(opened, now, out_net, out_tun)
+
+    def inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
+        """The forwarding step of receive: (peer, plaintext) pairs that passed the transport checks -> out_tun."""
+        dev = self.dev
         src_lookup = dev.allowed_ips.lookup_src
         drops = dev.drops
         append = out_tun.append

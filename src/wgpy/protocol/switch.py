@@ -82,8 +82,11 @@ class Switch:
 
     def receive(self, datagrams: Iterable[tuple[bytes, object]], now: float, out_net: list, out_tun: list) -> None:
         """Device.receive_datagrams in L2: open the batch (Device.open_transport), then switch what it opened."""
-        opened = self.dev.open_transport(datagrams, now, out_net)
+        dev = self.dev
+        opened = dev.open_transport(datagrams, now, out_net)
         if opened:
+            if dev.rate_limit.active:             # some peer has a RateLimit (ext/ratelimit.py)
+                opened = dev.rate_limit.inbound(opened, now)
             self.forward(opened, now, out_net, out_tun)
 
     def inbound(self, opened: list[tuple[Peer, bytes]], now: float, out_net: list, out_tun: list) -> None:
@@ -159,4 +162,8 @@ class Switch:
                         groups[other].append(f)
         for port, batch in groups.items():
             if not port.removed:
+                if port.limit is not None:        # a RateLimit (ext/ratelimit.py): what it lets go now
+                    batch = dev.rate_limit.outbound(port, batch, now)
+                    if not batch:
+                        continue
                 dev._send_to_peer(port, batch, now, out_net)

@@ -53,6 +53,8 @@ class PeerConfig:
     endpoint: tuple[str, int] | None = None  # (host, port); host without brackets, IPs normalised
     allowed_ips: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     persistent_keepalive: int = 0  # seconds; 0 = disabled
+    rate_limit: int = 0            # RateLimit, bits per second each way; 0 = none
+    rate_limit_burst: int | None = None   # RateLimitBurst, bytes (None: the default for the rate)
     allowed_macs: list[bytes] = field(default_factory=list)  # Mode = tap: source MACs accepted (empty: any)
     line: int = 0  # line of the [Peer] header
     # TCP/TLS transports (docs/transports.md): (scheme, host, port) with scheme "tcp" or "tls"
@@ -262,6 +264,8 @@ def _check_transports(path: str, iface: dict[str, Any], peers: list[dict[str, An
                 raise ConfigError(path, *where(p, attr), "only used with a tls:// Endpoint or FallbackEndpoint")
         if "tls_ca_file" in p and "tls_pin" in p:
             raise ConfigError(path, *where(p, "tls_pin"), "give TLSCAFile or TLSPin, not both")
+        if "rate_limit_burst" in p and not p.get("rate_limit"):
+            raise ConfigError(path, *where(p, "rate_limit_burst"), "only used with RateLimit")
         for attr in ("fallback_after", "fallback_probe_interval"):
             if attr in p and "fallback_endpoint" not in p:
                 raise ConfigError(path, *where(p, attr), "needs FallbackEndpoint")

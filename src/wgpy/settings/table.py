@@ -120,6 +120,13 @@ TABLE: tuple[Setting, ...] = (
     S(None, "rx_bytes", P, **ST),
     S("PersistentKeepalive", "persistent_keepalive_interval", P, "persistent_keepalive", v.keepalive,
       parse_uapi=v.u_port16, render="nonzero", dest="persistent_keepalive"),
+    S("RateLimit", "wgpy_rate_limit", P, "rate_limit", v.rate, parse_uapi=v.u_rate, render="nonzero",
+      notes="INI: 20mbit, 500kbit, 1gbit (bits per second), off; UAPI: bits per second, 0 = none. Both directions, "
+            "the tunnel's packets counted (ext/ratelimit.py); get: when set"),
+    S("RateLimitBurst", "wgpy_rate_limit_burst", P, "rate_limit_burst", v.size, parse_uapi=v.u_burst,
+      render="nonzero", notes="INI: bytes (256k, 1m); UAPI: bytes, 0 = the default (10 ms of the rate, at least "
+                              "64 KiB); kept when only the rate changes; get: when given"),
+    S(None, "wgpy_rate_limit_dropped", P, **ST, notes="get: SENT RECEIVED packets the limit dropped (when set)"),
     S(None, "replace_allowed_ips", P, parse_uapi=v.u_true, get=False, render="always", fixed="true"),
     S("AllowedIPs", "allowed_ip", P, "allowed_ips", v.cidrs, how="extend", parse_uapi=v.u_cidr_op, mode="l3",
       list=True, render="each", notes="UAPI: a leading '-' removes the prefix; refused on L2"),

@@ -12,6 +12,7 @@ import ipaddress
 import re
 from typing import Any, Callable
 
+from ..constants import RATE_LIMIT_BURST_RANGE, RATE_LIMIT_MAX, RATE_LIMIT_MIN
 from ..crypto import KeyError_, decode_key
 from ..routing.mactable import format_mac, parse_mac
 from ..streams.endpoint import parse_url
@@ -277,6 +278,51 @@ def server_name(s: str) -> str:
     return s
 
 
+_RATE_RE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([kmgt]?)(bit|bps)", re.IGNORECASE)
+_SIZE_RE = re.compile(r"([0-9]{1,15})\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+_SI = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BINARY = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def rate(s: str) -> int:
+    """RateLimit: bits per second, tc's spelling: `20mbit`, `500kbit`, `1.5gbit`, `64000bit` (k, m, g, t are
+    powers of 1000); `off` or 0: no limit. tc's `mbps` (megabytes a second) is refused as easily misread."""
+    t = s.strip()
+    if t.lower() in ("off", "0"):
+        return 0
+    m = _RATE_RE.fullmatch(t)
+    if m is None:
+        raise Bad(f"invalid rate {shown(s)} (expected a number of bits per second with a unit: 20mbit, 500kbit, "
+                  "1gbit)")
+    if m.group(3).lower() == "bps":
+        raise Bad(f"invalid rate {shown(s)}: write bits per second (20mbit); '{m.group(2)}bps' would be bytes to "
+                  "tc and bits to most readers")
+    bits = round(float(m.group(1)) * _SI[m.group(2).lower()])
+    if not RATE_LIMIT_MIN <= bits <= RATE_LIMIT_MAX:
+        raise Bad(f"rate {s.strip()} out of range 8kbit..100gbit")
+    return bits
+
+
+def size(s: str) -> int:
+    """RateLimitBurst: bytes, with k, m, g as powers of 1024 (`256k`, `1m`, `64kb`, `1500`)."""
+    m = _SIZE_RE.fullmatch(s.strip())
+    if m is None:
+        raise Bad(f"invalid size {shown(s)} (expected bytes: 1500, 256k, 1m)")
+    n = int(m.group(1)) * _BINARY[m.group(2).lower()]
+    lo, hi = RATE_LIMIT_BURST_RANGE
+    if not lo <= n <= hi:
+        raise Bad(f"size {s.strip()} ({n} bytes) out of range {lo}..{hi}")
+    return n
+
+
+def f_rate(bits: int) -> str:
+    """Bits per second in RateLimit's spelling, exact (`20mbit`, `1500kbit`, `8001bit`)."""
+    for unit, factor in (("gbit", 10**9), ("mbit", 10**6), ("kbit", 10**3)):
+        if bits % factor == 0:
+            return f"{bits // factor}{unit}"
+    return f"{bits}bit"
+
+
 def mtu(s: str) -> int | None:
     return None if s.lower() == "auto" else uint(s, 576, 65535, "MTU")
 
@@ -376,6 +422,23 @@ def u_protocol_version(value: str, k: str) -> str:
     if value != "1":
         raise BadAtLine(f"unsupported {k}")
     return value
+
+
+def u_rate(value: str, k: str) -> int:
+    """wgpy_rate_limit: bits per second, 0 = no limit."""
+    n = u_uint(RATE_LIMIT_MAX)(value, k)
+    if n and n < RATE_LIMIT_MIN:
+        raise Bad(f"{k}: out of range")
+    return n
+
+
+def u_burst(value: str, k: str) -> int:
+    """wgpy_rate_limit_burst: bytes, 0 = the default for the rate."""
+    lo, hi = RATE_LIMIT_BURST_RANGE
+    n = u_uint(hi)(value, k)
+    if n and n < lo:
+        raise Bad(f"{k}: out of range")
+    return n
 
 
 def u_port(value: str, k: str) -> int:

@@ -47,6 +47,11 @@ at http://ADDRESS:PORT/metrics from the daemon's event loop (ops/metrics.py); ap
 port, and like it the set fails (EADDRINUSE) when the address cannot be bound. get, device: the same key while
 metrics are served.
 
+Rate limits: set, peer: `wgpy_rate_limit=BITS_PER_SECOND` (RateLimit; 0: none) and `wgpy_rate_limit_burst=BYTES`
+(RateLimitBurst; 0: the default for the rate), each alone keeping the other; both directions (ext/ratelimit.py).
+get, peer, while a limit is set: `wgpy_rate_limit=`, `wgpy_rate_limit_burst=` when one was given, and
+`wgpy_rate_limit_dropped=<sent> <received>`, the packets the limit dropped each way.
+
 Failures that look like success, get only, per peer, only when there is one:
 `wgpy_last_error=<text>`, what is wrong in words, parts joined by "; ": the stream endpoint's last failure
 ("TLS: certificate does not match the pinned fingerprint", "connection refused", ...; io/stream.py), then
@@ -196,6 +201,13 @@ def _apply_peer(op: PeerOp, host: Host, now: float, out: list, first: bool = Tru
         dev.set_allowed_macs(peer, macs)
     if op.persistent_keepalive is not UNSET:
         dev.set_persistent_keepalive(peer, op.persistent_keepalive, now, out)
+    if op.rate_limit is not UNSET or op.rate_limit_burst is not UNSET:
+        # either key alone keeps the other's value; a burst for a peer without a rate has nothing to size
+        lim = peer.limit
+        bits = op.rate_limit if op.rate_limit is not UNSET else (lim.bits if lim is not None else 0)
+        burst = (op.rate_limit_burst or None) if op.rate_limit_burst is not UNSET else (
+            lim.burst_given if lim is not None else None)
+        dev.set_rate_limit(peer, bits, burst, now, out)
     _transport.apply_peer(op, peer, host, now, out)     # the TCP/TLS transports and the fallback
 
 
@@ -382,6 +394,10 @@ _PEER_GET = {
     "allowed_ip": lambda h, p, ctx: h.device.allowed_ips.entries(p),
     "wgpy_allowed_mac": _l2(lambda h, p, ctx: [format_mac(m) for m in sorted(p.allowed_macs or ())]),
     "wgpy_mac": _l2(lambda h, p, ctx: ctx.get(p, [])),
+    "wgpy_rate_limit": _if(lambda h, p: p.limit is not None, lambda h, p: p.limit.bits),
+    "wgpy_rate_limit_burst": _if(lambda h, p: p.limit is not None and p.limit.burst_given,
+                                 lambda h, p: p.limit.burst_given),
+    "wgpy_rate_limit_dropped": _if(lambda h, p: p.limit is not None, lambda h, p: "%d %d" % p.limit.dropped()),
     "wgpy_path_mtu": _if(lambda h, p: p.pmtu is not None and isinstance(p.endpoint, tuple), lambda h, p: _path_mtu(p)),
     "wgpy_peer_wgpy": _if(lambda h, p: p.wgpy, lambda h, p: p.wgpy & 0x7FFFFFFF),
     "wgpy_last_error": lambda h, p, ctx: [e for e in (last_error(p),) if e is not None],
