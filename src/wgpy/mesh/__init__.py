@@ -1,0 +1,1 @@
+"""The mesh control plane (docs/mesh.md): a server that registers machines and distributes their peers."""

@@ -1,0 +1,495 @@
+"""The node side of the mesh: `wgpy join`, the agent that keeps the interface's peers in step with the server's
+view, `wgpy status` and `wgpy leave`.
+
+    wgpy join URL --token T --name N [--ca FILE] [--interface wgpy0] [--port 51820] [--state-dir DIR]
+
+makes the node's key pair here (the private key never leaves the machine: it is in the state file, 0600, and
+the interface's config), registers the public key with the token, writes DIR/IFACE.conf (PrivateKey,
+ListenPort, one Address per network with the network's prefix, so the whole network is routed to the interface)
+and DIR/IFACE.json (the server, its public key, the node, the cached view), brings the interface up with
+`wgpy up`, and starts the agent (`wgpy agent IFACE`, in the background; its pid in DIR/IFACE.pid, its log in
+DIR/IFACE.log). A join that fails after the server registered the node deregisters it and leaves nothing.
+
+The agent applies the cached view first (the data plane never waits for the server), then holds the server's
+stream (a WebSocket, authenticated by the node's key: mesh/auth.py) and applies the whole view and each delta to
+the interface through the UAPI: a new peer is added, a changed one updated in place (its session goes on), a
+removed one removed. A gap in the deltas' versions or a lost stream means a resync: reconnect (backoff 0.5 s
+doubling to 30 s, random jitter) and take the whole view again. Removed by the admin, it takes the interface
+down and forgets the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import random
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import crypto
+from .auth import proof
+
+__all__ = ["join_main", "agent_main", "status_main", "leave_main", "peer_lines"]
+
+log = logging.getLogger("wgpy.agent")
+
+STATE_DIR = Path("/var/lib/wgpy/mesh")
+DEFAULT_IFACE = "wgpy0"
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+CONNECT_TIMEOUT = 10.0
+
+
+class MeshError(Exception):
+    """What the user must fix, in words."""
+
+
+# ---- state files -----------------------------------------------------------------------------------------------
+
+def _paths(state_dir: Path, iface: str) -> dict[str, Path]:
+    return {k: state_dir / f"{iface}.{k}" for k in ("json", "conf", "pid", "log")}
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_state(state_dir: Path, iface: str) -> dict:
+    path = _paths(state_dir, iface)["json"]
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MeshError(f"{iface} has not joined a network here (no {path}; `wgpy join` first)") from None
+    except ValueError as e:
+        raise MeshError(f"{path}: damaged ({e}); `wgpy leave --force {iface}` forgets it") from None
+
+
+def save_state(state_dir: Path, iface: str, state: dict) -> None:
+    _write_private(_paths(state_dir, iface)["json"], json.dumps(state, indent=1, sort_keys=True) + "\n")
+
+
+# ---- talking to the server --------------------------------------------------------------------------------------
+
+def _ssl(ca: str | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    return ctx
+
+
+def _auth_headers(state: dict, purpose: str) -> dict[str, str]:
+    when = int(time.time())
+    nonce = os.urandom(16)
+    priv = base64.b64decode(state["private_key"])
+    server = base64.b64decode(state["server_public_key"])
+    return {"X-Wgpy-Key": state["public_key"], "X-Wgpy-Time": str(when), "X-Wgpy-Nonce": nonce.hex(),
+            "X-Wgpy-Proof": proof(priv, server, purpose, when, nonce)}
+
+
+async def _post(url: str, path: str, body: dict, ca: str | None, headers: dict | None = None) -> dict:
+    import aiohttp
+    timeout = aiohttp.ClientTimeout(total=CONNECT_TIMEOUT * 2, connect=CONNECT_TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        async with s.post(url.rstrip("/") + path, json=body, ssl=_ssl(ca), headers=headers or {}) as r:
+            try:
+                data = await r.json(content_type=None)
+            except ValueError:
+                data = {"error": (await r.text())[:200]}
+            if r.status != 200:
+                raise MeshError(f"the server refused: {data.get('error', r.status)}")
+            return data
+
+
+def _server_error(e: Exception, url: str) -> MeshError:
+    if isinstance(e, MeshError):
+        return e
+    if isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(e):
+        return MeshError(f"{url}: the server's certificate is not trusted ({e}); give its CA with --ca FILE")
+    return MeshError(f"{url}: cannot reach the server ({e.__class__.__name__}: {e})")
+
+
+# ---- applying a view --------------------------------------------------------------------------------------------
+
+def peer_lines(peer: dict, old: dict | None) -> list[str]:
+    """The UAPI set lines that make the interface's peer match a view entry (`old`: what was applied before)."""
+    key = base64.b64decode(peer["public_key"]).hex()
+    lines = [f"public_key={key}"]
+    if peer.get("endpoint") and (old is None or old.get("endpoint") != peer["endpoint"]):
+        lines.append(f"endpoint={peer['endpoint']}")
+    if old is None or old.get("allowed_ips") != peer["allowed_ips"]:
+        lines.append("replace_allowed_ips=true")
+        lines += [f"allowed_ip={a}" for a in peer["allowed_ips"]]
+    return lines
+
+
+class Applier:
+    """The interface's peers as the view says (one UAPI set per change)."""
+
+    def __init__(self, iface: str, request=None) -> None:
+        from ..uapi.server import request as uapi_request
+        self.iface = iface
+        self.request = request or uapi_request
+        self.applied: dict[str, dict] = {}         # public key -> the entry applied
+
+    def _set(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        reply = self.request(self.iface, "set=1\n" + "".join(ln + "\n" for ln in lines))
+        if reply.strip() != "errno=0":
+            raise MeshError(f"{self.iface}: the interface refused the peers ({reply.strip()})")
+
+    def whole(self, peers: list[dict], present: set[str] | None = None) -> None:
+        """Apply a whole view: peers not in it are removed (of those this agent applied, and `present`: the keys
+        the interface has now)."""
+        want = {p["public_key"]: p for p in peers}
+        lines: list[str] = []
+        for key in (set(self.applied) | (present or set())) - set(want):
+            lines += [f"public_key={base64.b64decode(key).hex()}", "remove=true"]
+            self.applied.pop(key, None)
+        for key, p in want.items():
+            old = self.applied.get(key)
+            if old != p:
+                lines += peer_lines(p, old)
+                self.applied[key] = p
+        self._set(lines)
+
+    def upsert(self, peer: dict) -> None:
+        old = self.applied.get(peer["public_key"])
+        self._set(peer_lines(peer, old))
+        self.applied[peer["public_key"]] = peer
+
+    def remove(self, key: str) -> None:
+        self._set([f"public_key={base64.b64decode(key).hex()}", "remove=true"])
+        self.applied.pop(key, None)
+
+
+def _present_keys(iface: str) -> set[str]:
+    from ..show import parse_get
+    from ..uapi.server import request
+    _, peers = parse_get(request(iface, "get=1\n"))
+    return {crypto.encode_key(bytes.fromhex(p["public_key"])) for p in peers}
+
+
+# ---- the agent --------------------------------------------------------------------------------------------------
+
+class Agent:
+    def __init__(self, state_dir: Path, iface: str) -> None:
+        self.state_dir = state_dir
+        self.iface = iface
+        self.state = load_state(state_dir, iface)
+        self.applier = Applier(iface)
+        self.version = 0
+        self.stop = False
+
+    def _save_view(self) -> None:
+        self.state["view"] = {"version": self.version, "peers": list(self.applier.applied.values()),
+                              "saved": time.time()}
+        save_state(self.state_dir, self.iface, self.state)
+
+    async def run(self) -> int:
+        cached = self.state.get("view")
+        if cached:
+            await asyncio.to_thread(self.applier.whole, cached["peers"], await asyncio.to_thread(_present_keys,
+                                                                                                 self.iface))
+            log.info("applied the cached view: %d peers", len(cached["peers"]))
+        failures = 0
+        servers = self.state["servers"]
+        i = 0
+        while not self.stop:
+            url = servers[i % len(servers)]
+            try:
+                removed = await self._stream(url)
+                if removed:
+                    return self._removed()
+                failures = 0
+            except Exception as e:            # unreachable, refused, TLS: try again later (or the next server)
+                log.warning("%s: %s", url, _server_error(e, url))
+                failures += 1
+                i += 1
+            delay = min(BACKOFF_MIN * 2 ** min(failures, 10), BACKOFF_MAX)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        return 0
+
+    async def _stream(self, url: str) -> bool:
+        import aiohttp
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as s:
+            async with s.ws_connect(url.rstrip("/") + "/api/v1/stream", ssl=_ssl(self.state.get("ca")),
+                                    headers=_auth_headers(self.state, "stream"), heartbeat=20.0,
+                                    max_msg_size=64 << 20) as ws:
+                log.info("connected to %s", url)
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    m = json.loads(msg.data)
+                    kind = m.get("type")
+                    if kind == "removed":
+                        return True
+                    if kind == "view":
+                        present = await asyncio.to_thread(_present_keys, self.iface)
+                        await asyncio.to_thread(self.applier.whole, m["peers"], present)
+                        self.version = m["version"]
+                        log.info("view %d: %d peers", self.version, len(m["peers"]))
+                    elif kind in ("upsert", "remove"):
+                        if m["version"] != self.version + 1:
+                            log.info("view version %d after %d: resynchronising", m["version"], self.version)
+                            return False
+                        if kind == "upsert":
+                            await asyncio.to_thread(self.applier.upsert, m["peer"])
+                        else:
+                            await asyncio.to_thread(self.applier.remove, m["public_key"])
+                        self.version = m["version"]
+                    else:
+                        continue
+                    await asyncio.to_thread(self._save_view)
+                if ws.close_code == 4001:
+                    return True
+        return False
+
+    def _removed(self) -> int:
+        log.info("this node was removed from the network: taking %s down", self.iface)
+        _down(self.iface)
+        _forget(self.state_dir, self.iface, keep_log=True)
+        return 0
+
+
+def _wgpy(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wgpy", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _down(iface: str) -> None:
+    res = _wgpy("down", iface)
+    if res.returncode != 0 and "not" not in res.stderr:
+        log.warning("wgpy down %s: %s", iface, res.stderr.strip())
+
+
+def _forget(state_dir: Path, iface: str, keep_log: bool = False) -> None:
+    for k, p in _paths(state_dir, iface).items():
+        if k == "log" and keep_log:
+            continue
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _stop_agent(state_dir: Path, iface: str) -> None:
+    pidfile = _paths(state_dir, iface)["pid"]
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if b"agent" not in cmdline or iface.encode() not in cmdline:
+        return                                       # a reused pid: not ours
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(50):
+        if not Path(f"/proc/{pid}").exists():
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def agent_main(iface: str, state_dir: Path) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s wgpy agent: %(message)s")
+    try:
+        agent = Agent(state_dir, iface)
+    except MeshError as e:
+        log.error("%s", e)
+        return 1
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(agent.run())
+
+    def _stop(*_a) -> None:
+        agent.stop = True
+        task.cancel()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, _stop)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        loop.close()
+
+
+# ---- join / leave / status ---------------------------------------------------------------------------------------
+
+def _iface_exists(iface: str) -> bool:
+    return Path(f"/sys/class/net/{iface}").exists() or Path(f"/var/run/wireguard/{iface}.sock").exists()
+
+
+def join_main(url: str, token: str, name: str, ca: str | None, iface: str, port: int, state_dir: Path) -> int:
+    if not url.startswith("https://"):
+        print("wgpy: the server URL must be https://HOST:PORT (the API is served over TLS only)", file=sys.stderr)
+        return 1
+    if ca and not os.path.isfile(ca):
+        print(f"wgpy: --ca {ca}: no such file", file=sys.stderr)
+        return 1
+    paths = _paths(state_dir, iface)
+    if paths["json"].exists():
+        print(f"wgpy: {iface} has already joined a network ({paths['json']}); `wgpy leave --interface {iface}` "
+              "first", file=sys.stderr)
+        return 1
+    if _iface_exists(iface):
+        print(f"wgpy: interface {iface} already exists; choose another with --interface", file=sys.stderr)
+        return 1
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private = crypto.clamp(os.urandom(32))
+    public = crypto.encode_key(crypto.public_from_private(private))
+    try:
+        reply = asyncio.run(_post(url, "/api/v1/join", {"token": token, "name": name, "public_key": public,
+                                                         "listen_port": port}, ca))
+    except Exception as e:
+        print(f"wgpy: join failed: {_server_error(e, url)}", file=sys.stderr)
+        return 1
+    node = reply["node"]
+    nets = reply["networks"]
+    state = {"servers": [url], "ca": os.path.abspath(ca) if ca else None, "interface": iface,
+             "server_public_key": reply["server_public_key"], "node": node, "public_key": public,
+             "private_key": crypto.encode_key(private), "listen_port": port, "networks": nets, "view": None}
+    addresses = []
+    for addr in node["addresses"]:
+        net = next(n for n in nets if (":" in n) == (":" in addr))
+        addresses.append(f"{addr}/{net.split('/')[1]}")
+    conf = (f"[Interface]\nPrivateKey = {crypto.encode_key(private)}\nListenPort = {port}\n"
+            f"Address = {', '.join(addresses)}\n")
+    try:
+        save_state(state_dir, iface, state)
+        _write_private(paths["conf"], conf)
+        up = _wgpy("up", str(paths["conf"]))
+        if up.returncode != 0:
+            raise MeshError(f"wgpy up: {up.stderr.strip() or up.stdout.strip()}")
+        with open(paths["log"], "ab") as logf:
+            proc = subprocess.Popen([sys.executable, "-m", "wgpy", "agent", iface, "--state-dir", str(state_dir)],
+                                    stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+        paths["pid"].write_text(f"{proc.pid}\n")
+    except Exception as e:
+        print(f"wgpy: join failed: {e}; undoing it", file=sys.stderr)
+        _undo_join(state, state_dir, iface)
+        return 1
+    # the first view within a few seconds: then the peers are there
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            view = load_state(state_dir, iface).get("view")
+        except MeshError:
+            view = None
+        if view is not None or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    if proc.poll() is not None:
+        print(f"wgpy: the agent exited ({paths['log']}); undoing the join", file=sys.stderr)
+        _undo_join(state, state_dir, iface)
+        return 1
+    npeers = len(view["peers"]) if view else 0
+    print(f"wgpy: joined as {node['name']} ({', '.join(node['addresses'])}) on {iface}; {npeers} peer(s)"
+          + ("" if view else " so far (the agent is still connecting)"), file=sys.stderr)
+    return 0
+
+
+def _undo_join(state: dict, state_dir: Path, iface: str) -> None:
+    _stop_agent(state_dir, iface)
+    if _iface_exists(iface):
+        _down(iface)
+    try:
+        asyncio.run(_post(state["servers"][0], "/api/v1/leave", {}, state.get("ca"), _auth_headers(state, "leave")))
+    except Exception as e:
+        print(f"wgpy: could not deregister the node ({_server_error(e, state['servers'][0])}); remove it with "
+              f"`wgpy server nodes remove {state['node']['name']}`", file=sys.stderr)
+    _forget(state_dir, iface)
+
+
+def leave_main(iface: str, state_dir: Path, force: bool = False) -> int:
+    try:
+        state = load_state(state_dir, iface)
+    except MeshError as e:
+        if force:
+            _stop_agent(state_dir, iface)
+            if _iface_exists(iface):
+                _down(iface)
+            _forget(state_dir, iface)
+            return 0
+        print(f"wgpy: {e}", file=sys.stderr)
+        return 1
+    rc = 0
+    try:
+        asyncio.run(_post(state["servers"][0], "/api/v1/leave", {}, state.get("ca"), _auth_headers(state, "leave")))
+    except Exception as e:
+        err = _server_error(e, state["servers"][0])
+        if not force:
+            print(f"wgpy: leave: {err} (--force leaves locally anyway; then remove the node on the server)",
+                  file=sys.stderr)
+            return 1
+        print(f"wgpy: leave: {err}; leaving locally (--force)", file=sys.stderr)
+        rc = 0
+    _stop_agent(state_dir, iface)
+    if _iface_exists(iface):
+        _down(iface)
+    _forget(state_dir, iface)
+    print(f"wgpy: {state['node']['name']} left the network; {iface} is down", file=sys.stderr)
+    return rc
+
+
+def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
+    from ..show import parse_get
+    from ..uapi.server import request
+    try:
+        state = load_state(state_dir, iface)
+    except MeshError as e:
+        print(f"wgpy: {e}", file=sys.stderr)
+        return 1
+    handshakes: dict[str, int] = {}
+    endpoints: dict[str, str] = {}
+    try:
+        _, peers = parse_get(request(iface, "get=1\n"))
+        for p in peers:
+            k = crypto.encode_key(bytes.fromhex(p["public_key"]))
+            handshakes[k] = int(p.get("last_handshake_time_sec", "0"))
+            if p.get("endpoint"):
+                endpoints[k] = p["endpoint"]
+    except OSError:
+        pass
+    view = state.get("view") or {"peers": []}
+    me = state["node"]
+    rows = [{"name": me["name"], "addresses": me["addresses"], "self": True, "online": True, "last_seen": None,
+             "endpoint": None, "latest_handshake": None}]
+    for p in sorted(view["peers"], key=lambda p: p["name"]):
+        rows.append({"name": p["name"], "addresses": [a.split("/")[0] for a in p["allowed_ips"]], "self": False,
+                     "online": p.get("online", False), "last_seen": p.get("last_seen") or None,
+                     "endpoint": endpoints.get(p["public_key"], p.get("endpoint")),
+                     "latest_handshake": handshakes.get(p["public_key"]) or None})
+    if as_json:
+        print(json.dumps({"interface": iface, "server": state["servers"], "nodes": rows}, indent=1))
+        return 0
+    now = time.time()
+    print(f"network of {', '.join(state['servers'])}, interface {iface}")
+    for r in rows:
+        state_txt = "this node" if r["self"] else ("online" if r["online"] else
+                                                    f"offline, last seen {_ago(now, r['last_seen'])}")
+        hs = "" if r["self"] else (f", handshake {_ago(now, r['latest_handshake'])}" if r["latest_handshake"]
+                                   else ", no handshake yet")
+        ep = f", endpoint {r['endpoint']}" if r["endpoint"] else ""
+        print(f"  {r['name']:<20} {', '.join(r['addresses']):<32} {state_txt}{ep}{hs}")
+    return 0
+
+
+def _ago(now: float, when: float | None) -> str:
+    if not when:
+        return "never"
+    s = max(0, int(now - when))
+    return f"{s} s ago" if s < 120 else f"{s // 60} min ago" if s < 7200 else f"{s // 3600} h ago"

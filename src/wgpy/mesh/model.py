@@ -1,0 +1,229 @@
+"""The mesh control plane's state, pure: nodes, policy, and each node's view, kept incrementally.
+
+The server (mesh/server.py) feeds it what the database says changed and pushes what it returns; nothing here
+does I/O or reads a clock (times are given). A node's *view* is the set of peers it may reach: their keys,
+addresses and endpoints. Policy decides which pairs may reach each other; it is enforced by cryptokey routing,
+so a pair the policy denies never appears in either view and has no session at all.
+
+Incremental: adding, changing or removing one node costs one policy check per other node and a delta per node
+whose view changes (the nodes it affects), never a recomputation of every node's view. Only a policy change
+rebuilds the views, and then pushes only the differences.
+
+Deltas are (node id, message) pairs, the messages the server sends down each node's stream:
+    {"type": "upsert", "version": V, "peer": PEER}      a peer added to the view, or one of its fields changed
+    {"type": "remove", "version": V, "public_key": KEY}  a peer left the view
+where V is that node's view version (it goes up by one per delta; a node that sees a gap asks for the whole view).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field, replace
+from typing import Iterable
+
+__all__ = ["Node", "Policy", "PolicyError", "Mesh", "allocate", "peer_entry"]
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    name: str
+    public_key: str                       # base64, as wg prints it
+    addresses: tuple[str, ...]            # one per network: "100.80.0.3", "fd7a:6770::3"
+    tags: frozenset[str] = frozenset()
+    endpoint: str | None = None           # "ip:port" / "[ip6]:port" where others reach its UDP port
+    online: bool = False
+    last_seen: float = 0.0                # Unix time its stream was last seen
+    listen_port: int = 0                  # its UDP port (the endpoint is the address its stream comes from)
+
+
+def peer_entry(node: Node) -> dict:
+    """What a view holds about a peer."""
+    return {"name": node.name, "public_key": node.public_key,
+            "allowed_ips": [f"{a}/{128 if ':' in a else 32}" for a in node.addresses],
+            "endpoint": node.endpoint, "online": node.online, "last_seen": node.last_seen,
+            "tags": sorted(node.tags)}
+
+
+class PolicyError(ValueError):
+    """A malformed policy: the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which nodes may reach which: rules of (from tags, to tags), either side "*" for any node. A pair (a, b) is
+    allowed when some rule matches it in either direction (a tunnel carries both ways; cryptokey routing cannot
+    tell who opened a flow). No rules: every node may reach every other (the default)."""
+
+    rules: tuple[tuple[frozenset[str], frozenset[str]], ...] = ()
+
+    @staticmethod
+    def parse(text: str) -> "Policy":
+        """The policy file's JSON: {"rules": [{"from": ["laptops"], "to": ["servers"]}, ...]}; tags or "*"."""
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise PolicyError(f"not JSON: {e}") from None
+        if not isinstance(doc, dict) or set(doc) - {"rules"}:
+            raise PolicyError('expected an object with one key, "rules"')
+        rules = doc.get("rules", [])
+        if not isinstance(rules, list):
+            raise PolicyError('"rules" must be a list')
+        out = []
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, dict) or set(rule) != {"from", "to"}:
+                raise PolicyError(f'rule {i + 1}: expected {{"from": [...], "to": [...]}}')
+            sides = []
+            for side in ("from", "to"):
+                tags = rule[side]
+                if not isinstance(tags, list) or not tags or not all(isinstance(t, str) and valid_tag(t)
+                                                                    for t in tags):
+                    raise PolicyError(f'rule {i + 1}: "{side}" must be a non-empty list of tags '
+                                      '(letters, digits, - and _) or "*"')
+                sides.append(frozenset(tags))
+            out.append((sides[0], sides[1]))
+        return Policy(tuple(out))
+
+    def to_json(self) -> str:
+        return json.dumps({"rules": [{"from": sorted(a), "to": sorted(b)} for a, b in self.rules]})
+
+    def allows(self, a: Node, b: Node) -> bool:
+        if not self.rules:
+            return True
+        for src, dst in self.rules:
+            if (_match(src, a) and _match(dst, b)) or (_match(src, b) and _match(dst, a)):
+                return True
+        return False
+
+
+def valid_tag(tag: str) -> bool:
+    return tag == "*" or (0 < len(tag) <= 63 and all(c.isalnum() or c in "-_" for c in tag) and tag.isascii())
+
+
+def _match(tags: frozenset[str], node: Node) -> bool:
+    return "*" in tags or not tags.isdisjoint(node.tags)
+
+
+@dataclass
+class Mesh:
+    policy: Policy = field(default_factory=Policy)
+    nodes: dict[int, Node] = field(default_factory=dict)
+    peers: dict[int, set[int]] = field(default_factory=dict)      # node id -> the ids in its view
+    versions: dict[int, int] = field(default_factory=dict)        # node id -> its view version
+
+    def view(self, node_id: int) -> dict:
+        """The whole view of a node: {"type": "view", "version": V, "peers": [...]}."""
+        return {"type": "view", "version": self.versions.get(node_id, 0),
+                "peers": [peer_entry(self.nodes[p]) for p in sorted(self.peers.get(node_id, ()))]}
+
+    def _bump(self, node_id: int) -> int:
+        v = self.versions.get(node_id, 0) + 1
+        self.versions[node_id] = v
+        return v
+
+    def _upsert(self, to: int, peer: Node, out: list) -> None:
+        out.append((to, {"type": "upsert", "version": self._bump(to), "peer": peer_entry(peer)}))
+
+    def _remove(self, to: int, peer: Node, out: list) -> None:
+        out.append((to, {"type": "remove", "version": self._bump(to), "public_key": peer.public_key}))
+
+    def upsert(self, node: Node) -> list[tuple[int, dict]]:
+        """A node joined or changed (endpoint, online state, tags): the deltas for every node it affects."""
+        out: list = []
+        old = self.nodes.get(node.id)
+        self.nodes[node.id] = node
+        mine = self.peers.setdefault(node.id, set())
+        self.versions.setdefault(node.id, 0)
+        if old is not None and old.tags == node.tags:
+            # the same pairs as before: only the nodes that have it as a peer hear of the change
+            if _entry_changed(old, node):
+                for other in mine:
+                    self._upsert(other, node, out)
+            return out
+        allows = self.policy.allows
+        for other_id, other in self.nodes.items():
+            if other_id == node.id:
+                continue
+            now = allows(node, other)
+            was = other_id in mine
+            if now and not was:
+                mine.add(other_id)
+                self.peers[other_id].add(node.id)
+                self._upsert(other_id, node, out)
+                self._upsert(node.id, other, out)
+            elif was and not now:
+                mine.discard(other_id)
+                self.peers[other_id].discard(node.id)
+                self._remove(other_id, node, out)
+                self._remove(node.id, other, out)
+            elif now and _entry_changed(old, node):
+                self._upsert(other_id, node, out)
+        return out
+
+    def remove(self, node_id: int) -> list[tuple[int, dict]]:
+        """A node left or was removed: every node that had it as a peer loses it."""
+        out: list = []
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return out
+        for other in self.peers.pop(node_id, set()):
+            self.peers[other].discard(node_id)
+            self._remove(other, node, out)
+        self.versions.pop(node_id, None)
+        return out
+
+    def set_policy(self, policy: Policy) -> list[tuple[int, dict]]:
+        """A new policy: every pair checked again; deltas only where a view changes."""
+        self.policy = policy
+        out: list = []
+        ids = sorted(self.nodes)
+        for i, a in enumerate(ids):
+            for b in ids[i + 1:]:
+                now = policy.allows(self.nodes[a], self.nodes[b])
+                was = b in self.peers[a]
+                if now and not was:
+                    self.peers[a].add(b)
+                    self.peers[b].add(a)
+                    self._upsert(a, self.nodes[b], out)
+                    self._upsert(b, self.nodes[a], out)
+                elif was and not now:
+                    self.peers[a].discard(b)
+                    self.peers[b].discard(a)
+                    self._remove(a, self.nodes[b], out)
+                    self._remove(b, self.nodes[a], out)
+        return out
+
+    def full_views(self) -> dict[int, set[int]]:
+        """Every view computed from scratch (the reference the incremental views are tested against)."""
+        allows = self.policy.allows
+        return {a: {b for b in self.nodes if b != a and allows(self.nodes[a], self.nodes[b])} for a in self.nodes}
+
+
+def _entry_changed(old: Node | None, new: Node) -> bool:
+    return old is None or peer_entry(old) != peer_entry(new)
+
+
+def allocate(network: str, used: Iterable[str], node_id: int | None = None) -> str:
+    """A free host address of `network`: for IPv4 the lowest one not in `used` (not the network or broadcast
+    address, not .0/.255 of a /24 ... only the first and last of the prefix are skipped); for IPv6 the prefix plus
+    the node id when it is given and free, else the lowest free. Raises ValueError when the network is full."""
+    net = ipaddress.ip_network(network)
+    taken = {ipaddress.ip_address(u) for u in used}
+    if net.version == 6 and node_id is not None:
+        cand = net.network_address + node_id
+        if cand in net and cand not in taken and cand != net.network_address:
+            return str(cand)
+    first = int(net.network_address) + 1
+    last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
+    a = first
+    while a <= last:
+        addr = ipaddress.ip_address(a)
+        if addr not in taken:
+            return str(addr)
+        a += 1
+    raise ValueError(f"network {network} has no free address")
+
+
+def with_online(node: Node, online: bool, when: float) -> Node:
+    return replace(node, online=online, last_seen=when)

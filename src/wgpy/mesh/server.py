@@ -1,0 +1,300 @@
+"""`wgpy server run`: the control plane's HTTPS API (aiohttp), the runtime around mesh/model.py and mesh/store.py.
+
+aiohttp because one well-kept asyncio library gives the HTTPS server, WebSockets for the long-lived view stream
+and the client the nodes use (mesh/agent.py).
+
+API (JSON; every body at most MAX_BODY bytes):
+    POST /api/v1/join     {"token", "name", "public_key", "listen_port"} -> {"node": {...}, "networks": [...],
+                          "server_public_key": ...}; the token checked and used, addresses allocated
+    GET  /api/v1/stream   WebSocket, authenticated by the node's key (mesh/auth.py; headers X-Wgpy-Key,
+                          X-Wgpy-Time, X-Wgpy-Nonce, X-Wgpy-Proof): the whole view, then every delta
+    POST /api/v1/leave    authenticated likewise: the node is removed everywhere
+    GET  /healthz         "ok"
+
+Changes reach the views through the database's change log (Store.changes_after), polled every POLL seconds by
+every instance, its own changes included: one path for joins here, joins at another instance on the same
+PostgreSQL and admin commands (`wgpy server nodes remove`). The pushes to the nodes' streams never wait on a slow
+node: each stream has a bounded queue; a node that falls behind is disconnected and resynchronises with the
+whole view when it reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import ssl
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .auth import Verifier
+from .model import Mesh, Node, with_online
+from .store import JoinError, Store, StoreError
+
+__all__ = ["make_app", "run_server"]
+
+log = logging.getLogger("wgpy.server")
+
+MAX_BODY = 16 * 1024          # a join or leave request
+POLL = 0.25                   # seconds between reads of the change log
+STREAM_QUEUE = 1024           # deltas waiting for one node's stream before it is cut off
+HEARTBEAT = 20.0              # WebSocket pings
+
+
+class _Stream:
+    """One connected node stream: a bounded queue of messages, and `cut` once it must close (fell behind, or the
+    node was removed)."""
+
+    __slots__ = ("queue", "cut")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue(STREAM_QUEUE)
+        self.cut = False
+
+    def put(self, msg: dict) -> bool:
+        try:
+            self.queue.put_nowait(msg)
+            return True
+        except asyncio.QueueFull:
+            self.cut = True
+            return False
+
+    def close(self, msg: dict | None = None) -> None:
+        self.cut = True
+        if msg is not None:
+            self.put(msg)
+        else:
+            self.put({"type": "resync"})
+
+
+class ControlPlane:
+    """One server instance: the in-memory views, the connected streams, the change-log reader."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.mesh = Mesh(store.policy())
+        self.verifier = Verifier(store.server_private())
+        self.streams: dict[int, set[_Stream]] = {}
+        self.last_change = 0
+        self.stats = {"joins": 0, "deltas": 0, "streams_cut": 0}
+
+    async def db(self, fn, *args):
+        return await asyncio.to_thread(fn, *args)
+
+    async def load(self) -> None:
+        self.last_change = await self.db(self.store.last_change)
+        for node in await self.db(self.store.all_nodes):
+            self.mesh.upsert(node)
+
+    def _online(self, node: Node) -> Node:
+        return with_online(node, bool(self.streams.get(node.id)), node.last_seen)
+
+    def push(self, deltas: list[tuple[int, dict]]) -> None:
+        for node_id, msg in deltas:
+            for st in list(self.streams.get(node_id, ())):
+                if st.put(msg):
+                    self.stats["deltas"] += 1
+                else:                                # fell behind: cut off, it resynchronises on reconnect
+                    self.stats["streams_cut"] += 1
+
+    async def apply_changes(self) -> None:
+        changes = await self.db(self.store.changes_after, self.last_change)
+        for cid, node_id, kind in changes:
+            self.last_change = cid
+            if kind == "policy":
+                self.push(self.mesh.set_policy(await self.db(self.store.policy)))
+            elif kind == "removed":
+                self.push(self.mesh.remove(node_id))
+                for st in list(self.streams.get(node_id, ())):
+                    st.close({"type": "removed"})
+            else:
+                node = await self.db(self.store.node, node_id)
+                if node is None:
+                    self.push(self.mesh.remove(node_id))
+                else:
+                    self.push(self.mesh.upsert(self._online(node)))
+
+    async def poll(self) -> None:
+        while True:
+            try:
+                await self.apply_changes()
+            except StoreError as e:
+                log.warning("%s; retrying", e)
+            except Exception:                                   # never let the reader die
+                log.exception("reading the change log")
+            await asyncio.sleep(POLL)
+
+    def set_online(self, node_id: int, online: bool) -> None:
+        node = self.mesh.nodes.get(node_id)
+        if node is not None and node.online != online:
+            self.push(self.mesh.upsert(with_online(node, online, time.time())))
+
+
+async def _json_body(request: web.Request) -> dict:
+    if request.content_length is None or request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length or 0)
+    try:
+        body = json.loads(await request.content.read(MAX_BODY + 1))
+    except ValueError:
+        raise _error(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise _error(400, "expected a JSON object")
+    return body
+
+
+def _error(status: int, text: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound,
+           409: web.HTTPConflict, 503: web.HTTPServiceUnavailable}[status]
+    return cls(text=json.dumps({"error": text}), content_type="application/json")
+
+
+def _peer_ip(request: web.Request) -> str | None:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return peer[0] if peer else None
+
+
+def _endpoint(ip: str | None, port: int) -> str | None:
+    if not ip or not port:
+        return None
+    if ip.startswith("::ffff:"):
+        ip = ip[7:]
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _auth(cp: ControlPlane, request: web.Request, purpose: str) -> Node:
+    h = request.headers
+    try:
+        key_b64 = h["X-Wgpy-Key"]
+        key = base64.b64decode(key_b64, validate=True)
+        when = int(h["X-Wgpy-Time"])
+        nonce = bytes.fromhex(h["X-Wgpy-Nonce"])
+        given = h["X-Wgpy-Proof"]
+        if len(key) != 32:
+            raise ValueError
+    except (KeyError, ValueError):
+        raise _error(401, "missing or malformed node credentials") from None
+    node = next((n for n in cp.mesh.nodes.values() if n.public_key == key_b64), None)
+    if node is None:
+        raise _error(403, "this key is not a node of the network (removed, or never joined)")
+    why = cp.verifier.check(key, purpose, when, nonce, given, time.time())
+    if why is not None:
+        raise _error(401, why)
+    return node
+
+
+def make_app(store: Store) -> web.Application:
+    cp = ControlPlane(store)
+    app = web.Application(client_max_size=MAX_BODY)
+    app["cp"] = cp
+
+    async def on_startup(app: web.Application) -> None:
+        await cp.load()
+        app["poller"] = asyncio.create_task(cp.poll())
+
+    async def on_cleanup(app: web.Application) -> None:
+        app["poller"].cancel()
+
+    async def join(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        try:
+            token, name, key = str(body["token"]), str(body["name"]), str(body["public_key"])
+            port = int(body["listen_port"])
+            if len(base64.b64decode(key, validate=True)) != 32 or not 1 <= port <= 65535:
+                raise ValueError
+        except (KeyError, ValueError, TypeError):
+            raise _error(400, "expected token, name, public_key (base64) and listen_port (1-65535)") from None
+        try:
+            node = await cp.db(store.join, token, name, key, port, _endpoint(_peer_ip(request), port), time.time())
+        except JoinError as e:
+            raise _error(409, str(e)) from None
+        except StoreError as e:
+            log.warning("join: %s", e)
+            raise _error(503, "the server's database is unreachable; try again") from None
+        cp.stats["joins"] += 1
+        log.info("node %s joined (%s)", node.name, ", ".join(node.addresses))
+        return web.json_response({"node": {"id": node.id, "name": node.name, "addresses": list(node.addresses),
+                                           "tags": sorted(node.tags)},
+                                  "networks": await cp.db(store.networks),
+                                  "server_public_key": cp.verifier.public_b64})
+
+    async def leave(request: web.Request) -> web.Response:
+        if request.headers.get("X-Wgpy-Key") not in {n.public_key for n in cp.mesh.nodes.values()}:
+            await cp.apply_changes()          # joined a moment ago (or at another instance)
+        node = _auth(cp, request, "leave")
+        await cp.db(store.remove_node, node.id)
+        await cp.apply_changes()
+        log.info("node %s left", node.name)
+        return web.json_response({"left": node.name})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        # the node may not be in this instance's views yet (it joined elsewhere a moment ago): read the log first
+        if request.headers.get("X-Wgpy-Key") not in {n.public_key for n in cp.mesh.nodes.values()}:
+            await cp.apply_changes()
+        node = _auth(cp, request, "stream")
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_BODY)
+        await ws.prepare(request)
+        st = _Stream()
+        cp.streams.setdefault(node.id, set()).add(st)
+        await cp.db(store.seen, node.id, _endpoint(_peer_ip(request), node.listen_port), time.time())
+        cp.set_online(node.id, True)
+        await cp.apply_changes()                  # the endpoint just seen, before the first view
+        await ws.send_json(cp.mesh.view(node.id))
+
+        async def sender() -> None:
+            while True:
+                msg = await st.queue.get()
+                if msg.get("type") == "removed":
+                    await ws.send_json(msg)
+                    await ws.close(code=4001, message=b"removed")
+                    return
+                if st.cut:
+                    await ws.close(code=4000, message=b"resync")
+                    return
+                await ws.send_json(msg)
+
+        task = asyncio.create_task(sender())
+        try:
+            async for msg in ws:                  # the node says nothing but pings; closes end the stream
+                if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        finally:
+            task.cancel()
+            cp.streams.get(node.id, set()).discard(st)
+            if not cp.streams.get(node.id):
+                cp.streams.pop(node.id, None)
+                cp.set_online(node.id, False)
+                try:
+                    await cp.db(store.seen, node.id, cp.mesh.nodes[node.id].endpoint if node.id in cp.mesh.nodes
+                                else None, time.time())
+                except StoreError:
+                    pass
+        return ws
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    app.router.add_post("/api/v1/join", join)
+    app.router.add_post("/api/v1/leave", leave)
+    app.router.add_get("/api/v1/stream", stream)
+    app.router.add_get("/healthz", healthz)
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def run_server(store: Store, host: str, port: int, cert: str | None, key: str | None) -> None:
+    ctx = None
+    if cert:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+    app = make_app(store)
+    web.run_app(app, host=host, port=port, ssl_context=ctx, print=None, access_log=None,
+                handle_signals=True)
+
+
+def stats(app: web.Application) -> dict[str, Any]:
+    cp: ControlPlane = app["cp"]
+    return {"nodes": len(cp.mesh.nodes), "online": len(cp.streams), **cp.stats}

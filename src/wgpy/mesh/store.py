@@ -1,0 +1,323 @@
+"""The control plane's database: SQLAlchemy Core over SQLite (default) or PostgreSQL (several server instances).
+
+SQLAlchemy because one set of table definitions and queries then runs on both, with PostgreSQL's and SQLite's
+transactions, unique constraints and auto-increment keys; the server calls it from worker threads.
+
+What is stored (nothing that opens a tunnel: public keys, never a node's private key):
+    meta      the server's own X25519 key pair (its proof key, mesh/auth.py), the admin password's scrypt hash,
+              the policy
+    nodes     id, name (unique), public key (unique), tags, one address per network (unique), endpoint port,
+              the endpoint last seen, created / last seen
+    tokens    the SHA-256 of each join token (the token itself is shown once), its tags, expiry, single use or
+              reusable, uses, revoked
+    changes   an append-only log (id, node id, kind): every instance reads it to learn what another instance or
+              an admin command changed, and applies it to its in-memory views (mesh/model.py)
+Every join, removal and policy change is one transaction: a failed join leaves no row behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import (Boolean, Column, Float, ForeignKey, Integer, MetaData, String, Table, Text, create_engine,
+                        delete, event, insert, select, update)
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from .model import Node, Policy, allocate
+
+__all__ = ["Store", "StoreError", "JoinError", "TokenInfo"]
+
+metadata = MetaData()
+meta_t = Table("meta", metadata, Column("key", String(64), primary_key=True), Column("value", Text, nullable=False))
+nodes_t = Table(
+    "nodes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("public_key", String(44), nullable=False, unique=True),
+    Column("tags", Text, nullable=False, default=""),
+    Column("ipv4", String(15), unique=True),
+    Column("ipv6", String(39), unique=True),
+    Column("listen_port", Integer, nullable=False),
+    Column("endpoint", String(64)),
+    Column("created", Float, nullable=False),
+    Column("last_seen", Float, nullable=False, default=0.0),
+)
+tokens_t = Table(
+    "tokens", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("tags", Text, nullable=False, default=""),
+    Column("expires", Float, nullable=False),
+    Column("reusable", Boolean, nullable=False, default=False),
+    Column("uses", Integer, nullable=False, default=0),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("created", Float, nullable=False),
+)
+changes_t = Table(
+    "changes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", Integer),
+    Column("kind", String(16), nullable=False),          # "node" (added or changed), "removed", "policy"
+    Column("at", Float, nullable=False),
+)
+_ = ForeignKey   # (no foreign keys: a change outlives the node it names)
+
+NAME_MAX = 63
+
+
+class StoreError(Exception):
+    """The database cannot be used (unreachable, wrong URL, not initialised); the message says which."""
+
+
+class JoinError(Exception):
+    """A join refused; the message says what to fix. Nothing was created."""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    tags: tuple[str, ...]
+    expires: float
+    reusable: bool
+    uses: int
+    revoked: bool
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def valid_name(name: str) -> bool:
+    return (0 < len(name) <= NAME_MAX and name.isascii() and name[0].isalnum()
+            and all(c.isalnum() or c in "-_." for c in name))
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = create_engine(url, future=True, pool_pre_ping=True)
+        except Exception as e:          # a malformed URL, a missing driver
+            raise StoreError(f"cannot use database {redact_url(url)}: {e}") from None
+        if self.engine.dialect.name == "sqlite":
+            @event.listens_for(self.engine, "connect")
+            def _sqlite(conn, _rec):     # several processes (the server, admin commands): wait, do not fail
+                cur = conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA busy_timeout=10000")
+                cur.close()
+
+    def _begin(self):
+        try:
+            return self.engine.begin()
+        except OperationalError as e:
+            raise StoreError(f"database {redact_url(self.url)} unreachable: {e.orig}") from None
+
+    # ---- setup ----------------------------------------------------------------------------------------------
+
+    def create(self, server_private: bytes, admin_hash: str, networks: list[str]) -> None:
+        try:
+            metadata.create_all(self.engine)
+        except OperationalError as e:
+            raise StoreError(f"database {redact_url(self.url)} unreachable: {e.orig}") from None
+        with self._begin() as c:
+            have = {r.key for r in c.execute(select(meta_t.c.key))}
+            rows = {"server_private_key": server_private.hex(), "admin_password": admin_hash,
+                    "networks": json.dumps(networks), "policy": Policy().to_json()}
+            for k, v in rows.items():
+                if k not in have:
+                    c.execute(insert(meta_t).values(key=k, value=v))
+
+    def meta(self, key: str) -> str:
+        try:
+            with self._begin() as c:
+                row = c.execute(select(meta_t.c.value).where(meta_t.c.key == key)).first()
+        except OperationalError as e:
+            raise StoreError(f"database {redact_url(self.url)}: {e.orig} (was `wgpy server init` run?)") from None
+        if row is None:
+            raise StoreError(f"database {redact_url(self.url)} has no {key} (was `wgpy server init` run?)")
+        return row.value
+
+    def server_private(self) -> bytes:
+        return bytes.fromhex(self.meta("server_private_key"))
+
+    def networks(self) -> list[str]:
+        return json.loads(self.meta("networks"))
+
+    def policy(self) -> Policy:
+        return Policy.parse(self.meta("policy"))
+
+    def set_policy(self, policy: Policy) -> None:
+        with self._begin() as c:
+            c.execute(update(meta_t).where(meta_t.c.key == "policy").values(value=policy.to_json()))
+            c.execute(insert(changes_t).values(node_id=None, kind="policy", at=time.time()))
+
+    # ---- tokens ---------------------------------------------------------------------------------------------
+
+    def create_token(self, tags: list[str], lifetime: float, reusable: bool) -> str:
+        token = "wgpy_" + secrets.token_urlsafe(24)
+        now = time.time()
+        with self._begin() as c:
+            c.execute(insert(tokens_t).values(digest=_digest(token), tags=" ".join(tags), expires=now + lifetime,
+                                              reusable=reusable, uses=0, revoked=False, created=now))
+        return token
+
+    def tokens(self) -> list[TokenInfo]:
+        with self._begin() as c:
+            return [TokenInfo(r.id, tuple(r.tags.split()), r.expires, r.reusable, r.uses, r.revoked)
+                    for r in c.execute(select(tokens_t).order_by(tokens_t.c.id))]
+
+    def revoke_token(self, token_id: int) -> bool:
+        with self._begin() as c:
+            return c.execute(update(tokens_t).where(tokens_t.c.id == token_id).values(revoked=True)).rowcount > 0
+
+    # ---- nodes ----------------------------------------------------------------------------------------------
+
+    def join(self, token: str, name: str, public_key: str, listen_port: int, endpoint: str | None,
+             now: float) -> Node:
+        """Register a node with a join token, in one transaction: the token checked and used, the name and key
+        unique, an address from every network. Raises JoinError (nothing created)."""
+        if not valid_name(name):
+            raise JoinError(f"invalid node name {name!r} (letters, digits, '-', '_', '.'; at most {NAME_MAX})")
+        for attempt in range(5):
+            try:
+                with self._begin() as c:
+                    tok = c.execute(select(tokens_t).where(tokens_t.c.digest == _digest(token))).first()
+                    if tok is None or tok.revoked:
+                        raise JoinError("unknown or revoked join token (create one with `wgpy server token create`)")
+                    if tok.expires < now:
+                        raise JoinError("the join token has expired (create a new one with "
+                                        "`wgpy server token create`)")
+                    if tok.uses and not tok.reusable:
+                        raise JoinError("the join token was already used (it is single-use unless created with "
+                                        "--reusable)")
+                    if c.execute(select(nodes_t.c.id).where(nodes_t.c.name == name)).first():
+                        raise JoinError(f"the name {name!r} is taken (choose another --name, or remove that node "
+                                        "with `wgpy server nodes remove`)")
+                    if c.execute(select(nodes_t.c.id).where(nodes_t.c.public_key == public_key)).first():
+                        raise JoinError("this key is already registered (the node joined before: `wgpy leave` "
+                                        "first)")
+                    nets = json.loads(c.execute(select(meta_t.c.value).where(meta_t.c.key == "networks"))
+                                      .scalar_one())
+                    row = c.execute(insert(nodes_t).values(
+                        name=name, public_key=public_key, tags=tok.tags, listen_port=listen_port,
+                        endpoint=endpoint, created=now, last_seen=0.0).returning(nodes_t.c.id)).first()
+                    node_id = row.id
+                    values = {}
+                    for net in nets:
+                        col = nodes_t.c.ipv6 if ":" in net else nodes_t.c.ipv4
+                        used = [r[0] for r in c.execute(select(col).where(col.is_not(None)))]
+                        try:
+                            values[col.name] = allocate(net, used, node_id)
+                        except ValueError as e:
+                            raise JoinError(str(e)) from None
+                    c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**values))
+                    c.execute(update(tokens_t).where(tokens_t.c.id == tok.id).values(uses=tok.uses + 1))
+                    c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=now))
+                    return self.node(node_id, c)
+            except IntegrityError:         # another instance took the name/key/address at the same moment
+                if attempt == 4:
+                    raise JoinError("the registration raced with another and failed; try again") from None
+                continue
+            except OperationalError as e:
+                raise StoreError(f"database {redact_url(self.url)} unreachable: {e.orig}") from None
+        raise AssertionError("unreachable")
+
+    def node(self, node_id: int, conn=None) -> Node | None:
+        if conn is None:
+            with self._begin() as c:
+                return self.node(node_id, c)
+        r = conn.execute(select(nodes_t).where(nodes_t.c.id == node_id)).first()
+        return _node(r) if r is not None else None
+
+    def node_by_key(self, public_key: str) -> Node | None:
+        with self._begin() as c:
+            r = c.execute(select(nodes_t).where(nodes_t.c.public_key == public_key)).first()
+            return _node(r) if r is not None else None
+
+    def node_by_name(self, name: str) -> Node | None:
+        with self._begin() as c:
+            r = c.execute(select(nodes_t).where(nodes_t.c.name == name)).first()
+            return _node(r) if r is not None else None
+
+    def all_nodes(self) -> list[Node]:
+        with self._begin() as c:
+            return [_node(r) for r in c.execute(select(nodes_t).order_by(nodes_t.c.id))]
+
+    def remove_node(self, node_id: int) -> bool:
+        with self._begin() as c:
+            gone = c.execute(delete(nodes_t).where(nodes_t.c.id == node_id)).rowcount > 0
+            if gone:
+                c.execute(insert(changes_t).values(node_id=node_id, kind="removed", at=time.time()))
+            return gone
+
+    def set_tags(self, node_id: int, tags: list[str]) -> bool:
+        with self._begin() as c:
+            ok = c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(tags=" ".join(sorted(tags)))
+                           ).rowcount > 0
+            if ok:
+                c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=time.time()))
+            return ok
+
+    def seen(self, node_id: int, endpoint: str | None, when: float) -> None:
+        """A node's stream connected (or went on): its endpoint as the server sees it and the time."""
+        with self._begin() as c:
+            old = c.execute(select(nodes_t.c.endpoint).where(nodes_t.c.id == node_id)).first()
+            if old is None:
+                return
+            c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(endpoint=endpoint, last_seen=when))
+            if old.endpoint != endpoint:
+                c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=when))
+
+    def changes_after(self, last: int) -> list[tuple[int, int | None, str]]:
+        with self._begin() as c:
+            return [(r.id, r.node_id, r.kind) for r in
+                    c.execute(select(changes_t).where(changes_t.c.id > last).order_by(changes_t.c.id))]
+
+    def last_change(self) -> int:
+        with self._begin() as c:
+            r = c.execute(select(changes_t.c.id).order_by(changes_t.c.id.desc()).limit(1)).first()
+            return r.id if r is not None else 0
+
+
+def _node(r) -> Node:
+    addrs = tuple(a for a in (r.ipv4, r.ipv6) if a)
+    return Node(r.id, r.name, r.public_key, addrs, frozenset(r.tags.split()), r.endpoint, False, r.last_seen,
+                r.listen_port)
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+# ---- the admin password ---------------------------------------------------------------------------------------
+
+def hash_password(password: str) -> str:
+    """scrypt (hashlib), n=2^15, r=8, p=1, 16-byte salt: "scrypt$n$r$p$salt$hash"."""
+    salt = os.urandom(16)
+    h = hashlib.scrypt(password.encode(), salt=salt, n=1 << 15, r=8, p=1, maxmem=64 << 20, dklen=32)
+    return f"scrypt${1 << 15}$8$1${salt.hex()}${h.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, want = stored.split("$")
+        if kind != "scrypt":
+            return False
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+                             maxmem=64 << 20, dklen=32)
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), want)

@@ -1,0 +1,177 @@
+"""The mesh control plane in namespaces (issue 17): a server namespace and four node namespaces on a bridge.
+
+Nodes join with tokens (`wgpy join`), reach each other by their assigned addresses (ping, 20 MB intact); a fifth
+node joins and the others reach it within 2 s, no config edited; `wgpy server nodes remove` cuts it off
+everywhere within 2 s; a policy that only lets laptops reach laptops and servers reach servers leaves no session
+between a laptop and a server while the other pairs keep working; the server is killed and traffic goes on, it
+restarts and a change propagates again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+
+from wgpy_testkit import netlab
+from wgpy_testkit.netlab import run, wait_for
+from wgpy_testkit.wgconf import unique_iface
+
+pytestmark = pytest.mark.netns
+
+SERVER_IP = "10.203.0.1"
+PORT = 8443
+
+
+class Node:
+    def __init__(self, ns: str, name: str, iface: str, state: str) -> None:
+        self.ns, self.name, self.iface, self.state = ns, name, iface, state
+        self.addresses: list[str] = []
+        self.public_key = ""
+
+    def args(self) -> list[str]:
+        return ["--interface", self.iface, "--state-dir", self.state]
+
+
+@pytest.fixture
+def mesh_lab(lab):
+    switch = lab.netns()
+    run(switch, "ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
+    run(switch, "ip", "link", "set", "br0", "up")
+    nss = []
+    for i in range(6):                    # 0: the server, 1-5: nodes
+        ns = lab.netns()
+        _, v_switch = lab.veth(ns, switch, f"10.203.0.{i + 1}/24", None)
+        run(switch, "ip", "link", "set", v_switch, "master", "br0", "up")
+        nss.append(ns)
+    cert, key = lab.tmp / "server.pem", lab.tmp / "server.key"
+    run(None, "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=mesh.test", "-addext",
+        f"subjectAltName=IP:{SERVER_IP}", timeout=30)
+    (lab.tmp / "pw").write_text("correct horse battery\n")
+    conf = lab.tmp / "server.toml"
+    res = lab.wgpy(None, "server", "--config", conf, "init", "--network", "100.80.0.0/16", "--network",
+                   "fd7a:6770::/48", "--db", f"sqlite:///{lab.tmp}/server.db", "--admin-password-file",
+                   lab.tmp / "pw")
+    assert res.returncode == 0, res.stderr
+    nodes: list[Node] = []
+
+    def cleanup() -> None:
+        for n in nodes:
+            lab.wgpy(n.ns, "leave", "--force", *n.args(), timeout=30)
+    lab.defer("mesh nodes leave", cleanup)
+    return {"lab": lab, "ns": nss, "cert": cert, "key": key, "conf": conf, "nodes": nodes}
+
+
+def start_server(m):
+    lab = m["lab"]
+    proc = lab.popen(m["ns"][0], netlab.WGPY, "server", "--config", m["conf"], "run", "--listen",
+                     f"0.0.0.0:{PORT}", "--cert", m["cert"], "--key", m["key"], name="wgpy-server")
+    wait_for(lambda: f":{PORT} " in run(m["ns"][0], "ss", "-ltn", timeout=5).stdout or not proc.alive(), 15,
+             what="wgpy server listening")
+    assert proc.alive(), proc.describe()
+    return proc
+
+
+def admin(m, *args) -> str:
+    res = m["lab"].wgpy(None, "server", "--config", m["conf"], *args, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def join(m, i: int, token: str, name: str) -> Node:
+    lab = m["lab"]
+    node = Node(m["ns"][i], name, unique_iface("wgm"), str(lab.tmp / f"state{i}"))
+    m["nodes"].append(node)
+    res = lab.wgpy(node.ns, "join", f"https://{SERVER_IP}:{PORT}", "--token", token, "--name", name, "--ca",
+                   m["cert"], *node.args(), timeout=60)
+    assert res.returncode == 0, res.stderr
+    st = json.loads(lab.wgpy(node.ns, "status", "--json", *node.args(), check=True).stdout)
+    me = [r for r in st["nodes"] if r["self"]][0]
+    node.addresses = me["addresses"]
+    node.public_key = json.loads((lab.tmp / f"state{i}" / f"{node.iface}.json").read_text())["public_key"]
+    return node
+
+
+def peer_keys(node: Node) -> set[str]:
+    out = run(node.ns, "wg", "show", node.iface, "peers", timeout=10).stdout.split()
+    return set(out)
+
+
+def pings(a: Node, b: Node) -> bool:
+    return run(a.ns, "ping", "-c", "1", "-W", "1", b.addresses[0], timeout=10, check=False).returncode == 0
+
+
+def test_mesh_join_reach_remove_policy_and_outage(mesh_lab):
+    m = mesh_lab
+    lab = m["lab"]
+    server = start_server(m)
+    token = admin(m, "token", "create", "--reusable", "--expires", "1h")
+    nodes = [join(m, i, token, f"node{i}") for i in range(1, 5)]
+    assert len({n.addresses[0] for n in nodes}) == 4 and all(n.addresses[0].startswith("100.80.") for n in nodes)
+    for a in nodes:                                  # every node has every other as a peer, and reaches it
+        wait_for(lambda a=a: peer_keys(a) == {n.public_key for n in nodes if n is not a}, 5,
+                 what=f"{a.name}'s peers")
+    for a in nodes:
+        for b in nodes:
+            if a is not b:
+                netlab.assert_ping(a.ns, b.addresses[0])
+    got, sent = lab.transfer(nodes[1].ns, nodes[0].ns, nodes[1].addresses[0], 20 * 1024 * 1024)
+    assert got["bytes"] == sent["bytes"] == 20 * 1024 * 1024 and got["sha256"] == sent["sha256"]
+    netlab.assert_ping(nodes[0].ns, nodes[3].addresses[1])          # IPv6 addresses too
+
+    # a fifth node: the others have it within 2 s, nothing edited
+    t0 = time.monotonic()
+    fifth = join(m, 5, token, "node5")
+    wait_for(lambda: all(fifth.public_key in peer_keys(n) for n in nodes), 2.0, interval=0.05,
+             what="the fifth node at every other node")
+    print(f"fifth node at every node {time.monotonic() - t0:.2f} s after its join started")
+    netlab.assert_ping(nodes[0].ns, fifth.addresses[0])
+    status = json.loads(lab.wgpy(nodes[0].ns, "status", "--json", *nodes[0].args(), check=True).stdout)
+    assert {r["name"] for r in status["nodes"]} == {"node1", "node2", "node3", "node4", "node5"}
+
+    # removed by the admin: gone everywhere within 2 s; its own interface is taken down
+    t0 = time.monotonic()
+    admin(m, "nodes", "remove", "node5")
+    wait_for(lambda: all(fifth.public_key not in peer_keys(n) for n in nodes), 2.0, interval=0.05,
+             what="the removed node gone everywhere")
+    print(f"removal everywhere in {time.monotonic() - t0:.2f} s")
+    wait_for(lambda: not netlab.link_exists(fifth.ns, fifth.iface), 10, what="the removed node's interface down")
+    assert not pings(nodes[0], fifth)
+
+    # policy: laptops reach laptops, servers reach servers; no laptop-server pair has a session
+    for n, tag in zip(nodes, ("laptops", "laptops", "servers", "servers")):
+        admin(m, "nodes", "tag", n.name, tag)
+    policy = lab.tmp / "policy.json"
+    policy.write_text(json.dumps({"rules": [{"from": ["laptops"], "to": ["laptops"]},
+                                            {"from": ["servers"], "to": ["servers"]}]}))
+    admin(m, "policy", "set", policy)
+    wait_for(lambda: peer_keys(nodes[0]) == {nodes[1].public_key}
+             and peer_keys(nodes[2]) == {nodes[3].public_key}, 2.0, interval=0.05, what="the policy applied")
+    assert not pings(nodes[0], nodes[2])
+    netlab.assert_ping(nodes[0].ns, nodes[1].addresses[0])
+    netlab.assert_ping(nodes[2].ns, nodes[3].addresses[0])
+
+    # the server goes away: the tunnels do not care
+    server.signal(9)
+    server.wait(10)
+    for _ in range(3):
+        netlab.assert_ping(nodes[0].ns, nodes[1].addresses[0])
+        netlab.assert_ping(nodes[3].ns, nodes[2].addresses[0])
+    assert peer_keys(nodes[0]) == {nodes[1].public_key}
+    # back: a change made while it was down propagates
+    admin(m, "nodes", "tag", nodes[2].name, "laptops")           # node3 becomes a laptop
+    start_server(m)
+    wait_for(lambda: peer_keys(nodes[0]) == {nodes[1].public_key, nodes[2].public_key}, 45, interval=0.2,
+             what="the change after the restart (the agents reconnect with backoff)")
+    netlab.assert_ping(nodes[0].ns, nodes[2].addresses[0])
+
+    # leave: deregistered, interface down, the others lose it
+    res = lab.wgpy(nodes[1].ns, "leave", *nodes[1].args(), timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert not netlab.link_exists(nodes[1].ns, nodes[1].iface)
+    wait_for(lambda: nodes[1].public_key not in peer_keys(nodes[0]), 2.0, interval=0.05, what="the leaver gone")
+    assert "node2" not in admin(m, "nodes", "list")
+    _ = base64

@@ -1,0 +1,95 @@
+"""mesh/store.py on a real SQLite file: joins with tokens (expiry, single use, revocation, names, keys), addresses
+never shared, a refused join leaves no row, the change log, the admin password hash."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from wgpy import crypto
+from wgpy.mesh.model import Policy
+from wgpy.mesh.store import JoinError, Store, StoreError, check_password, hash_password, redact_url
+
+
+def key() -> str:
+    return crypto.encode_key(os.urandom(32))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path}/server.db")
+    s.create(os.urandom(32), hash_password("correct horse"), ["100.80.0.0/16", "fd7a:6770::/48"])
+    return s
+
+
+def test_join_allocates_addresses_and_logs_the_change(store):
+    tok = store.create_token(["laptops"], 3600, reusable=True)
+    now = time.time()
+    a = store.join(tok, "alice", key(), 51820, "192.0.2.1:51820", now)
+    b = store.join(tok, "bob", key(), 51820, None, now)
+    assert a.addresses == ("100.80.0.1", "fd7a:6770::1") and b.addresses == ("100.80.0.2", "fd7a:6770::2")
+    assert a.tags == frozenset({"laptops"}) and a.endpoint == "192.0.2.1:51820"
+    assert [(nid, kind) for _, nid, kind in store.changes_after(0)] == [(a.id, "node"), (b.id, "node")]
+    store.remove_node(a.id)
+    c = store.join(tok, "carol", key(), 51820, None, now)
+    assert c.addresses[0] == "100.80.0.1"          # free again once alice is gone, never while she exists
+    assert store.changes_after(2)[0][1:] == (a.id, "removed")
+
+
+@pytest.mark.parametrize("case, words", [
+    ("expired", "has expired"), ("used", "already used"), ("revoked", "unknown or revoked"),
+    ("unknown", "unknown or revoked"), ("name", "is taken"), ("key", "already registered"),
+    ("badname", "invalid node name"),
+])
+def test_refused_joins_create_nothing(store, case, words):
+    single = store.create_token([], 3600, reusable=False)
+    k = key()
+    store.join(store.create_token([], 3600, False), "taken", k, 51820, None, time.time())
+    before = (len(store.all_nodes()), store.last_change())
+    tok, name, pub, now = single, "newnode", key(), time.time()
+    if case == "expired":
+        tok = store.create_token([], 60, False)
+        now += 61
+    elif case == "used":
+        store.join(single, "first", key(), 51820, None, now)
+        before = (len(store.all_nodes()), store.last_change())
+    elif case == "revoked":
+        store.revoke_token(store.tokens()[0].id)
+    elif case == "unknown":
+        tok = "wgpy_nosuchtoken"
+    elif case == "name":
+        name = "taken"
+    elif case == "key":
+        pub = k
+    elif case == "badname":
+        name = "no spaces please"
+    with pytest.raises(JoinError) as info:
+        store.join(tok, name, pub, 51820, None, now)
+    assert words in str(info.value)
+    assert (len(store.all_nodes()), store.last_change()) == before
+    if case != "used":
+        assert store.tokens()[0].uses == 0              # the single-use token was not spent by a refused join
+
+
+def test_policy_round_trip_and_change(store):
+    p = Policy.parse('{"rules": [{"from": ["a"], "to": ["b"]}]}')
+    store.set_policy(p)
+    assert store.policy() == p and store.changes_after(0)[-1][2] == "policy"
+
+
+def test_errors_name_the_database(tmp_path):
+    with pytest.raises(StoreError) as info:
+        Store(f"sqlite:///{tmp_path}/none/x.db").server_private()
+    assert "x.db" in str(info.value)
+    with pytest.raises(StoreError) as info:
+        Store(f"sqlite:///{tmp_path}/empty.db").server_private()
+    assert "wgpy server init" in str(info.value)
+    assert redact_url("postgresql+psycopg://wgpy:s3cret@db/wgpy") == "postgresql+psycopg://wgpy:***@db/wgpy"
+
+
+def test_password_hash():
+    h = hash_password("correct horse")
+    assert h.startswith("scrypt$") and "correct" not in h
+    assert check_password("correct horse", h) and not check_password("wrong", h) and not check_password("x", "junk")
