@@ -1,4 +1,5 @@
-"""Command line: `wgpy genkey|pubkey|genpsk|up|down|show|reload|genconf|qr` and the `wgpyd` daemon for wg-quick.
+"""Command line: `wgpy genkey|pubkey|genpsk|up|down|show|reload|genconf|qr`, the mesh's `server|join|status|leave`
+(mesh/cli.py) and the `wgpyd` daemon for wg-quick.
 
 Argument parsing and dispatch only: `show` is show.py (through the UAPI socket, the control path the `wg` tool
 uses), `up`/`down` are quick/, the operations commands (`show --json`, `reload`, `genconf`, `qr`) are ops/.
@@ -87,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     p_qr = sub.add_parser("qr", help="show a config as a QR code for the WireGuard phone apps")
     p_qr.add_argument("config", help="config file, or - for stdin")
     p_qr.add_argument("--png", metavar="FILE", help="write a PNG instead (mode 0600: it holds the private key)")
+    from .mesh.cli import add_parsers as mesh_parsers, dispatch as mesh_dispatch
+    mesh_parsers(sub)                      # server, join, status, leave (docs/mesh.md)
     args = ap.parse_args(argv)
+    rc = mesh_dispatch(args)
+    if rc is not None:
+        return rc
 
     if args.cmd == "genkey":
         return _genkey()
