@@ -17,8 +17,9 @@ umask 022   # the virtualenv is read by the daemons that drop to another user, a
 PACKAGES=(iproute2 iputils-ping wireguard-tools wireguard-go iperf3 nftables tcpdump socat python3-venv
           openssl    # openssl: the self-signed certificate of the TLS transport tests (#7)
           gcc python3-dev libssl-dev    # the native data path (setup.py, src/native/*.c against libcrypto)
-          prometheus zbar-tools systemd)   # operations tests: a real Prometheus + promtool, zbarimg decodes
+          prometheus zbar-tools systemd    # operations tests: a real Prometheus + promtool, zbarimg decodes
                                            # the QR codes, systemd-analyze verifies the unit
+          postgresql)                      # the mesh server on PostgreSQL: tests start a private cluster
 
 install_packages "${PACKAGES[@]}"
 pick_python

@@ -4,7 +4,8 @@ Nodes join with tokens (`wgpy join`), reach each other by their assigned address
 node joins and the others reach it within 2 s, no config edited; `wgpy server nodes remove` cuts it off
 everywhere within 2 s; a policy that only lets laptops reach laptops and servers reach servers leaves no session
 between a laptop and a server while the other pairs keep working; the server is killed and traffic goes on, it
-restarts and a change propagates again.
+restarts and a change propagates again. On PostgreSQL: two server instances, one killed; joins and changes go on
+through the other and the nodes fail over without losing a tunnel.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from wgpy_testkit.wgconf import unique_iface
 pytestmark = pytest.mark.netns
 
 SERVER_IP = "10.203.0.1"
+SERVER2_IP = "10.203.0.6"          # the second instance (PostgreSQL test), in the namespace of node 5
 PORT = 8443
 
 
@@ -49,13 +51,9 @@ def mesh_lab(lab):
     cert, key = lab.tmp / "server.pem", lab.tmp / "server.key"
     run(None, "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
         "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=mesh.test", "-addext",
-        f"subjectAltName=IP:{SERVER_IP}", timeout=30)
+        f"subjectAltName=IP:{SERVER_IP},IP:{SERVER2_IP}", timeout=30)
     (lab.tmp / "pw").write_text("correct horse battery\n")
     conf = lab.tmp / "server.toml"
-    res = lab.wgpy(None, "server", "--config", conf, "init", "--network", "100.80.0.0/16", "--network",
-                   "fd7a:6770::/48", "--db", f"sqlite:///{lab.tmp}/server.db", "--admin-password-file",
-                   lab.tmp / "pw")
-    assert res.returncode == 0, res.stderr
     nodes: list[Node] = []
 
     def cleanup() -> None:
@@ -65,11 +63,21 @@ def mesh_lab(lab):
     return {"lab": lab, "ns": nss, "cert": cert, "key": key, "conf": conf, "nodes": nodes}
 
 
-def start_server(m):
+def init(m, db: str | None = None, urls=()) -> None:
     lab = m["lab"]
-    proc = lab.popen(m["ns"][0], netlab.WGPY, "server", "--config", m["conf"], "run", "--listen",
+    extra = [a for u in urls for a in ("--url", u)]
+    res = lab.wgpy(None, "server", "--config", m["conf"], "init", "--network", "100.80.0.0/16", "--network",
+                   "fd7a:6770::/48", "--db", db or f"sqlite:///{lab.tmp}/server.db", "--admin-password-file",
+                   lab.tmp / "pw", *extra)
+    assert res.returncode == 0, res.stderr
+
+
+def start_server(m, ns_index: int = 0):
+    lab = m["lab"]
+    ns = m["ns"][ns_index]
+    proc = lab.popen(ns, netlab.WGPY, "server", "--config", m["conf"], "run", "--listen",
                      f"0.0.0.0:{PORT}", "--cert", m["cert"], "--key", m["key"], name="wgpy-server")
-    wait_for(lambda: f":{PORT} " in run(m["ns"][0], "ss", "-ltn", timeout=5).stdout or not proc.alive(), 15,
+    wait_for(lambda: f":{PORT} " in run(ns, "ss", "-ltn", timeout=5).stdout or not proc.alive(), 15,
              what="wgpy server listening")
     assert proc.alive(), proc.describe()
     return proc
@@ -81,11 +89,11 @@ def admin(m, *args) -> str:
     return res.stdout.strip()
 
 
-def join(m, i: int, token: str, name: str) -> Node:
+def join(m, i: int, token: str, name: str, server: str = SERVER_IP) -> Node:
     lab = m["lab"]
     node = Node(m["ns"][i], name, unique_iface("wgm"), str(lab.tmp / f"state{i}"))
     m["nodes"].append(node)
-    res = lab.wgpy(node.ns, "join", f"https://{SERVER_IP}:{PORT}", "--token", token, "--name", name, "--ca",
+    res = lab.wgpy(node.ns, "join", f"https://{server}:{PORT}", "--token", token, "--name", name, "--ca",
                    m["cert"], *node.args(), timeout=60)
     assert res.returncode == 0, res.stderr
     st = json.loads(lab.wgpy(node.ns, "status", "--json", *node.args(), check=True).stdout)
@@ -107,6 +115,7 @@ def pings(a: Node, b: Node) -> bool:
 def test_mesh_join_reach_remove_policy_and_outage(mesh_lab):
     m = mesh_lab
     lab = m["lab"]
+    init(m)
     server = start_server(m)
     token = admin(m, "token", "create", "--reusable", "--expires", "1h")
     nodes = [join(m, i, token, f"node{i}") for i in range(1, 5)]
@@ -175,3 +184,40 @@ def test_mesh_join_reach_remove_policy_and_outage(mesh_lab):
     wait_for(lambda: nodes[1].public_key not in peer_keys(nodes[0]), 2.0, interval=0.05, what="the leaver gone")
     assert "node2" not in admin(m, "nodes", "list")
     _ = base64
+
+
+def test_two_servers_on_one_postgresql_fail_over(mesh_lab):
+    from wgpy_testkit.postgres import PgCluster, pg_bin
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs Debian's postgresql)")
+    m = mesh_lab
+    lab = m["lab"]
+    pg = PgCluster().start()
+    lab.defer("the private PostgreSQL cluster", pg.stop)
+    init(m, pg.url, [f"https://{SERVER_IP}:{PORT}", f"https://{SERVER2_IP}:{PORT}"])
+    a = start_server(m, 0)
+    start_server(m, 5)                       # the second instance, on the same database
+    token = admin(m, "token", "create", "--reusable")
+    n1 = join(m, 1, token, "n1", SERVER_IP)
+    n2 = join(m, 2, token, "n2", SERVER2_IP)
+    n3 = join(m, 3, token, "n3", SERVER_IP)
+    nodes = [n1, n2, n3]
+    for x in nodes:                          # joins at either instance reach the nodes of both
+        wait_for(lambda x=x: peer_keys(x) == {n.public_key for n in nodes if n is not x}, 5, what=f"{x.name}")
+    state = json.loads((lab.tmp / "state1" / f"{n1.iface}.json").read_text())
+    assert state["servers"] == [f"https://{SERVER_IP}:{PORT}", f"https://{SERVER2_IP}:{PORT}"]
+    netlab.assert_ping(n1.ns, n3.addresses[0])
+
+    a.signal(9)                              # the first instance dies; n1 and n3 were connected to it
+    a.wait(10)
+    netlab.assert_ping(n1.ns, n3.addresses[0])
+    n4 = join(m, 4, token, "n4", SERVER2_IP)
+    t0 = time.monotonic()
+    wait_for(lambda: all(n4.public_key in peer_keys(x) for x in nodes), 10, interval=0.1,
+             what="the new node at every node, through the second instance")
+    print(f"after the failover: the new node everywhere {time.monotonic() - t0:.2f} s after its join")
+    admin(m, "nodes", "remove", "n2")
+    wait_for(lambda: all(n2.public_key not in peer_keys(x) for x in (n1, n3, n4)), 2.0, interval=0.05,
+             what="the removal through the second instance")
+    for x, y in ((n1, n3), (n3, n4), (n4, n1)):
+        netlab.assert_ping(x.ns, y.addresses[0])

@@ -1,4 +1,4 @@
-"""mesh/store.py on a real SQLite file: joins with tokens (expiry, single use, revocation, names, keys), addresses
+"""mesh/store.py on a real SQLite file and a real PostgreSQL (a private cluster, wgpy_testkit.postgres): joins with tokens (expiry, single use, revocation, names, keys), addresses
 never shared, a refused join leaves no row, the change log, the admin password hash."""
 
 from __future__ import annotations
@@ -11,17 +11,35 @@ import pytest
 from wgpy import crypto
 from wgpy.mesh.model import Policy
 from wgpy.mesh.store import JoinError, Store, StoreError, check_password, hash_password, redact_url
+from wgpy_testkit.postgres import PgCluster, pg_bin
 
 
 def key() -> str:
     return crypto.encode_key(os.urandom(32))
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path}/server.db")
+@pytest.fixture(scope="module")
+def pg():
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs Debian's postgresql)")
+    if os.geteuid() != 0:
+        pytest.skip("the private cluster runs as user nobody: needs root")
+    with PgCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path}/server.db")
+    else:
+        cluster = request.getfixturevalue("pg")
+        s = Store(cluster.url.replace("postgresql+psycopg://", "postgresql://"))   # the plain spelling works too
+        from wgpy.mesh.store import metadata
+        metadata.drop_all(s.engine)                 # each test starts from an empty database
     s.create(os.urandom(32), hash_password("correct horse"), ["100.80.0.0/16", "fd7a:6770::/48"])
-    return s
+    yield s
+    s.engine.dispose()
 
 
 def test_join_allocates_addresses_and_logs_the_change(store):
@@ -31,11 +49,11 @@ def test_join_allocates_addresses_and_logs_the_change(store):
     b = store.join(tok, "bob", key(), 51820, None, now)
     assert a.addresses == ("100.80.0.1", "fd7a:6770::1") and b.addresses == ("100.80.0.2", "fd7a:6770::2")
     assert a.tags == frozenset({"laptops"}) and a.endpoint == "192.0.2.1:51820"
-    assert [(nid, kind) for _, nid, kind in store.changes_after(0)] == [(a.id, "node"), (b.id, "node")]
+    assert [(nid, kind) for _, nid, kind, _ in store.changes_after(0)] == [(a.id, "node"), (b.id, "node")]
     store.remove_node(a.id)
     c = store.join(tok, "carol", key(), 51820, None, now)
     assert c.addresses[0] == "100.80.0.1"          # free again once alice is gone, never while she exists
-    assert store.changes_after(2)[0][1:] == (a.id, "removed")
+    assert store.changes_after(2)[0][1:3] == (a.id, "removed")
 
 
 @pytest.mark.parametrize("case, words", [

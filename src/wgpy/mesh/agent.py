@@ -359,7 +359,8 @@ def join_main(url: str, token: str, name: str, ca: str | None, iface: str, port:
         return 1
     node = reply["node"]
     nets = reply["networks"]
-    state = {"servers": [url], "ca": os.path.abspath(ca) if ca else None, "interface": iface,
+    servers = [url] + [u for u in reply.get("servers", []) if u != url]      # every instance, for failover
+    state = {"servers": servers, "ca": os.path.abspath(ca) if ca else None, "interface": iface,
              "server_public_key": reply["server_public_key"], "node": node, "public_key": public,
              "private_key": crypto.encode_key(private), "listen_port": port, "networks": nets, "view": None}
     addresses = []

@@ -40,6 +40,8 @@ def add_parsers(sub) -> None:
     init.add_argument("--db", default="sqlite:////var/lib/wgpy/server.db",
                       help="SQLAlchemy URL: sqlite:////path (default) or postgresql+psycopg://...")
     init.add_argument("--admin-password-file", required=True, help="file holding the web admin's password")
+    init.add_argument("--url", action="append", default=[], help="the public https:// URL of a server instance "
+                                                                 "(repeat for each): nodes fail over between them")
     run = ss.add_parser("run", help="serve the API")
     run.add_argument("--listen", default="0.0.0.0:8443", help="ADDRESS:PORT (default 0.0.0.0:8443)")
     run.add_argument("--cert", required=True, help="TLS certificate (PEM)")
@@ -145,7 +147,11 @@ def server_init(args) -> int:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     server_key = X25519PrivateKey.generate().private_bytes_raw()
     try:
-        Store(args.db).create(server_key, hash_password(password), nets)
+        bad = [u for u in args.url if not u.startswith("https://")]
+        if bad:
+            print(f"wgpy: --url {bad[0]}: expected https://HOST:PORT", file=sys.stderr)
+            return 1
+        Store(args.db).create(server_key, hash_password(password), nets, args.url)
     except StoreError as e:
         print(f"wgpy: {e}", file=sys.stderr)
         return 1

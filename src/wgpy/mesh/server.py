@@ -42,6 +42,7 @@ MAX_BODY = 16 * 1024          # a join or leave request
 POLL = 0.25                   # seconds between reads of the change log
 STREAM_QUEUE = 1024           # deltas waiting for one node's stream before it is cut off
 HEARTBEAT = 20.0              # WebSocket pings
+LOOKBACK = 256                # change-log ids read again behind the highest seen (see apply_changes)
 
 
 class _Stream:
@@ -79,13 +80,16 @@ class ControlPlane:
         self.verifier = Verifier(store.server_private())
         self.streams: dict[int, set[_Stream]] = {}
         self.last_change = 0
-        self.stats = {"joins": 0, "deltas": 0, "streams_cut": 0}
+        self.applied: set[int] = set()            # change ids applied, within LOOKBACK of last_change
+        self.stats = {"joins": 0, "deltas": 0, "streams_cut": 0, "changes": 0}
+        self.latency: list[float] = []            # seconds from a change's commit to its deltas queued (recent)
 
     async def db(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
 
     async def load(self) -> None:
         self.last_change = await self.db(self.store.last_change)
+        self.applied = set(range(max(1, self.last_change - LOOKBACK), self.last_change + 1))
         for node in await self.db(self.store.all_nodes):
             self.mesh.upsert(node)
 
@@ -101,9 +105,17 @@ class ControlPlane:
                     self.stats["streams_cut"] += 1
 
     async def apply_changes(self) -> None:
-        changes = await self.db(self.store.changes_after, self.last_change)
-        for cid, node_id, kind in changes:
-            self.last_change = cid
+        # With several instances on PostgreSQL, ids are handed out in one order and committed in another: a
+        # change with a lower id may become visible after a higher one was read. So the log is read from
+        # LOOKBACK ids before the highest seen, skipping those applied (applying is idempotent anyway: a change
+        # only says which node to read again).
+        changes = await self.db(self.store.changes_after, max(0, self.last_change - LOOKBACK))
+        for cid, node_id, kind, at in changes:
+            if cid in self.applied:
+                continue
+            self.applied.add(cid)
+            self.last_change = max(self.last_change, cid)
+            self.stats["changes"] += 1
             if kind == "policy":
                 self.push(self.mesh.set_policy(await self.db(self.store.policy)))
             elif kind == "removed":
@@ -116,6 +128,12 @@ class ControlPlane:
                     self.push(self.mesh.remove(node_id))
                 else:
                     self.push(self.mesh.upsert(self._online(node)))
+            self.latency.append(max(0.0, time.time() - at))
+        if len(self.latency) > 1000:
+            del self.latency[:-1000]
+        floor = self.last_change - LOOKBACK
+        if len(self.applied) > 4 * LOOKBACK:
+            self.applied = {c for c in self.applied if c > floor}
 
     async def poll(self) -> None:
         while True:
@@ -218,6 +236,7 @@ def make_app(store: Store) -> web.Application:
         return web.json_response({"node": {"id": node.id, "name": node.name, "addresses": list(node.addresses),
                                            "tags": sorted(node.tags)},
                                   "networks": await cp.db(store.networks),
+                                  "servers": await cp.db(store.urls),
                                   "server_public_key": cp.verifier.public_b64})
 
     async def leave(request: web.Request) -> web.Response:

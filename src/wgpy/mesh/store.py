@@ -100,6 +100,8 @@ def valid_name(name: str) -> bool:
 
 class Store:
     def __init__(self, url: str) -> None:
+        if url.startswith(("postgresql://", "postgres://")):     # the psycopg 3 driver, not SQLAlchemy's default
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
         self.url = url
         try:
             self.engine = create_engine(url, future=True, pool_pre_ping=True)
@@ -121,7 +123,7 @@ class Store:
 
     # ---- setup ----------------------------------------------------------------------------------------------
 
-    def create(self, server_private: bytes, admin_hash: str, networks: list[str]) -> None:
+    def create(self, server_private: bytes, admin_hash: str, networks: list[str], urls: list[str] = ()) -> None:
         try:
             metadata.create_all(self.engine)
         except OperationalError as e:
@@ -129,7 +131,7 @@ class Store:
         with self._begin() as c:
             have = {r.key for r in c.execute(select(meta_t.c.key))}
             rows = {"server_private_key": server_private.hex(), "admin_password": admin_hash,
-                    "networks": json.dumps(networks), "policy": Policy().to_json()}
+                    "networks": json.dumps(networks), "policy": Policy().to_json(), "urls": json.dumps(list(urls))}
             for k, v in rows.items():
                 if k not in have:
                     c.execute(insert(meta_t).values(key=k, value=v))
@@ -149,6 +151,13 @@ class Store:
 
     def networks(self) -> list[str]:
         return json.loads(self.meta("networks"))
+
+    def urls(self) -> list[str]:
+        """The public URLs of every server instance (`init --url`), given to the nodes for failover."""
+        try:
+            return json.loads(self.meta("urls"))
+        except StoreError:
+            return []
 
     def policy(self) -> Policy:
         return Policy.parse(self.meta("policy"))
@@ -275,9 +284,9 @@ class Store:
             if old.endpoint != endpoint:
                 c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=when))
 
-    def changes_after(self, last: int) -> list[tuple[int, int | None, str]]:
+    def changes_after(self, last: int) -> list[tuple[int, int | None, str, float]]:
         with self._begin() as c:
-            return [(r.id, r.node_id, r.kind) for r in
+            return [(r.id, r.node_id, r.kind, r.at) for r in
                     c.execute(select(changes_t).where(changes_t.c.id > last).order_by(changes_t.c.id))]
 
     def last_change(self) -> int:
