@@ -10,6 +10,9 @@ API (JSON; every body at most MAX_BODY bytes):
                           X-Wgpy-Time, X-Wgpy-Nonce, X-Wgpy-Proof): the whole view, then every delta
     POST /api/v1/leave    authenticated likewise: the node is removed everywhere
     GET  /healthz         "ok"
+    GET  /metrics         Prometheus text format: nodes, online nodes, joins, changes, view updates pushed, streams
+                          cut off, and the latency from a change's commit to its updates queued (a summary of
+                          the last 1000); no node names or keys
 
 Changes reach the views through the database's change log (Store.changes_after), polled every POLL seconds by
 every instance, its own changes included: one path for joins here, joins at another instance on the same
@@ -151,6 +154,10 @@ class ControlPlane:
             self.push(self.mesh.upsert(with_online(node, online, time.time())))
 
 
+CP_KEY = web.AppKey("cp", ControlPlane)
+POLLER_KEY = web.AppKey("poller", asyncio.Task)
+
+
 async def _json_body(request: web.Request) -> dict:
     if request.content_length is None or request.content_length > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length or 0)
@@ -206,14 +213,14 @@ def _auth(cp: ControlPlane, request: web.Request, purpose: str) -> Node:
 def make_app(store: Store) -> web.Application:
     cp = ControlPlane(store)
     app = web.Application(client_max_size=MAX_BODY)
-    app["cp"] = cp
+    app[CP_KEY] = cp
 
     async def on_startup(app: web.Application) -> None:
         await cp.load()
-        app["poller"] = asyncio.create_task(cp.poll())
+        app[POLLER_KEY] = asyncio.create_task(cp.poll())
 
     async def on_cleanup(app: web.Application) -> None:
-        app["poller"].cancel()
+        app[POLLER_KEY].cancel()
 
     async def join(request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -295,13 +302,43 @@ def make_app(store: Store) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    registry = _registry(cp)
+
+    async def metrics(request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     app.router.add_post("/api/v1/join", join)
     app.router.add_post("/api/v1/leave", leave)
     app.router.add_get("/api/v1/stream", stream)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+def _registry(cp: ControlPlane):
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+    class Collector:
+        def collect(self):
+            yield GaugeMetricFamily("wgpy_mesh_nodes", "Nodes in the network", value=len(cp.mesh.nodes))
+            yield GaugeMetricFamily("wgpy_mesh_nodes_online", "Nodes with a stream to this instance",
+                                    value=len(cp.streams))
+            for name, key, doc in (("joins", "joins", "Joins accepted by this instance"),
+                                   ("changes", "changes", "Change-log entries applied to the views"),
+                                   ("view_updates", "deltas", "View updates queued to node streams"),
+                                   ("streams_cut", "streams_cut", "Node streams cut off for falling behind")):
+                yield CounterMetricFamily(f"wgpy_mesh_{name}", doc, value=cp.stats[key])
+            lat = cp.latency
+            yield SummaryMetricFamily("wgpy_mesh_view_update_latency_seconds", "From a change's commit to its "
+                                      "view updates queued (the last 1000 changes)", count_value=len(lat),
+                                      sum_value=sum(lat))
+    reg = CollectorRegistry()
+    reg.register(Collector())
+    return reg
 
 
 def run_server(store: Store, host: str, port: int, cert: str | None, key: str | None) -> None:
@@ -315,5 +352,5 @@ def run_server(store: Store, host: str, port: int, cert: str | None, key: str | 
 
 
 def stats(app: web.Application) -> dict[str, Any]:
-    cp: ControlPlane = app["cp"]
+    cp: ControlPlane = app[CP_KEY]
     return {"nodes": len(cp.mesh.nodes), "online": len(cp.streams), **cp.stats}
