@@ -10,7 +10,6 @@ through the other and the nodes fail over without losing a tunnel.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 
@@ -183,7 +182,35 @@ def test_mesh_join_reach_remove_policy_and_outage(mesh_lab):
     assert not netlab.link_exists(nodes[1].ns, nodes[1].iface)
     wait_for(lambda: nodes[1].public_key not in peer_keys(nodes[0]), 2.0, interval=0.05, what="the leaver gone")
     assert "node2" not in admin(m, "nodes", "list")
-    _ = base64
+
+    # a plain WireGuard client (Debian's wireguard-go) with the device config the server made, through node1
+    png = lab.tmp / "phone.png"
+    conf = admin(m, "devices", "add", "phone", "--gateway", "node1", "--png", png) + "\n"
+    cfg = {}
+    for line in conf.splitlines():
+        k, _, v = line.partition(" = ")
+        cfg.setdefault(k, v)
+    assert cfg["Endpoint"] == f"10.203.0.2:51820" and cfg["PublicKey"] == nodes[0].public_key
+    assert cfg["AllowedIPs"] == "100.80.0.0/16, fd7a:6770::/48"
+    import shutil
+    import subprocess
+    if shutil.which("zbarimg"):                       # the QR code holds exactly the config
+        decoded = subprocess.run(["zbarimg", "--raw", "-q", "-Sbinary", str(png)], capture_output=True, timeout=30)
+        assert decoded.returncode == 0 and decoded.stdout.rstrip(b"\n") == conf.rstrip("\n").encode()
+    phone_ns = m["ns"][5]
+    phone_addrs = [a.strip() for a in cfg["Address"].split(",")]
+    lab.wireguard_go_up(phone_ns, unique_iface("wgd"), cfg["PrivateKey"], None,
+                        [netlab.PeerSpec(cfg["PublicKey"], tuple(a.strip() for a in cfg["AllowedIPs"].split(",")),
+                                         endpoint=cfg["Endpoint"], persistent_keepalive=25)], phone_addrs)
+    phone_ip = phone_addrs[0].split("/")[0]
+    wait_for(lambda: run(nodes[2].ns, "ping", "-c", "1", "-W", "1", phone_ip, timeout=10, check=False).returncode == 0,
+             15, what="node3 reaching the device through its gateway node1")
+    assert run(phone_ns, "ping", "-c", "2", "-W", "2", nodes[2].addresses[0], timeout=15, check=False).returncode == 0
+    db = b"".join(f.read_bytes() for f in lab.tmp.glob("server.db*"))    # the database and its WAL
+    assert cfg["PublicKey"].encode() in db and cfg["PrivateKey"].encode() not in db     # shown once only
+    admin(m, "devices", "remove", "phone")
+    wait_for(lambda: run(nodes[0].ns, "wg", "show", nodes[0].iface, "allowed-ips", timeout=10).stdout.count(
+        phone_ip) == 0, 2.0, interval=0.05, what="the device gone from its gateway")
 
 
 def test_two_servers_on_one_postgresql_fail_over(mesh_lab):

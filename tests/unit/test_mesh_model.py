@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from wgpy import crypto
 from wgpy.mesh.auth import MAX_SKEW, Verifier, proof
-from wgpy.mesh.model import Mesh, Node, Policy, PolicyError, allocate, peer_entry
+from wgpy.mesh.model import Mesh, Node, Policy, PolicyError, allocate
 
 TAGS = ["laptops", "servers", "phones"]
 
@@ -67,7 +67,7 @@ def test_incremental_views_match_the_full_computation_and_the_deltas(seq):
         full = m.full_views()
         assert {k: v for k, v in m.peers.items()} == full
         for i in m.nodes:
-            want = {m.nodes[p].public_key: peer_entry(m.nodes[p]) for p in full[i]}
+            want = {m.nodes[p].public_key: m.entry(p) for p in full[i]}
             assert replicas.get(i, {}) == want
             assert m.view(i)["version"] == versions.get(i, 0)
         for to, _ in deltas:
@@ -127,3 +127,26 @@ def test_proof_binds_key_purpose_time_and_nonce():
     n4 = os.urandom(16)
     assert "off the server's clock" in v.check(node_pub, "stream", 1000, n4,
                                                proof(node_priv, spub, "stream", 1000, n4), 1000.0 + MAX_SKEW + 1)
+
+
+def test_devices_hang_off_their_gateway():
+    m = Mesh()
+    for i in (1, 2, 3):
+        m.upsert(node(i))
+    replicas: dict[int, dict] = {i: {e["public_key"]: e for e in m.view(i)["peers"]} for i in (1, 2, 3)}
+    versions = {i: m.view(i)["version"] for i in (1, 2, 3)}
+    phone = Node(10, "phone", crypto.encode_key(b"\x0a" * 32), ("100.80.0.10", "fd7a::a"), gateway=1)
+    deltas = m.upsert(phone)
+    replay(deltas, replicas, versions)
+    assert sorted(to for to, _ in deltas) == [1, 2, 3]             # the gateway, and its two peers
+    assert replicas[1][phone.public_key]["device"] is True          # a peer of its gateway only
+    assert phone.public_key not in replicas[2] and phone.public_key not in replicas[3]
+    gw = replicas[2][node(1).public_key]
+    assert gw["allowed_ips"] == ["100.80.0.1/32", "fd7a::1/128", "100.80.0.10/32", "fd7a::a/128"]
+    assert {k: v for k, v in replicas[1].items()} == {e["public_key"]: e for e in m.view(1)["peers"]}
+    replay(m.remove(10), replicas, versions)                        # removed: routes and peer gone
+    assert replicas[2][node(1).public_key]["allowed_ips"] == ["100.80.0.1/32", "fd7a::1/128"]
+    assert phone.public_key not in replicas[1]
+    replay(m.upsert(phone), replicas, versions)
+    replay(m.remove(1), replicas, versions)                         # the gateway goes: its devices too
+    assert 10 not in m.devices and m.upsert(phone) == []            # and a device without one reaches nobody

@@ -136,11 +136,19 @@ def peer_lines(peer: dict, old: dict | None) -> list[str]:
 class Applier:
     """The interface's peers as the view says (one UAPI set per change)."""
 
-    def __init__(self, iface: str, request=None) -> None:
+    def __init__(self, iface: str, request=None, forwarding=None) -> None:
         from ..uapi.server import request as uapi_request
         self.iface = iface
         self.request = request or uapi_request
         self.applied: dict[str, dict] = {}         # public key -> the entry applied
+        self.forwarding = forwarding or enable_forwarding
+        self.gateway = False
+
+    def _gateway(self, peer: dict) -> None:
+        """A device in the view: this node is its gateway and forwards between it and the mesh."""
+        if peer.get("device") and not self.gateway:
+            self.gateway = True
+            self.forwarding()
 
     def _set(self, lines: list[str]) -> None:
         if not lines:
@@ -162,9 +170,11 @@ class Applier:
             if old != p:
                 lines += peer_lines(p, old)
                 self.applied[key] = p
+            self._gateway(p)
         self._set(lines)
 
     def upsert(self, peer: dict) -> None:
+        self._gateway(peer)
         old = self.applied.get(peer["public_key"])
         self._set(peer_lines(peer, old))
         self.applied[peer["public_key"]] = peer
@@ -172,6 +182,17 @@ class Applier:
     def remove(self, key: str) -> None:
         self._set([f"public_key={base64.b64decode(key).hex()}", "remove=true"])
         self.applied.pop(key, None)
+
+
+def enable_forwarding() -> None:
+    """IPv4 and IPv6 forwarding on (in this network namespace): a gateway routes its devices' packets."""
+    for path in ("/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"):
+        try:
+            with open(path, "w") as f:
+                f.write("1\n")
+        except OSError as e:
+            log.warning("cannot turn on forwarding (%s: %s): devices behind this node are not routed", path, e)
+    log.info("a device is behind this node: forwarding on")
 
 
 def _present_keys(iface: str) -> set[str]:

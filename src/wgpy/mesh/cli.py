@@ -63,6 +63,18 @@ def add_parsers(sub) -> None:
     nt = ns.add_parser("tag", help="set a node's tags")
     nt.add_argument("name")
     nt.add_argument("tags", nargs="*")
+    dev = ss.add_parser("devices", help="plain WireGuard clients (phone and desktop apps) behind a gateway node")
+    ds = dev.add_subparsers(dest="devices_cmd")
+    ds.add_parser("list")
+    da = ds.add_parser("add", help="make a device's config (and QR code); its private key is shown once, "
+                                   "never stored")
+    da.add_argument("name")
+    da.add_argument("--gateway", required=True, help="the node the device connects to (it forwards for it)")
+    da.add_argument("--tag", action="append", default=[])
+    da.add_argument("--qr", action="store_true", help="also print the config as a QR code")
+    da.add_argument("--png", help="write the QR code to this PNG file (0600) instead of printing it")
+    dr = ds.add_parser("remove")
+    dr.add_argument("name")
     pol = ss.add_parser("policy", help="who may reach whom")
     ps = pol.add_subparsers(dest="policy_cmd", required=True)
     pset = ps.add_parser("set", help='set the policy from a JSON file: {"rules": [{"from": [...], "to": [...]}]}')
@@ -231,6 +243,8 @@ def server_main(args) -> int:
                 return 1
             store.set_tags(node.id, args.tags)
             return 0
+        if args.server_cmd == "devices":
+            return devices_main(args, store)
         if args.server_cmd == "policy":
             if args.policy_cmd == "show":
                 print(store.policy().to_json())
@@ -251,6 +265,64 @@ def server_main(args) -> int:
         return 1
     _ = json
     return 2
+
+
+def device_config(private_b64: str, device, gateway, networks: list[str]) -> str:
+    """A wg-quick config for a device: its key and addresses, its gateway as the one peer, the networks routed."""
+    addrs = ", ".join(f"{a}/{128 if ':' in a else 32}" for a in device.addresses)
+    lines = ["[Interface]", f"PrivateKey = {private_b64}", f"Address = {addrs}", "", "[Peer]",
+             f"PublicKey = {gateway.public_key}", f"AllowedIPs = {', '.join(networks)}"]
+    if gateway.endpoint:
+        lines.append(f"Endpoint = {gateway.endpoint}")
+    lines.append("PersistentKeepalive = 25")
+    return "\n".join(lines) + "\n"
+
+
+def devices_main(args, store) -> int:
+    import os as _os
+    from .. import crypto
+    from .store import JoinError
+    if args.devices_cmd in (None, "list"):
+        nodes = {n.id: n for n in store.all_nodes()}
+        for n in nodes.values():
+            if n.gateway is not None:
+                print(f"{n.name}\t{', '.join(n.addresses)}\tvia {nodes[n.gateway].name if n.gateway in nodes else '?'}")
+        return 0
+    if args.devices_cmd == "remove":
+        d = store.node_by_name(args.name)
+        if d is None or d.gateway is None:
+            print(f"wgpy: no device {args.name!r} (`wgpy server devices list`)", file=sys.stderr)
+            return 1
+        store.remove_node(d.id)
+        print(f"wgpy: removed {d.name}", file=sys.stderr)
+        return 0
+    gw = store.node_by_name(args.gateway)
+    if gw is None or gw.gateway is not None:
+        print(f"wgpy: --gateway {args.gateway}: no such node (`wgpy server nodes list`)", file=sys.stderr)
+        return 1
+    if not gw.endpoint:
+        print(f"wgpy: note: {gw.name} has no known endpoint yet; add Endpoint = HOST:{gw.listen_port} to the "
+              "config by hand", file=sys.stderr)
+    private = crypto.clamp(_os.urandom(32))
+    try:
+        dev = store.add_device(args.name, crypto.encode_key(crypto.public_from_private(private)), gw.id, args.tag,
+                               time.time())
+    except JoinError as e:
+        print(f"wgpy: {e}", file=sys.stderr)
+        return 1
+    text = device_config(crypto.encode_key(private), dev, gw, store.networks())
+    del private
+    print(text, end="")
+    if args.qr or args.png:
+        from ..ops import qr
+        code = qr.make(text)
+        if args.png:
+            qr.write_png(code, args.png)
+        else:
+            qr.terminal(code, sys.stderr)
+    print(f"wgpy: device {dev.name} ({', '.join(dev.addresses)}) via {gw.name}; the private key above is not "
+          "stored anywhere: keep this config", file=sys.stderr)
+    return 0
 
 
 def dispatch(args) -> int | None:

@@ -9,6 +9,11 @@ Incremental: adding, changing or removing one node costs one policy check per ot
 whose view changes (the nodes it affects), never a recomputation of every node's view. Only a policy change
 rebuilds the views, and then pushes only the differences.
 
+Devices (plain WireGuard clients, the phone and desktop apps, which run no agent) hang off a gateway node: a
+device is a peer of its gateway only, and its addresses are routed through the gateway (they are in the
+gateway's AllowedIPs at every node that has the gateway as a peer). The gateway forwards between its devices and
+the mesh. Adding or removing a device changes the gateway's view and the gateway's entry at its peers only.
+
 Deltas are (node id, message) pairs, the messages the server sends down each node's stream:
     {"type": "upsert", "version": V, "peer": PEER}      a peer added to the view, or one of its fields changed
     {"type": "remove", "version": V, "public_key": KEY}  a peer left the view
@@ -36,14 +41,22 @@ class Node:
     online: bool = False
     last_seen: float = 0.0                # Unix time its stream was last seen
     listen_port: int = 0                  # its UDP port (the endpoint is the address its stream comes from)
+    gateway: int | None = None            # a device: the node it is reached through (None: a node)
 
 
-def peer_entry(node: Node) -> dict:
-    """What a view holds about a peer."""
-    return {"name": node.name, "public_key": node.public_key,
-            "allowed_ips": [f"{a}/{128 if ':' in a else 32}" for a in node.addresses],
-            "endpoint": node.endpoint, "online": node.online, "last_seen": node.last_seen,
-            "tags": sorted(node.tags)}
+def _host_routes(addresses) -> list[str]:
+    return [f"{a}/{128 if ':' in a else 32}" for a in addresses]
+
+
+def peer_entry(node: Node, routed: tuple[str, ...] = ()) -> dict:
+    """What a view holds about a peer; `routed`: the addresses of the devices behind it (a gateway)."""
+    e = {"name": node.name, "public_key": node.public_key,
+         "allowed_ips": _host_routes(node.addresses) + _host_routes(routed),
+         "endpoint": node.endpoint, "online": node.online, "last_seen": node.last_seen,
+         "tags": sorted(node.tags)}
+    if node.gateway is not None:
+        e["device"] = True
+    return e
 
 
 class PolicyError(ValueError):
@@ -111,11 +124,20 @@ class Mesh:
     nodes: dict[int, Node] = field(default_factory=dict)
     peers: dict[int, set[int]] = field(default_factory=dict)      # node id -> the ids in its view
     versions: dict[int, int] = field(default_factory=dict)        # node id -> its view version
+    devices: dict[int, Node] = field(default_factory=dict)        # device id -> device
+    behind: dict[int, set[int]] = field(default_factory=dict)     # gateway node id -> its devices' ids
+
+    def entry(self, node_id: int) -> dict:
+        """A view's entry for a node or a device."""
+        if node_id in self.devices:
+            return peer_entry(self.devices[node_id])
+        routed = tuple(a for d in sorted(self.behind.get(node_id, ())) for a in self.devices[d].addresses)
+        return peer_entry(self.nodes[node_id], routed)
 
     def view(self, node_id: int) -> dict:
-        """The whole view of a node: {"type": "view", "version": V, "peers": [...]}."""
-        return {"type": "view", "version": self.versions.get(node_id, 0),
-                "peers": [peer_entry(self.nodes[p]) for p in sorted(self.peers.get(node_id, ()))]}
+        """The whole view of a node: {"type": "view", "version": V, "peers": [...]} (a gateway's devices too)."""
+        ids = sorted(self.peers.get(node_id, ())) + sorted(self.behind.get(node_id, ()))
+        return {"type": "view", "version": self.versions.get(node_id, 0), "peers": [self.entry(p) for p in ids]}
 
     def _bump(self, node_id: int) -> int:
         v = self.versions.get(node_id, 0) + 1
@@ -123,13 +145,16 @@ class Mesh:
         return v
 
     def _upsert(self, to: int, peer: Node, out: list) -> None:
-        out.append((to, {"type": "upsert", "version": self._bump(to), "peer": peer_entry(peer)}))
+        out.append((to, {"type": "upsert", "version": self._bump(to), "peer": self.entry(peer.id)}))
 
     def _remove(self, to: int, peer: Node, out: list) -> None:
         out.append((to, {"type": "remove", "version": self._bump(to), "public_key": peer.public_key}))
 
     def upsert(self, node: Node) -> list[tuple[int, dict]]:
-        """A node joined or changed (endpoint, online state, tags): the deltas for every node it affects."""
+        """A node joined or changed (endpoint, online state, tags), or a device was added: the deltas for every
+        node it affects."""
+        if node.gateway is not None:
+            return self._upsert_device(node)
         out: list = []
         old = self.nodes.get(node.id)
         self.nodes[node.id] = node
@@ -161,9 +186,39 @@ class Mesh:
                 self._upsert(other_id, node, out)
         return out
 
-    def remove(self, node_id: int) -> list[tuple[int, dict]]:
-        """A node left or was removed: every node that had it as a peer loses it."""
+    def _upsert_device(self, dev: Node) -> list[tuple[int, dict]]:
         out: list = []
+        old = self.devices.get(dev.id)
+        if old is not None and old.gateway != dev.gateway:
+            out += self.remove(dev.id)
+            old = None
+        gw = self.nodes.get(dev.gateway)
+        if gw is None:
+            return out                           # its gateway is gone: the device waits, reaching nobody
+        self.devices[dev.id] = dev
+        self.behind.setdefault(dev.gateway, set()).add(dev.id)
+        if old is None or peer_entry(old) != peer_entry(dev):
+            self._upsert(gw.id, dev, out)        # the gateway has the device as a peer
+        if old is None or old.addresses != dev.addresses:
+            for other in self.peers.get(gw.id, ()):
+                self._upsert(other, gw, out)     # and routes its addresses for everyone who reaches it
+        return out
+
+    def remove(self, node_id: int) -> list[tuple[int, dict]]:
+        """A node left or was removed: every node that had it as a peer loses it (and its devices go with it);
+        a device removed: its gateway loses it and stops routing its addresses."""
+        out: list = []
+        dev = self.devices.pop(node_id, None)
+        if dev is not None:
+            self.behind.get(dev.gateway, set()).discard(node_id)
+            gw = self.nodes.get(dev.gateway)
+            if gw is not None:
+                self._remove(gw.id, dev, out)
+                for other in self.peers.get(gw.id, ()):
+                    self._upsert(other, gw, out)
+            return out
+        for d in sorted(self.behind.pop(node_id, set())):
+            self.devices.pop(d, None)            # a gateway's devices reach nobody without it
         node = self.nodes.pop(node_id, None)
         if node is None:
             return out

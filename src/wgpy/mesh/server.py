@@ -93,8 +93,8 @@ class ControlPlane:
     async def load(self) -> None:
         self.last_change = await self.db(self.store.last_change)
         self.applied = set(range(max(1, self.last_change - LOOKBACK), self.last_change + 1))
-        for node in await self.db(self.store.all_nodes):
-            self.mesh.upsert(node)
+        for node in sorted(await self.db(self.store.all_nodes), key=lambda n: n.gateway is not None):
+            self.mesh.upsert(node)                # nodes first, then the devices behind them
 
     def _online(self, node: Node) -> Node:
         return with_online(node, bool(self.streams.get(node.id)), node.last_seen)

@@ -7,7 +7,8 @@ What is stored (nothing that opens a tunnel: public keys, never a node's private
     meta      the server's own X25519 key pair (its proof key, mesh/auth.py), the admin password's scrypt hash,
               the policy
     nodes     id, name (unique), public key (unique), tags, one address per network (unique), endpoint port,
-              the endpoint last seen, created / last seen
+              the endpoint last seen, created / last seen; a device (a plain WireGuard app) has its gateway
+              node's id and no port; its private key was shown once and is not stored
     tokens    the SHA-256 of each join token (the token itself is shown once), its tags, expiry, single use or
               reusable, uses, revoked
     changes   an append-only log (id, node id, kind): every instance reads it to learn what another instance or
@@ -47,6 +48,7 @@ nodes_t = Table(
     Column("endpoint", String(64)),
     Column("created", Float, nullable=False),
     Column("last_seen", Float, nullable=False, default=0.0),
+    Column("gateway", Integer),                           # a device (a plain WireGuard client): its gateway node
 )
 tokens_t = Table(
     "tokens", metadata,
@@ -238,6 +240,35 @@ class Store:
                 raise StoreError(f"database {redact_url(self.url)} unreachable: {e.orig}") from None
         raise AssertionError("unreachable")
 
+    def add_device(self, name: str, public_key: str, gateway_id: int, tags: list[str], now: float) -> Node:
+        """Register a device behind the node `gateway_id`, with an address from every network."""
+        if not valid_name(name):
+            raise JoinError(f"invalid device name {name!r} (letters, digits, '-', '_', '.'; at most {NAME_MAX})")
+        try:
+            with self._begin() as c:
+                gw = c.execute(select(nodes_t).where(nodes_t.c.id == gateway_id)).first()
+                if gw is None or gw.gateway is not None:
+                    raise JoinError("the gateway must be a node of the network (not a device)")
+                if c.execute(select(nodes_t.c.id).where(nodes_t.c.name == name)).first():
+                    raise JoinError(f"the name {name!r} is taken")
+                nets = json.loads(c.execute(select(meta_t.c.value).where(meta_t.c.key == "networks")).scalar_one())
+                node_id = c.execute(insert(nodes_t).values(
+                    name=name, public_key=public_key, tags=" ".join(sorted(tags)), listen_port=0, endpoint=None,
+                    created=now, last_seen=0.0, gateway=gateway_id).returning(nodes_t.c.id)).first().id
+                values = {}
+                for net in nets:
+                    col = nodes_t.c.ipv6 if ":" in net else nodes_t.c.ipv4
+                    used = [r[0] for r in c.execute(select(col).where(col.is_not(None)))]
+                    try:
+                        values[col.name] = allocate(net, used, node_id)
+                    except ValueError as e:
+                        raise JoinError(str(e)) from None
+                c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**values))
+                c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=now))
+                return self.node(node_id, c)
+        except IntegrityError:
+            raise JoinError("the registration raced with another and failed; try again") from None
+
     def node(self, node_id: int, conn=None) -> Node | None:
         if conn is None:
             with self._begin() as c:
@@ -260,9 +291,14 @@ class Store:
             return [_node(r) for r in c.execute(select(nodes_t).order_by(nodes_t.c.id))]
 
     def remove_node(self, node_id: int) -> bool:
+        """Remove a node (and the devices it is the gateway of) or a device."""
         with self._begin() as c:
+            devices = [r.id for r in c.execute(select(nodes_t.c.id).where(nodes_t.c.gateway == node_id))]
             gone = c.execute(delete(nodes_t).where(nodes_t.c.id == node_id)).rowcount > 0
             if gone:
+                for d in devices:
+                    c.execute(delete(nodes_t).where(nodes_t.c.id == d))
+                    c.execute(insert(changes_t).values(node_id=d, kind="removed", at=time.time()))
                 c.execute(insert(changes_t).values(node_id=node_id, kind="removed", at=time.time()))
             return gone
 
@@ -298,7 +334,7 @@ class Store:
 def _node(r) -> Node:
     addrs = tuple(a for a in (r.ipv4, r.ipv6) if a)
     return Node(r.id, r.name, r.public_key, addrs, frozenset(r.tags.split()), r.endpoint, False, r.last_seen,
-                r.listen_port)
+                r.listen_port, r.gateway)
 
 
 def redact_url(url: str) -> str:
