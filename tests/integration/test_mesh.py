@@ -139,6 +139,9 @@ def test_mesh_join_reach_remove_policy_and_outage(mesh_lab):
     netlab.assert_ping(nodes[0].ns, fifth.addresses[0])
     status = json.loads(lab.wgpy(nodes[0].ns, "status", "--json", *nodes[0].args(), check=True).stdout)
     assert {r["name"] for r in status["nodes"]} == {"node1", "node2", "node3", "node4", "node5"}
+    assert status["server_reached"] and all(r["online"] for r in status["nodes"])     # asked of the server
+    text = lab.wgpy(nodes[0].ns, "status", *nodes[0].args(), check=True).stdout
+    assert "node5" in text and "online" in text and fifth.addresses[0] in text
 
     # removed by the admin: gone everywhere within 2 s; its own interface is taken down
     t0 = time.monotonic()

@@ -108,6 +108,9 @@ def test_stream_view_deltas_auth_and_metrics(tmp_path):
             assert view["type"] == "view" and [p["name"] for p in view["peers"]] == ["n1"]
             r = await client.get("/api/v1/stream", headers=h)          # the same proof again
             assert r.status == 401 and "replayed" in (await r.json())["error"]
+            r = await client.get("/api/v1/status", headers=_headers(keys[1], spub, "status"))
+            st = {n["name"]: n for n in (await r.json())["nodes"]}
+            assert st["n0"]["online"] and not st["n1"]["online"] and st["n1"]["self"]   # asked for, not pushed
             # a third node joins: n0's stream hears of it
             r = await client.post("/api/v1/join", json={"token": tok, "name": "n2", "listen_port": 51820,
                                                         "public_key": crypto.encode_key(crypto.public_from_private(keys[2]))})

@@ -52,8 +52,22 @@ def test_join_allocates_addresses_and_logs_the_change(store):
     assert [(nid, kind) for _, nid, kind, _ in store.changes_after(0)] == [(a.id, "node"), (b.id, "node")]
     store.remove_node(a.id)
     c = store.join(tok, "carol", key(), 51820, None, now)
-    assert c.addresses[0] == "100.80.0.1"          # free again once alice is gone, never while she exists
+    assert c.addresses == ("100.80.0.3", "fd7a:6770::3")      # the network's address + the node's id
     assert store.changes_after(2)[0][1:3] == (a.id, "removed")
+
+
+def test_a_small_network_fills_the_gaps(tmp_path):
+    s = Store(f"sqlite:///{tmp_path}/small.db")
+    s.create(os.urandom(32), hash_password("correct horse"), ["10.0.0.0/29"])     # hosts .1 to .6
+    tok = s.create_token([], 3600, reusable=True)
+    now = time.time()
+    nodes = [s.join(tok, f"n{i}", key(), 51820, None, now) for i in range(6)]
+    assert [n.addresses[0] for n in nodes] == [f"10.0.0.{i}" for i in range(1, 7)]
+    with pytest.raises(JoinError) as info:
+        s.join(tok, "n7", key(), 51820, None, now)
+    assert "no free address" in str(info.value) and len(s.all_nodes()) == 6
+    s.remove_node(nodes[1].id)
+    assert s.join(tok, "n8", key(), 51820, None, now).addresses == ("10.0.0.2",)   # the lowest free, once gone
 
 
 @pytest.mark.parametrize("case, words", [

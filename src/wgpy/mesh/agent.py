@@ -111,6 +111,17 @@ async def _post(url: str, path: str, body: dict, ca: str | None, headers: dict |
             return data
 
 
+async def _get(url: str, path: str, ca: str | None, headers: dict) -> dict:
+    import aiohttp
+    timeout = aiohttp.ClientTimeout(total=CONNECT_TIMEOUT, connect=CONNECT_TIMEOUT / 2)
+    async with aiohttp.ClientSession(timeout=timeout) as s:
+        async with s.get(url.rstrip("/") + path, ssl=_ssl(ca), headers=headers) as r:
+            data = await r.json(content_type=None)
+            if r.status != 200:
+                raise MeshError(f"the server refused: {data.get('error', r.status)}")
+            return data
+
+
 def _server_error(e: Exception, url: str) -> MeshError:
     if isinstance(e, MeshError):
         return e
@@ -488,21 +499,38 @@ def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
         pass
     view = state.get("view") or {"peers": []}
     me = state["node"]
+    # online / last seen: asked of the server (never pushed); without it the cached view, presence unknown
+    presence: dict[str, dict] = {}
+    server = None
+    for url in state["servers"]:
+        try:
+            reply = asyncio.run(_get(url, "/api/v1/status", state.get("ca"), _auth_headers(state, "status")))
+            presence = {n["public_key"]: n for n in reply["nodes"]}
+            server = url
+            break
+        except Exception as e:
+            log.debug("status from %s: %s", url, e)
     rows = [{"name": me["name"], "addresses": me["addresses"], "self": True, "online": True, "last_seen": None,
              "endpoint": None, "latest_handshake": None}]
     for p in sorted(view["peers"], key=lambda p: p["name"]):
-        rows.append({"name": p["name"], "addresses": [a.split("/")[0] for a in p["allowed_ips"]], "self": False,
-                     "online": p.get("online", False), "last_seen": p.get("last_seen") or None,
+        pr = presence.get(p["public_key"], {})
+        rows.append({"name": p["name"], "addresses": [a.split("/")[0] for a in p["allowed_ips"]][:2],
+                     "self": False, "device": bool(p.get("device")),
+                     "online": pr.get("online") if presence else None, "last_seen": pr.get("last_seen"),
                      "endpoint": endpoints.get(p["public_key"], p.get("endpoint")),
                      "latest_handshake": handshakes.get(p["public_key"]) or None})
     if as_json:
-        print(json.dumps({"interface": iface, "server": state["servers"], "nodes": rows}, indent=1))
+        print(json.dumps({"interface": iface, "servers": state["servers"], "server_reached": server,
+                          "nodes": rows}, indent=1))
         return 0
     now = time.time()
-    print(f"network of {', '.join(state['servers'])}, interface {iface}")
+    print(f"network of {', '.join(state['servers'])}, interface {iface}"
+          + ("" if server else " (server unreachable: online state unknown, peers from the cached view)"))
     for r in rows:
-        state_txt = "this node" if r["self"] else ("online" if r["online"] else
-                                                    f"offline, last seen {_ago(now, r['last_seen'])}")
+        words = ["this node"] if r["self"] else (["device"] if r.get("device") else []) + (
+            [] if r["online"] is None else ["online"] if r["online"] else
+            [f"offline, last seen {_ago(now, r['last_seen'])}"])
+        state_txt = " ".join(words)
         hs = "" if r["self"] else (f", handshake {_ago(now, r['latest_handshake'])}" if r["latest_handshake"]
                                    else ", no handshake yet")
         ep = f", endpoint {r['endpoint']}" if r["endpoint"] else ""

@@ -2,7 +2,9 @@
 
 The server (mesh/server.py) feeds it what the database says changed and pushes what it returns; nothing here
 does I/O or reads a clock (times are given). A node's *view* is the set of peers it may reach: their keys,
-addresses and endpoints. Policy decides which pairs may reach each other; it is enforced by cryptokey routing,
+addresses and endpoints, what the data plane needs, nothing that changes by the minute: whether a peer is online
+is asked for (`wgpy status`), never pushed, so a thousand nodes reconnecting after a server restart cost a
+thousand view messages, not a million. Policy decides which pairs may reach each other; it is enforced by cryptokey routing,
 so a pair the policy denies never appears in either view and has no session at all.
 
 Incremental: adding, changing or removing one node costs one policy check per other node and a delta per node
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterable
 
 __all__ = ["Node", "Policy", "PolicyError", "Mesh", "allocate", "peer_entry"]
@@ -52,8 +54,7 @@ def peer_entry(node: Node, routed: tuple[str, ...] = ()) -> dict:
     """What a view holds about a peer; `routed`: the addresses of the devices behind it (a gateway)."""
     e = {"name": node.name, "public_key": node.public_key,
          "allowed_ips": _host_routes(node.addresses) + _host_routes(routed),
-         "endpoint": node.endpoint, "online": node.online, "last_seen": node.last_seen,
-         "tags": sorted(node.tags)}
+         "endpoint": node.endpoint, "tags": sorted(node.tags)}
     if node.gateway is not None:
         e["device"] = True
     return e
@@ -260,14 +261,14 @@ def _entry_changed(old: Node | None, new: Node) -> bool:
 
 
 def allocate(network: str, used: Iterable[str], node_id: int | None = None) -> str:
-    """A free host address of `network`: for IPv4 the lowest one not in `used` (not the network or broadcast
-    address, not .0/.255 of a /24 ... only the first and last of the prefix are skipped); for IPv6 the prefix plus
-    the node id when it is given and free, else the lowest free. Raises ValueError when the network is full."""
+    """A free host address of `network`: the network's address plus `node_id` when that is a host address not in
+    `used`, else the lowest one not in `used` (the first and, for IPv4, the last address of the prefix are never
+    given). Raises ValueError when the network is full."""
     net = ipaddress.ip_network(network)
     taken = {ipaddress.ip_address(u) for u in used}
-    if net.version == 6 and node_id is not None:
+    if node_id is not None and 0 < node_id < net.num_addresses - (1 if net.version == 4 else 0):
         cand = net.network_address + node_id
-        if cand in net and cand not in taken and cand != net.network_address:
+        if cand not in taken:
             return str(cand)
     first = int(net.network_address) + 1
     last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
@@ -280,5 +281,3 @@ def allocate(network: str, used: Iterable[str], node_id: int | None = None) -> s
     raise ValueError(f"network {network} has no free address")
 
 
-def with_online(node: Node, online: bool, when: float) -> Node:
-    return replace(node, online=online, last_seen=when)

@@ -9,6 +9,8 @@ API (JSON; every body at most MAX_BODY bytes):
     GET  /api/v1/stream   WebSocket, authenticated by the node's key (mesh/auth.py; headers X-Wgpy-Key,
                           X-Wgpy-Time, X-Wgpy-Nonce, X-Wgpy-Proof): the whole view, then every delta
     POST /api/v1/leave    authenticated likewise: the node is removed everywhere
+    GET  /api/v1/status   authenticated likewise: the node and its peers, online or not, last seen (asked for,
+                          never pushed: presence is no part of the views)
     GET  /healthz         "ok"
     GET  /metrics         Prometheus text format: nodes, online nodes, joins, changes, view updates pushed, streams
                           cut off, and the latency from a change's commit to its updates queued (a summary of
@@ -34,7 +36,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .auth import Verifier
-from .model import Mesh, Node, with_online
+from .model import Mesh, Node
 from .store import JoinError, Store, StoreError
 
 __all__ = ["make_app", "run_server"]
@@ -45,6 +47,8 @@ MAX_BODY = 16 * 1024          # a join or leave request
 POLL = 0.25                   # seconds between reads of the change log
 STREAM_QUEUE = 1024           # deltas waiting for one node's stream before it is cut off
 HEARTBEAT = 20.0              # WebSocket pings
+PRESENCE_EVERY = 30.0         # seconds between an instance's "still connected" writes
+PRESENCE_TIMEOUT = 75.0       # a node not confirmed for this long is offline (its instance died)
 LOOKBACK = 256                # change-log ids read again behind the highest seen (see apply_changes)
 
 
@@ -86,6 +90,7 @@ class ControlPlane:
         self.applied: set[int] = set()            # change ids applied, within LOOKBACK of last_change
         self.stats = {"joins": 0, "deltas": 0, "streams_cut": 0, "changes": 0}
         self.latency: list[float] = []            # seconds from a change's commit to its deltas queued (recent)
+        self.lock = asyncio.Lock()                # one reader of the change log at a time (see apply_changes)
 
     async def db(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -96,9 +101,6 @@ class ControlPlane:
         for node in sorted(await self.db(self.store.all_nodes), key=lambda n: n.gateway is not None):
             self.mesh.upsert(node)                # nodes first, then the devices behind them
 
-    def _online(self, node: Node) -> Node:
-        return with_online(node, bool(self.streams.get(node.id)), node.last_seen)
-
     def push(self, deltas: list[tuple[int, dict]]) -> None:
         for node_id, msg in deltas:
             for st in list(self.streams.get(node_id, ())):
@@ -108,6 +110,13 @@ class ControlPlane:
                     self.stats["streams_cut"] += 1
 
     async def apply_changes(self) -> None:
+        """Apply what the change log has that is not applied yet. Serialised: a request handler that reads the
+        log (a node that joined a moment ago) must find the node applied when this returns, not half-way in the
+        poller's pass."""
+        async with self.lock:
+            await self._apply_changes()
+
+    async def _apply_changes(self) -> None:
         # With several instances on PostgreSQL, ids are handed out in one order and committed in another: a
         # change with a lower id may become visible after a higher one was read. So the log is read from
         # LOOKBACK ids before the highest seen, skipping those applied (applying is idempotent anyway: a change
@@ -130,7 +139,7 @@ class ControlPlane:
                 if node is None:
                     self.push(self.mesh.remove(node_id))
                 else:
-                    self.push(self.mesh.upsert(self._online(node)))
+                    self.push(self.mesh.upsert(node))
             self.latency.append(max(0.0, time.time() - at))
         if len(self.latency) > 1000:
             del self.latency[:-1000]
@@ -148,14 +157,37 @@ class ControlPlane:
                 log.exception("reading the change log")
             await asyncio.sleep(POLL)
 
-    def set_online(self, node_id: int, online: bool) -> None:
-        node = self.mesh.nodes.get(node_id)
-        if node is not None and node.online != online:
-            self.push(self.mesh.upsert(with_online(node, online, time.time())))
+    async def presence(self) -> None:
+        """Every PRESENCE_EVERY seconds: the nodes this instance holds streams of are still there."""
+        while True:
+            await asyncio.sleep(PRESENCE_EVERY)
+            try:
+                await self.db(self.store.touch, sorted(self.streams), time.time())
+            except StoreError as e:
+                log.warning("%s", e)
+
+    async def status(self, node: Node) -> list[dict]:
+        """What `wgpy status` shows a node: itself and its view's peers, each online or not (a stream held by
+        some instance, seen within PRESENCE_TIMEOUT) and last seen."""
+        pres = await self.db(self.store.presence)
+        now = time.time()
+        out = []
+        for e in [self.mesh.entry(node.id)] + self.mesh.view(node.id)["peers"]:
+            n = next((x for x in list(self.mesh.nodes.values()) + list(self.mesh.devices.values())
+                      if x.public_key == e["public_key"]), None)
+            if n is None:
+                continue
+            connected, seen = pres.get(n.id, (False, 0.0))
+            out.append({"name": n.name, "public_key": n.public_key, "addresses": list(n.addresses),
+                        "endpoint": n.endpoint, "device": n.gateway is not None, "self": n.id == node.id,
+                        "online": bool(connected and now - seen < PRESENCE_TIMEOUT) or n.id in self.streams,
+                        "last_seen": seen or None})
+        return out
 
 
 CP_KEY = web.AppKey("cp", ControlPlane)
 POLLER_KEY = web.AppKey("poller", asyncio.Task)
+PRESENCE_KEY = web.AppKey("presence", asyncio.Task)
 
 
 async def _json_body(request: web.Request) -> dict:
@@ -218,9 +250,11 @@ def make_app(store: Store) -> web.Application:
     async def on_startup(app: web.Application) -> None:
         await cp.load()
         app[POLLER_KEY] = asyncio.create_task(cp.poll())
+        app[PRESENCE_KEY] = asyncio.create_task(cp.presence())
 
     async def on_cleanup(app: web.Application) -> None:
         app[POLLER_KEY].cancel()
+        app[PRESENCE_KEY].cancel()
 
     async def join(request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -262,12 +296,12 @@ def make_app(store: Store) -> web.Application:
         node = _auth(cp, request, "stream")
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_BODY)
         await ws.prepare(request)
-        st = _Stream()
-        cp.streams.setdefault(node.id, set()).add(st)
-        await cp.db(store.seen, node.id, _endpoint(_peer_ip(request), node.listen_port), time.time())
-        cp.set_online(node.id, True)
+        await cp.db(store.seen, node.id, _endpoint(_peer_ip(request), node.listen_port), time.time(), True)
         await cp.apply_changes()                  # the endpoint just seen, before the first view
-        await ws.send_json(cp.mesh.view(node.id))
+        st = _Stream()
+        view = cp.mesh.view(node.id)              # the view and the stream's registration in one step (no
+        cp.streams.setdefault(node.id, set()).add(st)   # await between): every later delta is in the queue
+        await ws.send_json(view)
 
         async def sender() -> None:
             while True:
@@ -291,13 +325,15 @@ def make_app(store: Store) -> web.Application:
             cp.streams.get(node.id, set()).discard(st)
             if not cp.streams.get(node.id):
                 cp.streams.pop(node.id, None)
-                cp.set_online(node.id, False)
                 try:
-                    await cp.db(store.seen, node.id, cp.mesh.nodes[node.id].endpoint if node.id in cp.mesh.nodes
-                                else None, time.time())
+                    await cp.db(store.seen, node.id, None, time.time(), False)
                 except StoreError:
                     pass
         return ws
+
+    async def status(request: web.Request) -> web.Response:
+        node = _auth(cp, request, "status")
+        return web.json_response({"nodes": await cp.status(node)})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -312,6 +348,7 @@ def make_app(store: Store) -> web.Application:
     app.router.add_post("/api/v1/leave", leave)
     app.router.add_get("/api/v1/stream", stream)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/v1/status", status)
     app.router.add_get("/metrics", metrics)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

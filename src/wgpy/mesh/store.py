@@ -49,6 +49,7 @@ nodes_t = Table(
     Column("created", Float, nullable=False),
     Column("last_seen", Float, nullable=False, default=0.0),
     Column("gateway", Integer),                           # a device (a plain WireGuard client): its gateway node
+    Column("connected", Boolean, nullable=False, default=False),   # its stream is held by some instance
 )
 tokens_t = Table(
     "tokens", metadata,
@@ -220,15 +221,7 @@ class Store:
                         name=name, public_key=public_key, tags=tok.tags, listen_port=listen_port,
                         endpoint=endpoint, created=now, last_seen=0.0).returning(nodes_t.c.id)).first()
                     node_id = row.id
-                    values = {}
-                    for net in nets:
-                        col = nodes_t.c.ipv6 if ":" in net else nodes_t.c.ipv4
-                        used = [r[0] for r in c.execute(select(col).where(col.is_not(None)))]
-                        try:
-                            values[col.name] = allocate(net, used, node_id)
-                        except ValueError as e:
-                            raise JoinError(str(e)) from None
-                    c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**values))
+                    c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**_addresses(c, nets, node_id)))
                     c.execute(update(tokens_t).where(tokens_t.c.id == tok.id).values(uses=tok.uses + 1))
                     c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=now))
                     return self.node(node_id, c)
@@ -255,15 +248,7 @@ class Store:
                 node_id = c.execute(insert(nodes_t).values(
                     name=name, public_key=public_key, tags=" ".join(sorted(tags)), listen_port=0, endpoint=None,
                     created=now, last_seen=0.0, gateway=gateway_id).returning(nodes_t.c.id)).first().id
-                values = {}
-                for net in nets:
-                    col = nodes_t.c.ipv6 if ":" in net else nodes_t.c.ipv4
-                    used = [r[0] for r in c.execute(select(col).where(col.is_not(None)))]
-                    try:
-                        values[col.name] = allocate(net, used, node_id)
-                    except ValueError as e:
-                        raise JoinError(str(e)) from None
-                c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**values))
+                c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**_addresses(c, nets, node_id)))
                 c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=now))
                 return self.node(node_id, c)
         except IntegrityError:
@@ -310,15 +295,30 @@ class Store:
                 c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=time.time()))
             return ok
 
-    def seen(self, node_id: int, endpoint: str | None, when: float) -> None:
-        """A node's stream connected (or went on): its endpoint as the server sees it and the time."""
+    def seen(self, node_id: int, endpoint: str | None, when: float, connected: bool) -> None:
+        """A node's stream connected or ended: its endpoint as the server sees it, the time, whether it is held.
+        Only an endpoint change is a change of the views."""
         with self._begin() as c:
             old = c.execute(select(nodes_t.c.endpoint).where(nodes_t.c.id == node_id)).first()
             if old is None:
                 return
-            c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(endpoint=endpoint, last_seen=when))
-            if old.endpoint != endpoint:
+            c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(
+                endpoint=endpoint or old.endpoint, last_seen=when, connected=connected))
+            if endpoint and old.endpoint != endpoint:
                 c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=when))
+
+    def touch(self, node_ids: list[int], when: float) -> None:
+        """The nodes whose streams an instance holds are still there (every PRESENCE_EVERY seconds)."""
+        with self._begin() as c:
+            for i in range(0, len(node_ids), 500):
+                c.execute(update(nodes_t).where(nodes_t.c.id.in_(node_ids[i:i + 500])).values(
+                    last_seen=when, connected=True))
+
+    def presence(self) -> dict[int, tuple[bool, float]]:
+        """Every node's (connected, last seen)."""
+        with self._begin() as c:
+            return {r.id: (r.connected, r.last_seen) for r in
+                    c.execute(select(nodes_t.c.id, nodes_t.c.connected, nodes_t.c.last_seen))}
 
     def changes_after(self, last: int) -> list[tuple[int, int | None, str, float]]:
         with self._begin() as c:
@@ -329,6 +329,22 @@ class Store:
         with self._begin() as c:
             r = c.execute(select(changes_t.c.id).order_by(changes_t.c.id.desc()).limit(1)).first()
             return r.id if r is not None else 0
+
+
+def _addresses(c, nets: list[str], node_id: int) -> dict[str, str]:
+    """One address per network for a new node: the network's address plus the node's id when that one is free
+    (one indexed look-up: ids only grow, so it almost always is), else the lowest free one (a scan)."""
+    values = {}
+    for net in nets:
+        col = nodes_t.c.ipv6 if ":" in net else nodes_t.c.ipv4
+        try:
+            cand = allocate(net, (), node_id)
+            if c.execute(select(nodes_t.c.id).where(col == cand)).first() is not None:
+                cand = allocate(net, [r[0] for r in c.execute(select(col).where(col.is_not(None)))], node_id)
+        except ValueError as e:
+            raise JoinError(str(e)) from None
+        values[col.name] = cand
+    return values
 
 
 def _node(r) -> Node:
