@@ -103,7 +103,8 @@ async def run_size(n: int, url: str, ctx, token: str, changes: int, server_pid: 
         t0 = time.monotonic()
         await asyncio.gather(*(one(i) for i in range(n)))
         join_s = time.monotonic() - t0
-        print(f"  {n} joined in {join_s:.1f} s", file=sys.stderr, flush=True)
+        print(f"  {n} joined in {join_s:.1f} s, server RSS {rss_mib(server_pid):.0f} MiB", file=sys.stderr,
+              flush=True)
         readies = []
         tasks = []
         t0 = time.monotonic()

@@ -3,6 +3,7 @@ each node rebuild exactly its view; policy parsing; address allocation; mesh/aut
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -67,6 +68,7 @@ def test_incremental_views_match_the_full_computation_and_the_deltas(seq):
         full = m.full_views()
         assert {k: v for k, v in m.peers.items()} == full
         for i in m.nodes:
+            assert json.loads(m.view_json(i)) == m.view(i)        # the cached JSON is never stale
             want = {m.nodes[p].public_key: m.entry(p) for p in full[i]}
             assert replicas.get(i, {}) == want
             assert m.view(i)["version"] == versions.get(i, 0)
@@ -144,6 +146,7 @@ def test_devices_hang_off_their_gateway():
     gw = replicas[2][node(1).public_key]
     assert gw["allowed_ips"] == ["100.80.0.1/32", "fd7a::1/128", "100.80.0.10/32", "fd7a::a/128"]
     assert {k: v for k, v in replicas[1].items()} == {e["public_key"]: e for e in m.view(1)["peers"]}
+    assert all(json.loads(m.view_json(i)) == m.view(i) for i in (1, 2, 3))
     replay(m.remove(10), replicas, versions)                        # removed: routes and peer gone
     assert replicas[2][node(1).public_key]["allowed_ips"] == ["100.80.0.1/32", "fd7a::1/128"]
     assert phone.public_key not in replicas[1]

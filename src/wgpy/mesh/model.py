@@ -127,6 +127,7 @@ class Mesh:
     versions: dict[int, int] = field(default_factory=dict)        # node id -> its view version
     devices: dict[int, Node] = field(default_factory=dict)        # device id -> device
     behind: dict[int, set[int]] = field(default_factory=dict)     # gateway node id -> its devices' ids
+    _json: dict[int, str] = field(default_factory=dict, repr=False)   # id -> its entry as JSON (view_json)
 
     def entry(self, node_id: int) -> dict:
         """A view's entry for a node or a device."""
@@ -134,6 +135,19 @@ class Mesh:
             return peer_entry(self.devices[node_id])
         routed = tuple(a for d in sorted(self.behind.get(node_id, ())) for a in self.devices[d].addresses)
         return peer_entry(self.nodes[node_id], routed)
+
+    def entry_json(self, node_id: int) -> str:
+        text = self._json.get(node_id)
+        if text is None:
+            text = self._json[node_id] = json.dumps(self.entry(node_id), separators=(",", ":"))
+        return text
+
+    def view_json(self, node_id: int) -> str:
+        """view() as JSON text, from each entry's cached JSON: a node connecting to a network of N nodes costs a
+        join of N strings, not N dicts serialised again (a server restart reconnects every node at once)."""
+        ids = sorted(self.peers.get(node_id, ())) + sorted(self.behind.get(node_id, ()))
+        return ('{"type":"view","version":%d,"peers":[%s]}'
+                % (self.versions.get(node_id, 0), ",".join(self.entry_json(p) for p in ids)))
 
     def view(self, node_id: int) -> dict:
         """The whole view of a node: {"type": "view", "version": V, "peers": [...]} (a gateway's devices too)."""
@@ -159,6 +173,7 @@ class Mesh:
         out: list = []
         old = self.nodes.get(node.id)
         self.nodes[node.id] = node
+        self._json.pop(node.id, None)
         mine = self.peers.setdefault(node.id, set())
         self.versions.setdefault(node.id, 0)
         if old is not None and old.tags == node.tags:
@@ -197,6 +212,8 @@ class Mesh:
         if gw is None:
             return out                           # its gateway is gone: the device waits, reaching nobody
         self.devices[dev.id] = dev
+        self._json.pop(dev.id, None)
+        self._json.pop(gw.id, None)              # its entry routes the device's addresses
         self.behind.setdefault(dev.gateway, set()).add(dev.id)
         if old is None or peer_entry(old) != peer_entry(dev):
             self._upsert(gw.id, dev, out)        # the gateway has the device as a peer
@@ -209,8 +226,10 @@ class Mesh:
         """A node left or was removed: every node that had it as a peer loses it (and its devices go with it);
         a device removed: its gateway loses it and stops routing its addresses."""
         out: list = []
+        self._json.pop(node_id, None)
         dev = self.devices.pop(node_id, None)
         if dev is not None:
+            self._json.pop(dev.gateway, None)
             self.behind.get(dev.gateway, set()).discard(node_id)
             gw = self.nodes.get(dev.gateway)
             if gw is not None:
@@ -220,6 +239,7 @@ class Mesh:
             return out
         for d in sorted(self.behind.pop(node_id, set())):
             self.devices.pop(d, None)            # a gateway's devices reach nobody without it
+            self._json.pop(d, None)
         node = self.nodes.pop(node_id, None)
         if node is None:
             return out

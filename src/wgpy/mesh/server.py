@@ -299,9 +299,9 @@ def make_app(store: Store) -> web.Application:
         await cp.db(store.seen, node.id, _endpoint(_peer_ip(request), node.listen_port), time.time(), True)
         await cp.apply_changes()                  # the endpoint just seen, before the first view
         st = _Stream()
-        view = cp.mesh.view(node.id)              # the view and the stream's registration in one step (no
+        view = cp.mesh.view_json(node.id)         # the view and the stream's registration in one step (no
         cp.streams.setdefault(node.id, set()).add(st)   # await between): every later delta is in the queue
-        await ws.send_json(view)
+        await ws.send_str(view)
 
         async def sender() -> None:
             while True:
