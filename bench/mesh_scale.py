@@ -1,12 +1,15 @@
 """Scale of the mesh control plane (docs/mesh.md): simulated nodes that speak the real API, without tunnels.
 
     .venv/bin/python bench/mesh_scale.py [--nodes 100,1000,10000] [--db sqlite|postgresql] [--changes 5]
+                                         [--groups G]
 
 For each size N: a fresh `wgpy server run` on 127.0.0.1 (HTTPS, a self-signed certificate) over a fresh database
 (SQLite file, or a private PostgreSQL cluster: wgpy_testkit.postgres, as root); N nodes join (50 at a time) and
 each holds its view stream (a WebSocket, authenticated by its key, as the agent does); then `--changes` more
 nodes join one by one and the time from each join request until every one of the N streams has received the
-new peer is measured (the default policy: a join affects every node). Prints joins per second, the server's
+new peer is measured (the default policy: a join affects every node; with --groups G the nodes join with G
+tags round-robin and a policy lets each tag reach itself only, so every view holds N/G peers and a join affects
+N/G nodes, the shape of a large network split by policy). Prints joins per second, the server's
 resident memory with N streams, and the change latency (median, max). Everything stays on this machine; every
 loop is bounded in count and time.
 """
@@ -45,8 +48,8 @@ def rss_mib(pid: int) -> float:
 
 
 class Sim:
-    def __init__(self, url: str, ctx: ssl.SSLContext, token: str) -> None:
-        self.url, self.ctx, self.token = url, ctx, token
+    def __init__(self, url: str, ctx: ssl.SSLContext, tokens: list[str]) -> None:
+        self.url, self.ctx, self.tokens = url, ctx, tokens
         self.streams: list = []
         self.server_pub = b""
         self.waiters: dict[str, tuple[set, asyncio.Event]] = {}
@@ -55,7 +58,8 @@ class Sim:
         priv = crypto.clamp(os.urandom(32))
         pub = crypto.encode_key(crypto.public_from_private(priv))
         async with session.post(self.url + "/api/v1/join", ssl=self.ctx, json={
-                "token": self.token, "name": f"sim{i}", "public_key": pub, "listen_port": 51820}) as r:
+                "token": self.tokens[i % len(self.tokens)], "name": f"sim{i}", "public_key": pub,
+                "listen_port": 51820}) as r:
             body = await r.json()
             if r.status != 200:
                 raise RuntimeError(f"join {i}: {r.status} {body}")
@@ -89,9 +93,10 @@ class Sim:
                         w[1].set()
 
 
-async def run_size(n: int, url: str, ctx, token: str, changes: int, server_pid: int) -> dict:
+async def run_size(n: int, url: str, ctx, tokens: list[str], changes: int, server_pid: int) -> dict:
     import aiohttp
-    sim = Sim(url, ctx, token)
+    sim = Sim(url, ctx, tokens)
+    groups = len(tokens)
     conn = aiohttp.TCPConnector(limit=0, ssl=ctx)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as session:
         sem = asyncio.Semaphore(CONCURRENCY)
@@ -125,10 +130,10 @@ async def run_size(n: int, url: str, ctx, token: str, changes: int, server_pid: 
             priv = crypto.clamp(os.urandom(32))
             pub = crypto.encode_key(crypto.public_from_private(priv))
             ev = asyncio.Event()
-            sim.waiters[pub] = (set(range(n)), ev)
+            sim.waiters[pub] = (set(range(0, n, groups)), ev)         # the nodes of group 0
             t0 = time.monotonic()
             async with session.post(url + "/api/v1/join", ssl=ctx, json={
-                    "token": token, "name": f"extra{c}", "public_key": pub, "listen_port": 51820}) as r:
+                    "token": tokens[0], "name": f"extra{c}", "public_key": pub, "listen_port": 51820}) as r:
                 assert r.status == 200, await r.text()
             await asyncio.wait_for(ev.wait(), 120)
             lat.append(time.monotonic() - t0)
@@ -137,7 +142,7 @@ async def run_size(n: int, url: str, ctx, token: str, changes: int, server_pid: 
             await ws.close()
         for t in tasks:
             t.cancel()
-    return {"nodes": n, "joins_per_s": n / join_s, "streams_connected_s": connect_s, "server_rss_mib": rss,
+    return {"nodes": n, "groups": groups, "affected": len(range(0, n, groups)), "joins_per_s": n / join_s, "streams_connected_s": connect_s, "server_rss_mib": rss,
             "change_latency_median_s": statistics.median(lat), "change_latency_max_s": max(lat)}
 
 
@@ -146,6 +151,7 @@ def main() -> int:
     ap.add_argument("--nodes", default="100,1000,10000")
     ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--changes", type=int, default=5)
+    ap.add_argument("--groups", type=int, default=1, help="tags that reach only themselves (default 1: all)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -170,8 +176,16 @@ def main() -> int:
         subprocess.run(wgpy + ["server", "--config", conf, "init", "--network", "100.64.0.0/10", "--network",
                                "fd7a:6770::/48", "--db", db, "--admin-password-file", tmp / "pw"], check=True,
                        capture_output=True)
-        token = subprocess.run(wgpy + ["server", "--config", conf, "token", "create", "--reusable"], check=True,
-                               capture_output=True, text=True).stdout.strip()
+        tokens = []
+        for g in range(args.groups):
+            tag = ["--tag", f"g{g}"] if args.groups > 1 else []
+            tokens.append(subprocess.run(wgpy + ["server", "--config", conf, "token", "create", "--reusable", *tag],
+                                         check=True, capture_output=True, text=True).stdout.strip())
+        if args.groups > 1:
+            (tmp / "policy.json").write_text(json.dumps({"rules": [{"from": [f"g{g}"], "to": [f"g{g}"]}
+                                                                   for g in range(args.groups)]}))
+            subprocess.run(wgpy + ["server", "--config", conf, "policy", "set", tmp / "policy.json"], check=True,
+                           capture_output=True)
         server = subprocess.Popen(wgpy + ["server", "--config", conf, "run", "--listen", f"127.0.0.1:{PORT}",
                                           "--cert", cert, "--key", key], stdout=subprocess.DEVNULL,
                                   stderr=open(tmp / "server.log", "wb"),
@@ -185,12 +199,12 @@ def main() -> int:
                     break
                 except OSError:
                     time.sleep(0.1)
-            res = asyncio.run(run_size(n, f"https://127.0.0.1:{PORT}", ctx, token, args.changes, server.pid))
+            res = asyncio.run(run_size(n, f"https://127.0.0.1:{PORT}", ctx, tokens, args.changes, server.pid))
             res["db"] = args.db
             results.append(res)
-            print(f"{n:>6} nodes ({args.db}): joins {res['joins_per_s']:.0f}/s, {n} streams up in "
+            print(f"{n:>6} nodes ({args.db}, views of {n // args.groups}): joins {res['joins_per_s']:.0f}/s, {n} streams up in "
                   f"{res['streams_connected_s']:.1f} s, server RSS {res['server_rss_mib']:.0f} MiB, a join at every "
-                  f"node in {res['change_latency_median_s'] * 1000:.0f} ms median "
+                  f"affected node ({res['affected']}) in {res['change_latency_median_s'] * 1000:.0f} ms median "
                   f"({res['change_latency_max_s'] * 1000:.0f} ms max)", flush=True)
         finally:
             server.terminate()

@@ -52,10 +52,12 @@ def test_incremental_views_match_the_full_computation_and_the_deltas(seq):
     for op in seq:
         if op[0] == "upsert":
             _, i, tags, ep = op
-            if i not in m.nodes:               # a node's replica starts from the whole view it gets
+            if i not in m.nodes:               # a new node's replica starts from the whole view it gets
                 deltas = m.upsert(node(i, tags, ep))
-                replicas.pop(i, None)
-                versions.pop(i, None)
+                assert all(to != i for to, _ in deltas)
+                view = m.view(i)
+                replicas[i] = {e["public_key"]: e for e in view["peers"]}
+                versions[i] = view["version"]
             else:
                 deltas = m.upsert(node(i, tags, ep))
         elif op[0] == "remove":

@@ -16,7 +16,8 @@ device is a peer of its gateway only, and its addresses are routed through the g
 gateway's AllowedIPs at every node that has the gateway as a peer). The gateway forwards between its devices and
 the mesh. Adding or removing a device changes the gateway's view and the gateway's entry at its peers only.
 
-Deltas are (node id, message) pairs, the messages the server sends down each node's stream:
+Deltas are (node id, message) pairs, the messages the server sends down each node's stream (a node that has
+just joined gets none: its stream starts with its whole view):
     {"type": "upsert", "version": V, "peer": PEER}      a peer added to the view, or one of its fields changed
     {"type": "remove", "version": V, "public_key": KEY}  a peer left the view
 where V is that node's view version (it goes up by one per delta; a node that sees a gap asks for the whole view).
@@ -128,6 +129,39 @@ class Mesh:
     devices: dict[int, Node] = field(default_factory=dict)        # device id -> device
     behind: dict[int, set[int]] = field(default_factory=dict)     # gateway node id -> its devices' ids
     _json: dict[int, str] = field(default_factory=dict, repr=False)   # id -> its entry as JSON (view_json)
+    by_tag: dict[str, set[int]] = field(default_factory=dict, repr=False)   # tag -> the nodes that have it
+
+    def reachable(self, node: Node) -> set[int]:
+        """The ids of the nodes `node` may reach under the policy, from the tag index: the work is the rules
+        plus the nodes that match them, not a check of every node (a join in a network of 10,000 split into
+        100 tags costs ~100, not 10,000 x the rules)."""
+        rules = self.policy.rules
+        if not rules:
+            out = set(self.nodes)
+        else:
+            out = set()
+            tags = node.tags
+            for src, dst in rules:
+                for a, b in ((src, dst), (dst, src)):
+                    if "*" in a or not tags.isdisjoint(a):
+                        if "*" in b:
+                            return set(self.nodes) - {node.id}
+                        for t in b:
+                            out |= self.by_tag.get(t, set())
+        out.discard(node.id)
+        return out
+
+    def _index(self, old: Node | None, node: Node | None) -> None:
+        if old is not None:
+            for t in old.tags:
+                ids = self.by_tag.get(t)
+                if ids is not None:
+                    ids.discard(old.id)
+                    if not ids:
+                        del self.by_tag[t]
+        if node is not None:
+            for t in node.tags:
+                self.by_tag.setdefault(t, set()).add(node.id)
 
     def entry(self, node_id: int) -> dict:
         """A view's entry for a node or a device."""
@@ -159,8 +193,9 @@ class Mesh:
         self.versions[node_id] = v
         return v
 
-    def _upsert(self, to: int, peer: Node, out: list) -> None:
-        out.append((to, {"type": "upsert", "version": self._bump(to), "peer": self.entry(peer.id)}))
+    def _upsert(self, to: int, peer: Node, out: list, entry: dict | None = None) -> None:
+        out.append((to, {"type": "upsert", "version": self._bump(to),
+                         "peer": entry if entry is not None else self.entry(peer.id)}))
 
     def _remove(self, to: int, peer: Node, out: list) -> None:
         out.append((to, {"type": "remove", "version": self._bump(to), "public_key": peer.public_key}))
@@ -179,27 +214,29 @@ class Mesh:
         if old is not None and old.tags == node.tags:
             # the same pairs as before: only the nodes that have it as a peer hear of the change
             if _entry_changed(old, node):
-                for other in mine:
-                    self._upsert(other, node, out)
+                entry = self.entry(node.id)
+                for other in sorted(mine):
+                    self._upsert(other, node, out, entry)
             return out
-        allows = self.policy.allows
-        for other_id, other in self.nodes.items():
-            if other_id == node.id:
-                continue
-            now = allows(node, other)
-            was = other_id in mine
-            if now and not was:
-                mine.add(other_id)
-                self.peers[other_id].add(node.id)
-                self._upsert(other_id, node, out)
-                self._upsert(node.id, other, out)
-            elif was and not now:
-                mine.discard(other_id)
-                self.peers[other_id].discard(node.id)
-                self._remove(other_id, node, out)
-                self._remove(node.id, other, out)
-            elif now and _entry_changed(old, node):
-                self._upsert(other_id, node, out)
+        self._index(old, node)
+        want = self.reachable(node)
+        kept = mine & want
+        entry = self.entry(node.id)               # one entry for every delta about it (shared, read-only)
+        new = old is None                         # a new node gets its whole view when it connects: no deltas
+        for other_id in sorted(want - mine):
+            mine.add(other_id)
+            self.peers[other_id].add(node.id)
+            self._upsert(other_id, node, out, entry)
+            if not new:
+                self._upsert(node.id, self.nodes[other_id], out)
+        for other_id in sorted(mine - want):
+            mine.discard(other_id)
+            self.peers[other_id].discard(node.id)
+            self._remove(other_id, node, out)
+            self._remove(node.id, self.nodes[other_id], out)
+        if _entry_changed(old, node):             # its tags are in its entry: the peers it keeps hear of them
+            for other_id in sorted(kept):
+                self._upsert(other_id, node, out, entry)
         return out
 
     def _upsert_device(self, dev: Node) -> list[tuple[int, dict]]:
@@ -243,6 +280,7 @@ class Mesh:
         node = self.nodes.pop(node_id, None)
         if node is None:
             return out
+        self._index(node, None)
         for other in self.peers.pop(node_id, set()):
             self.peers[other].discard(node_id)
             self._remove(other, node, out)
@@ -250,24 +288,23 @@ class Mesh:
         return out
 
     def set_policy(self, policy: Policy) -> list[tuple[int, dict]]:
-        """A new policy: every pair checked again; deltas only where a view changes."""
+        """A new policy: every node's reachable set again (from the tag index: the work is the pairs the
+        policy allows, not every pair); deltas only where a view changes."""
         self.policy = policy
         out: list = []
-        ids = sorted(self.nodes)
-        for i, a in enumerate(ids):
-            for b in ids[i + 1:]:
-                now = policy.allows(self.nodes[a], self.nodes[b])
-                was = b in self.peers[a]
-                if now and not was:
-                    self.peers[a].add(b)
-                    self.peers[b].add(a)
-                    self._upsert(a, self.nodes[b], out)
-                    self._upsert(b, self.nodes[a], out)
-                elif was and not now:
-                    self.peers[a].discard(b)
-                    self.peers[b].discard(a)
-                    self._remove(a, self.nodes[b], out)
-                    self._remove(b, self.nodes[a], out)
+        for a in sorted(self.nodes):
+            want = self.reachable(self.nodes[a])
+            have = self.peers[a]
+            for b in sorted(want - have):
+                have.add(b)
+                self.peers[b].add(a)
+                self._upsert(a, self.nodes[b], out)
+                self._upsert(b, self.nodes[a], out)
+            for b in sorted(have - want):
+                have.discard(b)
+                self.peers[b].discard(a)
+                self._remove(a, self.nodes[b], out)
+                self._remove(b, self.nodes[a], out)
         return out
 
     def full_views(self) -> dict[int, set[int]]:
