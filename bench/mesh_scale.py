@@ -53,6 +53,7 @@ class Sim:
         self.streams: list = []
         self.server_pub = b""
         self.waiters: dict[str, tuple[set, asyncio.Event]] = {}
+        self.retries = 0
 
     async def join(self, session, i: int) -> tuple[bytes, str]:
         priv = crypto.clamp(os.urandom(32))
@@ -66,17 +67,24 @@ class Sim:
             self.server_pub = base64.b64decode(body["server_public_key"])
         return priv, pub
 
-    async def stream(self, session, priv: bytes, pub: str, ready: asyncio.Event, idx: int) -> None:
-        when = int(time.time())
-        nonce = os.urandom(16)
-        headers = {"X-Wgpy-Key": pub, "X-Wgpy-Time": str(when), "X-Wgpy-Nonce": nonce.hex(),
-                   "X-Wgpy-Proof": proof(priv, self.server_pub, "stream", when, nonce)}
-        try:
-            ws = await session.ws_connect(self.url + "/api/v1/stream", ssl=self.ctx, headers=headers,
-                                          heartbeat=None, max_msg_size=256 << 20)
-        except Exception as e:
-            print(f"  stream {idx}: {e!r}", file=sys.stderr, flush=True)
-            raise
+    async def stream(self, session, priv: bytes, pub: str, ready: asyncio.Event, idx: int,
+                     connecting: asyncio.Semaphore) -> None:
+        for attempt in range(6):              # as the agent: a refused connection is retried after a while
+            when = int(time.time())
+            nonce = os.urandom(16)
+            headers = {"X-Wgpy-Key": pub, "X-Wgpy-Time": str(when), "X-Wgpy-Nonce": nonce.hex(),
+                       "X-Wgpy-Proof": proof(priv, self.server_pub, "stream", when, nonce)}
+            try:
+                async with connecting:
+                    ws = await session.ws_connect(self.url + "/api/v1/stream", ssl=self.ctx, headers=headers,
+                                                  heartbeat=None, max_msg_size=256 << 20)
+                break
+            except Exception as e:
+                self.retries += 1
+                if attempt == 5:
+                    print(f"  stream {idx}: {e!r}", file=sys.stderr, flush=True)
+                    raise
+                await asyncio.sleep(0.5 * 2 ** attempt)
         self.streams.append(ws)
         first = True
         async for msg in ws:
@@ -112,14 +120,12 @@ async def run_size(n: int, url: str, ctx, tokens: list[str], changes: int, serve
               flush=True)
         readies = []
         tasks = []
+        connecting = asyncio.Semaphore(CONCURRENCY)     # connections being set up at once (TLS, auth)
         t0 = time.monotonic()
         for i, (priv, pub) in enumerate(keys):
             ev = asyncio.Event()
             readies.append(ev)
-            async with sem:
-                tasks.append(asyncio.create_task(sim.stream(session, priv, pub, ev, i)))
-                if i % CONCURRENCY == CONCURRENCY - 1:
-                    await asyncio.sleep(0)
+            tasks.append(asyncio.create_task(sim.stream(session, priv, pub, ev, i, connecting)))
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in readies)), 600)
         connect_s = time.monotonic() - t0
         print(f"  {n} streams in {connect_s:.1f} s", file=sys.stderr, flush=True)
@@ -142,7 +148,7 @@ async def run_size(n: int, url: str, ctx, tokens: list[str], changes: int, serve
             await ws.close()
         for t in tasks:
             t.cancel()
-    return {"nodes": n, "groups": groups, "affected": len(range(0, n, groups)), "joins_per_s": n / join_s, "streams_connected_s": connect_s, "server_rss_mib": rss,
+    return {"nodes": n, "groups": groups, "connect_retries": sim.retries, "affected": len(range(0, n, groups)), "joins_per_s": n / join_s, "streams_connected_s": connect_s, "server_rss_mib": rss,
             "change_latency_median_s": statistics.median(lat), "change_latency_max_s": max(lat)}
 
 

@@ -91,6 +91,8 @@ class ControlPlane:
         self.stats = {"joins": 0, "deltas": 0, "streams_cut": 0, "changes": 0}
         self.latency: list[float] = []            # seconds from a change's commit to its deltas queued (recent)
         self.lock = asyncio.Lock()                # one reader of the change log at a time (see apply_changes)
+        self._kicked: asyncio.Task | None = None
+        self._again = False
 
     async def db(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -156,6 +158,21 @@ class ControlPlane:
             except Exception:                                   # never let the reader die
                 log.exception("reading the change log")
             await asyncio.sleep(POLL)
+
+    def kick(self) -> None:
+        """Read the change log soon, without waiting for it here (a join answers at once; joins that come
+        together share one pass)."""
+        self._again = True
+        if self._kicked is None or self._kicked.done():
+            self._kicked = asyncio.create_task(self._kick())
+
+    async def _kick(self) -> None:
+        while self._again:                        # a join committed while a pass ran gets a pass of its own
+            self._again = False
+            try:
+                await self.apply_changes()
+            except StoreError as e:
+                log.warning("%s", e)
 
     async def presence(self) -> None:
         """Every PRESENCE_EVERY seconds: the nodes this instance holds streams of are still there."""
@@ -274,6 +291,7 @@ def make_app(store: Store) -> web.Application:
             raise _error(503, "the server's database is unreachable; try again") from None
         cp.stats["joins"] += 1
         log.info("node %s joined (%s)", node.name, ", ".join(node.addresses))
+        cp.kick()                                 # this instance's nodes hear of it now, not at the next poll
         return web.json_response({"node": {"id": node.id, "name": node.name, "addresses": list(node.addresses),
                                            "tags": sorted(node.tags)},
                                   "networks": await cp.db(store.networks),
