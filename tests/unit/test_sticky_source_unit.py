@@ -5,12 +5,13 @@ and 127.0.0.2 are both local (all of 127/8 is), so "two addresses on one interfa
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 
 from wgpy.io.batch import BatchSender, Sticky, enable_gro, enable_pktinfo, receive_batch
 from wgpy.io.udp import format_endpoint, make_endpoint
+
+from test_batch import drain
 
 
 def _server(family: int) -> socket.socket:
@@ -24,13 +25,19 @@ def _server(family: int) -> socket.socket:
     return s
 
 
-def _read(sock: socket.socket, want: int = 1, timeout: float = 2.0) -> list:
-    got: list = []
-    deadline = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        receive_batch(sock, 1000, got)
-        time.sleep(0.002)
-    return got
+def _read(sock: socket.socket, want: int = 1) -> list:
+    return drain(sock, want)
+
+
+@pytest.fixture
+def v4():
+    """A wildcard-bound server with PKTINFO and GRO, and a client on 127.0.0.1; both closed afterwards."""
+    srv = _server(socket.AF_INET)
+    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cli.bind(("127.0.0.1", 0))
+    yield srv, cli
+    srv.close()
+    cli.close()
 
 
 def _recv_from(client: socket.socket, n: int) -> list:
@@ -39,30 +46,24 @@ def _recv_from(client: socket.socket, n: int) -> list:
 
 
 @pytest.mark.parametrize("local", ["127.0.0.1", "127.0.0.2"])
-def test_answers_leave_from_the_address_written_to_v4(local):
-    srv = _server(socket.AF_INET)
-    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    cli.bind(("127.0.0.1", 0))
-    try:
-        port = srv.getsockname()[1]
-        cli.sendto(b"hello", (local, port))
-        (data, src), = _read(srv)
-        assert data == b"hello"
-        assert src.__class__ is Sticky and src.local == local
-        # the peer's address everywhere an endpoint is compared, hashed or shown
-        plain = cli.getsockname()
-        assert src == plain and hash(src) == hash(plain) and {plain: 1}[src] == 1
-        assert format_endpoint(src) == f"127.0.0.1:{plain[1]}"
-        sender = BatchSender()
-        # one datagram (sendmsg instead of sendto) and a GSO run of three plus a shorter tail
-        sender.send([(b"one", src)] + [(b"x" * 100, src)] * 3 + [(b"y", src)], srv, None)
-        assert sender.errors == 0
-        got = _recv_from(cli, 5)
-        assert [d for d, _ in got] == [b"one"] + [b"x" * 100] * 3 + [b"y"]
-        assert {a for _, a in got} == {(local, port)}
-    finally:
-        srv.close()
-        cli.close()
+def test_answers_leave_from_the_address_written_to_v4(v4, local):
+    srv, cli = v4
+    port = srv.getsockname()[1]
+    cli.sendto(b"hello", (local, port))
+    (data, src), = _read(srv)
+    assert data == b"hello"
+    assert src.__class__ is Sticky and src.local == local
+    # the peer's address everywhere an endpoint is compared, hashed or shown
+    plain = cli.getsockname()
+    assert src == plain and hash(src) == hash(plain) and {plain: 1}[src] == 1
+    assert format_endpoint(src) == f"127.0.0.1:{plain[1]}"
+    sender = BatchSender()
+    # one datagram (sendmsg instead of sendto) and a GSO run of three plus a shorter tail
+    sender.send([(b"one", src)] + [(b"x" * 100, src)] * 3 + [(b"y", src)], srv, None)
+    assert sender.errors == 0
+    got = _recv_from(cli, 5)
+    assert [d for d, _ in got] == [b"one"] + [b"x" * 100] * 3 + [b"y"]
+    assert {a for _, a in got} == {(local, port)}
 
 
 @pytest.mark.parametrize("local", ["::1"])
@@ -90,42 +91,30 @@ def test_answers_leave_from_the_address_written_to_v6(local):
         cli.close()
 
 
-def test_a_gro_read_shares_one_source():
-    srv = _server(socket.AF_INET)
-    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    cli.bind(("127.0.0.1", 0))
-    try:
-        port = srv.getsockname()[1]
-        for _ in range(8):
-            cli.sendto(b"z" * 200, ("127.0.0.2", port))
-        got = _read(srv, 8)
-        assert len(got) == 8
-        assert all(s.local == "127.0.0.2" for _, s in got)
-    finally:
-        srv.close()
-        cli.close()
+def test_a_gro_read_shares_one_source(v4):
+    srv, cli = v4
+    port = srv.getsockname()[1]
+    for _ in range(8):
+        cli.sendto(b"z" * 200, ("127.0.0.2", port))
+    got = _read(srv, 8)
+    assert len(got) == 8
+    assert all(s.local == "127.0.0.2" for _, s in got)
 
 
-def test_a_source_that_left_the_host_falls_over_to_the_kernels_choice():
-    srv = _server(socket.AF_INET)
-    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    cli.bind(("127.0.0.1", 0))
-    try:
-        cli.sendto(b"hello", ("127.0.0.2", srv.getsockname()[1]))
-        (_, src), = _read(srv)
-        gone = Sticky(src)           # as if 192.0.2.77 had been the local address and was removed since
-        gone.cmsg = (src.cmsg[0], src.cmsg[1], bytes(4) + socket.inet_aton("192.0.2.77") + bytes(4))
-        sender = BatchSender()
-        sender.send([(b"one", gone)], srv, None)
-        sender.send([(b"r" * 80, gone)] * 3, srv, None)
-        assert sender.errors == 0 and sender.gso
-        assert gone.cmsg is None and gone.local is None     # forgotten: the next read re-learns it
-        got = _recv_from(cli, 4)
-        assert [d for d, _ in got] == [b"one"] + [b"r" * 80] * 3
-        assert {a[0] for _, a in got} == {"127.0.0.1"}
-    finally:
-        srv.close()
-        cli.close()
+def test_a_source_that_left_the_host_falls_over_to_the_kernels_choice(v4):
+    srv, cli = v4
+    cli.sendto(b"hello", ("127.0.0.2", srv.getsockname()[1]))
+    (_, src), = _read(srv)
+    gone = Sticky(src)           # as if 192.0.2.77 had been the local address and was removed since
+    gone.cmsg = (src.cmsg[0], src.cmsg[1], bytes(4) + socket.inet_aton("192.0.2.77") + bytes(4))
+    sender = BatchSender()
+    sender.send([(b"one", gone)], srv, None)
+    sender.send([(b"r" * 80, gone)] * 3, srv, None)
+    assert sender.errors == 0 and sender.gso
+    assert gone.cmsg is None and gone.local is None     # forgotten: the next read re-learns it
+    got = _recv_from(cli, 4)
+    assert [d for d, _ in got] == [b"one"] + [b"r" * 80] * 3
+    assert {a[0] for _, a in got} == {"127.0.0.1"}
 
 
 def test_without_pktinfo_and_configured_endpoints_stay_plain_tuples():

@@ -57,24 +57,25 @@ class RateLimitExtension(Extension):
 
     def peer_removed(self, peer) -> None:
         if peer.limit is not None:
-            peer.limit.tx.clear()
-            peer.limit.rx.clear()
-            peer.limit = None
+            peer.limit = None              # its queues go with it
             self.active -= 1
 
     # ---- the data path -------------------------------------------------------------------------------------
 
+    def _admit(self, peer, bucket, packets: list, now: float, reason: str) -> list:
+        """What `bucket` lets go now; its drops counted under `reason`, the timer woken when a queue starts."""
+        had = bucket.queued
+        n = bucket.dropped
+        ok = bucket.admit(packets, now)
+        if bucket.dropped != n:
+            self.dev.drops[reason] += bucket.dropped - n
+        if bucket.queued and not had:
+            self.dev.schedule(peer, bucket.next_release())
+        return ok
+
     def outbound(self, peer, packets: list, now: float) -> list:
         """The packets of a peer's batch to seal now; the rest queued (or dropped) by the peer's limit."""
-        tx = peer.limit.tx
-        had = tx.queued
-        n = tx.dropped
-        ok = tx.admit(packets, now)
-        if tx.dropped != n:
-            self.dev.drops["rate_limit_sent"] += tx.dropped - n
-        if tx.queued and not had:
-            self.dev.schedule(peer, tx.next_release())
-        return ok
+        return self._admit(peer, peer.limit.tx, packets, now, "rate_limit_sent")
 
     def inbound(self, opened: list, now: float) -> list:
         """`opened` (peer, plaintext) pairs with the limited peers' over-the-limit plaintexts taken out (queued or
@@ -103,15 +104,8 @@ class RateLimitExtension(Extension):
         return out
 
     def _admit_rx(self, peer, run: list, now: float, append) -> None:
-        rx = peer.limit.rx
-        had = rx.queued
-        n = rx.dropped
-        for pt in rx.admit(run, now):
+        for pt in self._admit(peer, peer.limit.rx, run, now, "rate_limit_received"):
             append((peer, pt))
-        if rx.dropped != n:
-            self.dev.drops["rate_limit_received"] += rx.dropped - n
-        if rx.queued and not had:
-            self.dev.schedule(peer, rx.next_release())
 
     # ---- the timer (ext/base.py) ---------------------------------------------------------------------------
 

@@ -130,6 +130,16 @@ class Mesh:
     behind: dict[int, set[int]] = field(default_factory=dict)     # gateway node id -> its devices' ids
     _json: dict[int, str] = field(default_factory=dict, repr=False)   # id -> its entry as JSON (view_json)
     by_tag: dict[str, set[int]] = field(default_factory=dict, repr=False)   # tag -> the nodes that have it
+    by_key: dict[str, int] = field(default_factory=dict, repr=False)        # public key -> node or device id
+
+    def find(self, public_key: str) -> Node | None:
+        """The node (or device) with this public key."""
+        i = self.by_key.get(public_key)
+        return None if i is None else self.nodes.get(i) or self.devices.get(i)
+
+    def view_ids(self, node_id: int) -> list[int]:
+        """The ids in a node's view: its peers, then (a gateway) its devices."""
+        return sorted(self.peers.get(node_id, ())) + sorted(self.behind.get(node_id, ()))
 
     def reachable(self, node: Node) -> set[int]:
         """The ids of the nodes `node` may reach under the policy, from the tag index: the work is the rules
@@ -179,14 +189,13 @@ class Mesh:
     def view_json(self, node_id: int) -> str:
         """view() as JSON text, from each entry's cached JSON: a node connecting to a network of N nodes costs a
         join of N strings, not N dicts serialised again (a server restart reconnects every node at once)."""
-        ids = sorted(self.peers.get(node_id, ())) + sorted(self.behind.get(node_id, ()))
         return ('{"type":"view","version":%d,"peers":[%s]}'
-                % (self.versions.get(node_id, 0), ",".join(self.entry_json(p) for p in ids)))
+                % (self.versions.get(node_id, 0), ",".join(self.entry_json(p) for p in self.view_ids(node_id))))
 
     def view(self, node_id: int) -> dict:
         """The whole view of a node: {"type": "view", "version": V, "peers": [...]} (a gateway's devices too)."""
-        ids = sorted(self.peers.get(node_id, ())) + sorted(self.behind.get(node_id, ()))
-        return {"type": "view", "version": self.versions.get(node_id, 0), "peers": [self.entry(p) for p in ids]}
+        return {"type": "view", "version": self.versions.get(node_id, 0),
+                "peers": [self.entry(p) for p in self.view_ids(node_id)]}
 
     def _bump(self, node_id: int) -> int:
         v = self.versions.get(node_id, 0) + 1
@@ -208,6 +217,7 @@ class Mesh:
         out: list = []
         old = self.nodes.get(node.id)
         self.nodes[node.id] = node
+        self.by_key[node.public_key] = node.id
         self._json.pop(node.id, None)
         mine = self.peers.setdefault(node.id, set())
         self.versions.setdefault(node.id, 0)
@@ -249,6 +259,7 @@ class Mesh:
         if gw is None:
             return out                           # its gateway is gone: the device waits, reaching nobody
         self.devices[dev.id] = dev
+        self.by_key[dev.public_key] = dev.id
         self._json.pop(dev.id, None)
         self._json.pop(gw.id, None)              # its entry routes the device's addresses
         self.behind.setdefault(dev.gateway, set()).add(dev.id)
@@ -266,6 +277,7 @@ class Mesh:
         self._json.pop(node_id, None)
         dev = self.devices.pop(node_id, None)
         if dev is not None:
+            self.by_key.pop(dev.public_key, None)
             self._json.pop(dev.gateway, None)
             self.behind.get(dev.gateway, set()).discard(node_id)
             gw = self.nodes.get(dev.gateway)
@@ -275,12 +287,15 @@ class Mesh:
                     self._upsert(other, gw, out)
             return out
         for d in sorted(self.behind.pop(node_id, set())):
-            self.devices.pop(d, None)            # a gateway's devices reach nobody without it
+            gone = self.devices.pop(d, None)     # a gateway's devices reach nobody without it
+            if gone is not None:
+                self.by_key.pop(gone.public_key, None)
             self._json.pop(d, None)
         node = self.nodes.pop(node_id, None)
         if node is None:
             return out
         self._index(node, None)
+        self.by_key.pop(node.public_key, None)
         for other in self.peers.pop(node_id, set()):
             self.peers[other].discard(node_id)
             self._remove(other, node, out)

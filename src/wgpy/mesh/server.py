@@ -189,11 +189,8 @@ class ControlPlane:
         pres = await self.db(self.store.presence)
         now = time.time()
         out = []
-        for e in [self.mesh.entry(node.id)] + self.mesh.view(node.id)["peers"]:
-            n = next((x for x in list(self.mesh.nodes.values()) + list(self.mesh.devices.values())
-                      if x.public_key == e["public_key"]), None)
-            if n is None:
-                continue
+        for i in [node.id] + self.mesh.view_ids(node.id):
+            n = self.mesh.nodes.get(i) or self.mesh.devices.get(i)
             connected, seen = pres.get(n.id, (False, 0.0))
             out.append({"name": n.name, "public_key": n.public_key, "addresses": list(n.addresses),
                         "endpoint": n.endpoint, "device": n.gateway is not None, "self": n.id == node.id,
@@ -250,8 +247,8 @@ def _auth(cp: ControlPlane, request: web.Request, purpose: str) -> Node:
             raise ValueError
     except (KeyError, ValueError):
         raise _error(401, "missing or malformed node credentials") from None
-    node = next((n for n in cp.mesh.nodes.values() if n.public_key == key_b64), None)
-    if node is None:
+    node = cp.mesh.find(key_b64)
+    if node is None or node.gateway is not None:          # devices run no agent: they never authenticate
         raise _error(403, "this key is not a node of the network (removed, or never joined)")
     why = cp.verifier.check(key, purpose, when, nonce, given, time.time())
     if why is not None:
@@ -299,7 +296,7 @@ def make_app(store: Store) -> web.Application:
                                   "server_public_key": cp.verifier.public_b64})
 
     async def leave(request: web.Request) -> web.Response:
-        if request.headers.get("X-Wgpy-Key") not in {n.public_key for n in cp.mesh.nodes.values()}:
+        if cp.mesh.find(request.headers.get("X-Wgpy-Key", "")) is None:
             await cp.apply_changes()          # joined a moment ago (or at another instance)
         node = _auth(cp, request, "leave")
         await cp.db(store.remove_node, node.id)
@@ -309,7 +306,7 @@ def make_app(store: Store) -> web.Application:
 
     async def stream(request: web.Request) -> web.StreamResponse:
         # the node may not be in this instance's views yet (it joined elsewhere a moment ago): read the log first
-        if request.headers.get("X-Wgpy-Key") not in {n.public_key for n in cp.mesh.nodes.values()}:
+        if cp.mesh.find(request.headers.get("X-Wgpy-Key", "")) is None:
             await cp.apply_changes()
         node = _auth(cp, request, "stream")
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_BODY)

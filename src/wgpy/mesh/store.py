@@ -215,16 +215,10 @@ class Store:
                     if c.execute(select(nodes_t.c.id).where(nodes_t.c.public_key == public_key)).first():
                         raise JoinError("this key is already registered (the node joined before: `wgpy leave` "
                                         "first)")
-                    nets = json.loads(c.execute(select(meta_t.c.value).where(meta_t.c.key == "networks"))
-                                      .scalar_one())
-                    row = c.execute(insert(nodes_t).values(
-                        name=name, public_key=public_key, tags=tok.tags, listen_port=listen_port,
-                        endpoint=endpoint, created=now, last_seen=0.0).returning(nodes_t.c.id)).first()
-                    node_id = row.id
-                    c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**_addresses(c, nets, node_id)))
+                    node = self._insert(c, now, name=name, public_key=public_key, tags=tok.tags,
+                                        listen_port=listen_port, endpoint=endpoint)
                     c.execute(update(tokens_t).where(tokens_t.c.id == tok.id).values(uses=tok.uses + 1))
-                    c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=now))
-                    return self.node(node_id, c)
+                    return node
             except IntegrityError:         # another instance took the name/key/address at the same moment
                 if attempt == 4:
                     raise JoinError("the registration raced with another and failed; try again") from None
@@ -244,15 +238,20 @@ class Store:
                     raise JoinError("the gateway must be a node of the network (not a device)")
                 if c.execute(select(nodes_t.c.id).where(nodes_t.c.name == name)).first():
                     raise JoinError(f"the name {name!r} is taken")
-                nets = json.loads(c.execute(select(meta_t.c.value).where(meta_t.c.key == "networks")).scalar_one())
-                node_id = c.execute(insert(nodes_t).values(
-                    name=name, public_key=public_key, tags=" ".join(sorted(tags)), listen_port=0, endpoint=None,
-                    created=now, last_seen=0.0, gateway=gateway_id).returning(nodes_t.c.id)).first().id
-                c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**_addresses(c, nets, node_id)))
-                c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=now))
-                return self.node(node_id, c)
+                return self._insert(c, now, name=name, public_key=public_key, tags=" ".join(sorted(tags)),
+                                    listen_port=0, endpoint=None, gateway=gateway_id)
         except IntegrityError:
             raise JoinError("the registration raced with another and failed; try again") from None
+
+    def _insert(self, c, now: float, **values) -> Node:
+        """A node or device row, one address from every network, and its entry in the change log (inside the
+        caller's transaction)."""
+        nets = json.loads(c.execute(select(meta_t.c.value).where(meta_t.c.key == "networks")).scalar_one())
+        node_id = c.execute(insert(nodes_t).values(created=now, last_seen=0.0, **values)
+                            .returning(nodes_t.c.id)).first().id
+        c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(**_addresses(c, nets, node_id)))
+        c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=now))
+        return self.node(node_id, c)
 
     def node(self, node_id: int, conn=None) -> Node | None:
         if conn is None:
