@@ -19,7 +19,8 @@ PACKAGES=(iproute2 iputils-ping wireguard-tools wireguard-go iperf3 nftables tcp
           gcc python3-dev libssl-dev    # the native data path (setup.py, src/native/*.c against libcrypto)
           prometheus zbar-tools systemd    # operations tests: a real Prometheus + promtool, zbarimg decodes
                                            # the QR codes, systemd-analyze verifies the unit
-          postgresql)                      # the mesh server on PostgreSQL: tests start a private cluster
+          postgresql                       # the mesh server on PostgreSQL: tests start a private cluster
+          chromium chromium-driver fonts-dejavu-core)   # the mesh web admin test: a real headless browser
 
 install_packages "${PACKAGES[@]}"
 pick_python

@@ -251,3 +251,141 @@ def test_two_servers_on_one_postgresql_fail_over(mesh_lab):
              what="the removal through the second instance")
     for x, y in ((n1, n3), (n3, n4), (n4, n1)):
         netlab.assert_ping(x.ns, y.addresses[0])
+
+
+def test_web_admin_in_headless_chromium(mesh_lab):
+    """The web admin in a real browser (Debian's chromium, headless, driven by chromedriver through selenium),
+    in the server's namespace: sign in, create a token, see the node that joins with it come online, add a
+    device and decode the QR code on the page (it holds exactly the config shown), remove the node (its
+    interface goes down), sign out. WGPY_SCREENSHOTS=DIR keeps screenshots of the pages (docs/img/)."""
+    import os
+    import shutil
+    import subprocess
+    from pyroute2 import netns as pyroute2_netns
+    for tool in ("chromium", "chromedriver", "zbarimg"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: run scripts/setup.sh (chromium, chromium-driver, zbar-tools)")
+    from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    m = mesh_lab
+    lab = m["lab"]
+    init(m)
+    start_server(m)
+    shots = os.environ.get("WGPY_SCREENSHOTS")
+    base = f"https://{SERVER_IP}:{PORT}"
+
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--user-data-dir={lab.tmp / 'chromium'}", "--window-size=1280,860", "--no-first-run"):
+        opts.add_argument(arg)
+    opts.accept_insecure_certs = True          # the test's self-signed server certificate
+    opts.binary_location = shutil.which("chromium")
+    service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"),
+                                      log_output=str(lab.tmp / "chromedriver.log"))
+    pyroute2_netns.pushns(m["ns"][0])          # this thread (and the driver it starts) in the server's namespace
+    driver = None
+    try:
+        driver = webdriver.Chrome(options=opts, service=service)
+        driver.set_page_load_timeout(30)
+
+        def shot(name: str) -> None:
+            if shots:
+                os.makedirs(shots, exist_ok=True)
+                driver.save_screenshot(os.path.join(shots, f"web-admin-{name}.png"))
+
+        def by_id(i: str):
+            return driver.find_element(By.ID, i)
+
+        def click(element) -> None:
+            """Click something that loads a page, and wait for the new page (a click does not wait for it).
+            `element` is the element, or a CSS selector found again should the page change under the click."""
+            for attempt in range(3):
+                old = driver.find_element(By.TAG_NAME, "html")
+                try:
+                    (driver.find_element(By.CSS_SELECTOR, element) if isinstance(element, str) else element).click()
+                    break
+                except WebDriverException:
+                    if attempt == 2 or not isinstance(element, str):
+                        raise
+                    time.sleep(0.2)
+
+            def replaced(_) -> bool:      # (chromedriver reports a replaced page's node as stale, or as foreign)
+                try:
+                    old.tag_name
+                    return False
+                except WebDriverException:
+                    return True
+            WebDriverWait(driver, 10).until(replaced)
+            WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
+
+        driver.get(base + "/")
+        assert driver.current_url == base + "/admin/login"
+        by_id("password").send_keys("not the password")
+        click("#signin")
+        assert "Wrong password" in by_id("error").text
+        by_id("password").send_keys("correct horse battery")
+        click("#signin")
+        assert driver.current_url == base + "/admin/nodes", driver.page_source[:2000]
+        cookie = driver.get_cookie("wgpy_session")
+        assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict"
+
+        click("#nav-tokens")
+        by_id("token-tags").send_keys("laptops")
+        by_id("token-reusable").click()
+        click("#token-create")
+        token = by_id("new-token").text.strip()
+        assert token.startswith("wgpy_")
+        shot("tokens")
+
+        node1 = join(m, 1, token, "node1")       # a real node joins with the token from the page
+        node2 = join(m, 2, token, "node2")
+        click("#nav-nodes")
+
+        def online(name: str) -> bool:
+            driver.refresh()
+            rows = driver.find_elements(By.CSS_SELECTOR, f'tr[data-node="{name}"] .state')
+            return bool(rows) and rows[0].text == "online"
+        wait_for(lambda: online("node1") and online("node2"), 10, interval=0.3, what="node1 online in the page")
+        row = driver.find_element(By.CSS_SELECTOR, 'tr[data-node="node1"]')
+        assert node1.addresses[0] in row.text and "laptops" in row.get_attribute("innerHTML")
+        shot("nodes")
+
+        click("#nav-devices")
+        by_id("device-name").send_keys("phone")
+        Select(by_id("device-gateway")).select_by_visible_text("node2")
+        click("#device-add")
+        config = by_id("device-config").text
+        assert "PrivateKey = " in config and f"PublicKey = {node2.public_key}" in config
+        png = lab.tmp / "qr-from-page.png"
+        png.write_bytes(by_id("qr").screenshot_as_png)
+        decoded = subprocess.run(["zbarimg", "--raw", "-q", "-Sbinary", str(png)], capture_output=True, timeout=30)
+        assert decoded.returncode == 0, decoded.stderr
+        assert decoded.stdout.decode().strip() == config.strip()       # what the phone app would import
+        driver.get(base + "/admin/devices")                             # listed; the key is not shown again
+        assert driver.find_elements(By.CSS_SELECTOR, 'tr[data-device="phone"]')
+        assert "PrivateKey" not in driver.page_source and config.split()[3] not in driver.page_source
+
+        # revoke node1 from the page: its agent is told, its interface goes, the others lose the peer
+        driver.get(base + "/admin/nodes")
+        click('tr[data-node="node1"] button.danger')
+        assert "removed node1" in by_id("message").text
+        assert not driver.find_elements(By.CSS_SELECTOR, 'tr[data-node="node1"]')
+        wait_for(lambda: node1.public_key not in peer_keys(node2), 2.0, interval=0.05, what="node1 gone at node2")
+        wait_for(lambda: not netlab.link_exists(node1.ns, node1.iface), 10, what="node1's interface down")
+
+        click("#logout")
+        assert driver.current_url == base + "/admin/login"
+        driver.get(base + "/admin/tokens")
+        assert driver.current_url == base + "/admin/login"           # the session is gone at the server
+    except Exception:
+        if driver is not None:
+            driver.save_screenshot(str(lab.tmp / "failure.png"))
+            print(f"screenshot of the failure: {lab.tmp / 'failure.png'}")
+        raise
+    finally:
+        if driver is not None:
+            driver.quit()
+        pyroute2_netns.popns()

@@ -267,20 +267,7 @@ def server_main(args) -> int:
     return 2
 
 
-def device_config(private_b64: str, device, gateway, networks: list[str]) -> str:
-    """A wg-quick config for a device: its key and addresses, its gateway as the one peer, the networks routed."""
-    addrs = ", ".join(f"{a}/{128 if ':' in a else 32}" for a in device.addresses)
-    lines = ["[Interface]", f"PrivateKey = {private_b64}", f"Address = {addrs}", "", "[Peer]",
-             f"PublicKey = {gateway.public_key}", f"AllowedIPs = {', '.join(networks)}"]
-    if gateway.endpoint:
-        lines.append(f"Endpoint = {gateway.endpoint}")
-    lines.append("PersistentKeepalive = 25")
-    return "\n".join(lines) + "\n"
-
-
 def devices_main(args, store) -> int:
-    import os as _os
-    from .. import crypto
     from .store import JoinError
     if args.devices_cmd in (None, "list"):
         nodes = {n.id: n for n in store.all_nodes()}
@@ -303,15 +290,11 @@ def devices_main(args, store) -> int:
     if not gw.endpoint:
         print(f"wgpy: note: {gw.name} has no known endpoint yet; add Endpoint = HOST:{gw.listen_port} to the "
               "config by hand", file=sys.stderr)
-    private = crypto.clamp(_os.urandom(32))
     try:
-        dev = store.add_device(args.name, crypto.encode_key(crypto.public_from_private(private)), gw.id, args.tag,
-                               time.time())
+        dev, text = store.new_device(args.name, gw.name, args.tag, time.time())
     except JoinError as e:
         print(f"wgpy: {e}", file=sys.stderr)
         return 1
-    text = device_config(crypto.encode_key(private), dev, gw, store.networks())
-    del private
     print(text, end="")
     if args.qr or args.png:
         from ..ops import qr

@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-__all__ = ["Node", "Policy", "PolicyError", "Mesh", "allocate", "peer_entry"]
+__all__ = ["Node", "Policy", "PolicyError", "Mesh", "allocate", "peer_entry", "device_config"]
 
 
 @dataclass(frozen=True)
@@ -353,3 +353,12 @@ def allocate(network: str, used: Iterable[str], node_id: int | None = None) -> s
     raise ValueError(f"network {network} has no free address")
 
 
+def device_config(private_b64: str, device, gateway, networks: list[str]) -> str:
+    """A wg-quick config for a device: its key and addresses, its gateway as the one peer, the networks routed."""
+    addrs = ", ".join(f"{a}/{128 if ':' in a else 32}" for a in device.addresses)
+    lines = ["[Interface]", f"PrivateKey = {private_b64}", f"Address = {addrs}", "", "[Peer]",
+             f"PublicKey = {gateway.public_key}", f"AllowedIPs = {', '.join(networks)}"]
+    if gateway.endpoint:
+        lines.append(f"Endpoint = {gateway.endpoint}")
+    lines.append("PersistentKeepalive = 25")
+    return "\n".join(lines) + "\n"

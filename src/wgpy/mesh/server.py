@@ -12,6 +12,7 @@ API (JSON; every body at most MAX_BODY bytes):
     GET  /api/v1/status   authenticated likewise: the node and its peers, online or not, last seen (asked for,
                           never pushed: presence is no part of the views)
     GET  /healthz         "ok"
+    /admin/...            the web admin (mesh/admin.py): sign-in, nodes, join tokens, devices, policy
     GET  /metrics         Prometheus text format: nodes, online nodes, joins, changes, view updates pushed, streams
                           cut off, and the latency from a change's commit to its updates queued (a summary of
                           the last 1000); no node names or keys
@@ -93,6 +94,7 @@ class ControlPlane:
         self.lock = asyncio.Lock()                # one reader of the change log at a time (see apply_changes)
         self._kicked: asyncio.Task | None = None
         self._again = False
+        self.presence_timeout = PRESENCE_TIMEOUT
 
     async def db(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -365,6 +367,8 @@ def make_app(store: Store) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/status", status)
     app.router.add_get("/metrics", metrics)
+    from .admin import add_routes
+    add_routes(app, cp)                       # the web admin, /admin/ (mesh/admin.py)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
@@ -398,6 +402,7 @@ def run_server(store: Store, host: str, port: int, cert: str | None, key: str | 
     if cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
+    store.upgrade()                           # tables added since `init` (the web admin's sessions)
     app = make_app(store)
     web.run_app(app, host=host, port=port, ssl_context=ctx, print=None, access_log=None,
                 handle_signals=True)

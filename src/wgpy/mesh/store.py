@@ -13,6 +13,8 @@ What is stored (nothing that opens a tunnel: public keys, never a node's private
               reusable, uses, revoked
     changes   an append-only log (id, node id, kind): every instance reads it to learn what another instance or
               an admin command changed, and applies it to its in-memory views (mesh/model.py)
+    sessions  the web admin's sign-ins: the SHA-256 of each session cookie, its CSRF token and expiry (shared by
+              every instance, so a sign-in and a sign-out hold at all of them)
 Every join, removal and policy change is one transaction: a failed join leaves no row behind.
 """
 
@@ -68,6 +70,12 @@ changes_t = Table(
     Column("node_id", Integer),
     Column("kind", String(16), nullable=False),          # "node" (added or changed), "removed", "policy"
     Column("at", Float, nullable=False),
+)
+sessions_t = Table(
+    "sessions", metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("csrf", String(64), nullable=False),
+    Column("expires", Float, nullable=False),
 )
 _ = ForeignKey   # (no foreign keys: a change outlives the node it names)
 
@@ -139,6 +147,13 @@ class Store:
                 if k not in have:
                     c.execute(insert(meta_t).values(key=k, value=v))
 
+    def upgrade(self) -> None:
+        """Tables added since the database was made (`wgpy server run` calls it; existing tables are kept)."""
+        try:
+            metadata.create_all(self.engine, checkfirst=True)
+        except OperationalError as e:
+            raise StoreError(f"database {redact_url(self.url)} unreachable: {e.orig}") from None
+
     def meta(self, key: str) -> str:
         try:
             with self._begin() as c:
@@ -169,6 +184,29 @@ class Store:
         with self._begin() as c:
             c.execute(update(meta_t).where(meta_t.c.key == "policy").values(value=policy.to_json()))
             c.execute(insert(changes_t).values(node_id=None, kind="policy", at=time.time()))
+
+    def admin_hash(self) -> str:
+        return self.meta("admin_password")
+
+    # ---- web admin sessions -----------------------------------------------------------------------------------
+
+    def create_session(self, lifetime: float, now: float) -> tuple[str, str]:
+        """A new sign-in: (cookie value, CSRF token). Only the cookie's SHA-256 is stored; expired sessions go."""
+        cookie, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        with self._begin() as c:
+            c.execute(delete(sessions_t).where(sessions_t.c.expires < now))
+            c.execute(insert(sessions_t).values(digest=_digest(cookie), csrf=csrf, expires=now + lifetime))
+        return cookie, csrf
+
+    def session(self, cookie: str, now: float) -> str | None:
+        """The CSRF token of a live session, None when the cookie is unknown, signed out or expired."""
+        with self._begin() as c:
+            r = c.execute(select(sessions_t).where(sessions_t.c.digest == _digest(cookie))).first()
+        return r.csrf if r is not None and r.expires >= now else None
+
+    def end_session(self, cookie: str) -> None:
+        with self._begin() as c:
+            c.execute(delete(sessions_t).where(sessions_t.c.digest == _digest(cookie)))
 
     # ---- tokens ---------------------------------------------------------------------------------------------
 
@@ -242,6 +280,18 @@ class Store:
                                     listen_port=0, endpoint=None, gateway=gateway_id)
         except IntegrityError:
             raise JoinError("the registration raced with another and failed; try again") from None
+
+    def new_device(self, name: str, gateway_name: str, tags: list[str], now: float) -> tuple[Node, str]:
+        """`devices add` (the CLI and the web admin): a key pair made here, the device registered behind the node
+        `gateway_name`, and its wg-quick config returned, the only place its private key ever is."""
+        from .. import crypto
+        from .model import device_config
+        gw = self.node_by_name(gateway_name)
+        if gw is None or gw.gateway is not None:
+            raise JoinError(f"no node {gateway_name!r} to be the gateway (`wgpy server nodes list`)")
+        private = crypto.clamp(os.urandom(32))
+        dev = self.add_device(name, crypto.encode_key(crypto.public_from_private(private)), gw.id, tags, now)
+        return dev, device_config(crypto.encode_key(private), dev, gw, self.networks())
 
     def _insert(self, c, now: float, **values) -> Node:
         """A node or device row, one address from every network, and its entry in the change log (inside the
