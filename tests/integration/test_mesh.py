@@ -389,3 +389,66 @@ def test_web_admin_in_headless_chromium(mesh_lab):
         if driver is not None:
             driver.quit()
         pyroute2_netns.popns()
+
+
+def test_prometheus_scrapes_the_mesh_server(mesh_lab):
+    """A real Prometheus (Debian's) scrapes the server's /metrics over HTTPS (the test's CA as tls_config):
+    the node count, online nodes, joins and view updates follow two real joins and a removal; promtool finds
+    nothing wrong in the exposition; no node name or key is in it."""
+    import shutil
+    import sys
+    import urllib.parse
+    if not shutil.which("prometheus") or not shutil.which("promtool"):
+        pytest.fail("prometheus/promtool are not installed: run scripts/setup.sh (Debian package prometheus)")
+    m = mesh_lab
+    lab = m["lab"]
+    init(m)
+    start_server(m)
+    ns = m["ns"][0]
+    token = admin(m, "token", "create", "--reusable")
+    a, b = join(m, 1, token, "alpha"), join(m, 2, token, "beta")
+    wait_for(lambda: peer_keys(a) == {b.public_key}, 5, what="alpha's peer")
+    prom_dir = lab.tmp / "prometheus"
+    prom_dir.mkdir()
+    pport = 19091
+    (prom_dir / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
+        "scrape_configs:\n  - job_name: wgpy-mesh\n    scheme: https\n"
+        f"    tls_config:\n      ca_file: {m['cert']}\n"
+        f"    static_configs:\n      - targets: ['{SERVER_IP}:{PORT}']\n")
+    prom = lab.popen(ns, "prometheus", f"--config.file={prom_dir / 'prometheus.yml'}",
+                     f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{pport}",
+                     "--log.level=warn", name="prometheus")
+    get = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5)"
+           ".read().decode())")
+
+    def value(q: str) -> float | None:
+        assert prom.alive(), prom.describe()
+        url = f"http://127.0.0.1:{pport}/api/v1/query?query={urllib.parse.quote(q)}"
+        res = run(ns, sys.executable, "-c", get, url, timeout=10, check=False)
+        if res.returncode != 0:
+            return None
+        result = json.loads(res.stdout)["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    wait_for(lambda: value('up{job="wgpy-mesh"}') == 1.0, 60, interval=0.5, what="Prometheus scraping the server")
+    wait_for(lambda: value("wgpy_mesh_nodes") == 2 and value("wgpy_mesh_nodes_online") == 2, 10, interval=0.5,
+             what="two nodes, both online, in Prometheus")
+    assert value("wgpy_mesh_joins_total") == 2
+    assert value("wgpy_mesh_view_updates_total") >= 1                    # beta's join pushed to alpha
+    assert value("wgpy_mesh_view_update_latency_seconds_count") >= 2
+    admin(m, "nodes", "remove", "beta")
+    wait_for(lambda: value("wgpy_mesh_nodes") == 1 and value("wgpy_mesh_nodes_online") == 1, 10, interval=0.5,
+             what="the removal in Prometheus")
+    text = run(ns, sys.executable, "-c", "import ssl, sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+               "sys.argv[1], context=ssl.create_default_context(cafile=sys.argv[2]), timeout=5).read().decode())",
+               f"https://{SERVER_IP}:{PORT}/metrics", str(m["cert"]), timeout=10).stdout
+    check = subprocess_run(["promtool", "check", "metrics"], text)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for secret in ("alpha", "beta", a.public_key, b.public_key):
+        assert secret not in text
+
+
+def subprocess_run(cmd: list[str], stdin: str):
+    import subprocess
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30)
