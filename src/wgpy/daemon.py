@@ -29,9 +29,10 @@ from .io.pmtu import PathMtuIO
 from .io.reresolve import EndpointNames
 from .io.stream import StreamManager
 from .io.tun import Tun
-from .io.udp import UdpBind, format_endpoint, parse_endpoint
+from .io.udp import UdpBind, format_endpoint, make_endpoint, parse_endpoint
 from .ops.http import MetricsServer
 from .protocol.device import Device
+from .protocol.stun import StunClient
 from .protocol.events import PATH_MTU_CHANGED, FallbackSwitched, Fragmentable, TunPacket, TunPackets
 from .uapi import protocol as uapi
 from .uapi.server import UapiServer
@@ -85,6 +86,11 @@ class Interface:
         # host-name endpoints, looked up again in worker threads (io/reresolve.py); None: there are none
         self.names: EndpointNames | None = None
         self._wall = wall
+        # StunServer: the public mapping of the listen port, asked from the WireGuard socket (protocol/stun.py)
+        self.stun: StunClient | None = None
+        self.stun_server: tuple[str, int] | None = None
+        self._stun_due = float("inf")
+        self._rand = rand
 
     # ---- setup / teardown ---------------------------------------------------------------------------------
 
@@ -193,6 +199,28 @@ class Interface:
         self.metrics.listen(addr)
         if addr is not None:
             log.info("metrics at http://%s/metrics", format_endpoint(self.metrics.address))
+
+    def set_stun_server(self, addr: tuple[str, int] | None) -> None:
+        """wgpy_stun_server= (StunServer): ask `addr` for this socket's public mapping now and every 25 s, or
+        stop (None). Its answers come in on the WireGuard socket and reach the client through the core's
+        non-transport path (Device.stun_sink)."""
+        if addr == self.stun_server and (addr is None) == (self.stun is None):
+            return
+        self.stun_server = addr
+        if addr is None:
+            self.stun = None
+            self.device.stun_sink = None
+            self._stun_due = float("inf")
+            return
+        self.stun = StunClient([make_endpoint(*addr)], rand=self._rand)
+        self.device.stun_sink = self.stun.receive
+        self._stun_poll(self._clock())
+
+    def _stun_poll(self, now: float) -> None:
+        out = self.stun.poll(now)
+        if out:
+            self.bind.send(out)
+        self._stun_due = self.stun.deadline()
 
     def _render_metrics(self) -> tuple[str, bytes]:
         from .ops import metrics               # prometheus_client is imported once metrics are asked for
@@ -365,6 +393,8 @@ class Interface:
                         write(tun_fd, pkt)
                     except OSError:
                         self.tun_write_errors += 1
+            if now >= self._stun_due:
+                self._stun_poll(now)                    # STUN requests due (the loop wakes at least once a second)
             if now >= next_check:
                 self._next_check = now + 1.0
                 if self.names is not None:

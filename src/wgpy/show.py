@@ -253,6 +253,9 @@ FIELDS: tuple[Field, ...] = (
     F(I, ("wgpy_listen_tls",), "listening tls port", lambda d, v: d.get("wgpy_listen_tls") or None),
     F(I, ("wgpy_metrics_listen",), "metrics", lambda d, v: f"http://{d['wgpy_metrics_listen']}/metrics"
       if d.get("wgpy_metrics_listen") else None),
+    F(I, ("wgpy_stun_server", "wgpy_stun_mapped"), "public address",
+      lambda d, v: f"{d.get('wgpy_stun_mapped') or '(asking)'} (STUN {d['wgpy_stun_server']})"
+      if d.get("wgpy_stun_server") else None),
 
     F(P, ("public_key",), "peer", lambda p, v: _b64(p["public_key"]), header=True,
       name="peers", column=lambda p, v: _b64(p["public_key"]), dump=0),

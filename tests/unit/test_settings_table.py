@@ -58,6 +58,14 @@ class Host:
     def set_metrics_listen(self, addr) -> None:     # the daemon's: binds the HTTP listener (ops/http.py)
         self.metrics_listen = addr
 
+    def set_stun_server(self, addr) -> None:        # as the daemon's, and the server answers at once: the answer
+        from wgpy.protocol.stun import StunClient, binding_response    # goes through the core's demux
+        self.stun_server, self.stun = addr, StunClient([addr], rand=os.urandom)
+        self.device.stun_sink = self.stun.receive
+        [(request, dest)] = self.stun.poll(self.now())
+        self.device.receive_datagrams([(binding_response(request, ("203.0.113.7", 40001)), dest)], self.now(),
+                                      [], [])
+
     def set_mtu_auto(self, enabled: bool, min_mtu: int | None) -> None:   # the daemon's: also socket options
         self.mtu_min = min_mtu if min_mtu is not None else self.mtu_min
         self.device.set_pmtu_auto(enabled)
@@ -82,7 +90,7 @@ def l3_text(tmp_path) -> tuple[str, dict]:
     cert, key, _ = make_cert(tmp_path)
     ports = {"tcp": free_port(), "tls": free_port()}
     return (f"[Interface]\nPrivateKey = {KEY}\nListenPort = 51999\nFwMark = 0x1234\nMTU = 1400\n"
-            f"MTUProbeInterval = 45\nMetricsListen = 127.0.0.1:9586\nListenTCP = {ports['tcp']}\nListenTLS = {ports['tls']}\n"
+            f"MTUProbeInterval = 45\nMetricsListen = 127.0.0.1:9586\nStunServer = 127.0.0.1:3478\nListenTCP = {ports['tcp']}\nListenTLS = {ports['tls']}\n"
             f"CertificateFile = {cert}\nKeyFile = {key}\n"
             f"Address = 10.0.0.1/24\nDNS = 10.0.0.53\nTable = off\nPreUp = true\nPostUp = true\nPreDown = true\n"
             f"PostDown = true\nSaveConfig = true\nMasquerade = eth0\nUser = nobody\n"
@@ -164,6 +172,11 @@ CHECKS = {
     "wgpy_metrics_listen": ("l3", lambda r: r["dev"]["wgpy_metrics_listen"] == "127.0.0.1:9586"
                             and r["host"].metrics_listen == ("127.0.0.1", 9586)
                             and "metrics: http://127.0.0.1:9586/metrics" in r["show"]),
+    "wgpy_stun_server": ("l3", lambda r: r["dev"]["wgpy_stun_server"] == "127.0.0.1:3478"
+                         and "public address: 203.0.113.7:40001 (STUN 127.0.0.1:3478)" in r["show"]),
+    "wgpy_stun_mapped": ("l3", lambda r: r["dev"]["wgpy_stun_mapped"] == "203.0.113.7:40001"
+                         and r["host"].stun.stats["responses"] == 1
+                         and r["host"].device.drops["invalid_message"] == 0),
     "replace_peers": ("l3", lambda r: "replace_peers=true\n" in r["body"] and len(r["host"].device.peers) == 2),
     # ---- peer
     "public_key": ("l3", lambda r: f"peer: {crypto.encode_key(PUB_A)}" in r["show"]),

@@ -4,6 +4,7 @@ counted. Interop with coturn's STUN server and client: tests/integration/test_na
 
 from __future__ import annotations
 
+import os
 import struct
 
 import pytest
@@ -104,7 +105,7 @@ def test_client_transactions_retries_and_hostile_answers():
     assert c.receive(stun.binding_response(stun.binding_request(tid2), ("203.0.113.9", 40777)), server, 25.8)
     assert c.mapped == ("203.0.113.9", 40777) and c.changed
     # unanswered: 1 + 3 retransmissions at 0.5, 1, 2 s, then a timeout and a fresh try an interval later
-    c2 = stun.StunClient([server], interval=25.0)
+    c2 = stun.StunClient([server], rand=os.urandom, interval=25.0)
     sent, t = 0, 0.0
     while t < 10.0:
         sent += len(c2.poll(t))

@@ -29,7 +29,7 @@ _LIST = {"allowed_ip": "allowed_ips", "wgpy_allowed_mac": "wgpy_allowed_mac"}
 _DEFAULTS = {"preshared_key": "0" * 64, "persistent_keepalive_interval": "0"}
 # peer keys a get shows only while set: a changed peer's set clears them when the file no longer has them
 _PEER_OFF_WHEN_ABSENT = {"wgpy_rate_limit": "0", "wgpy_rate_limit_burst": "0"}
-_OFF_WHEN_ABSENT = {"wgpy_metrics_listen": "", "wgpy_listen_tcp": "0", "wgpy_listen_tls": "0"}
+_OFF_WHEN_ABSENT = {"wgpy_metrics_listen": "", "wgpy_stun_server": "", "wgpy_listen_tcp": "0", "wgpy_listen_tls": "0"}
 
 
 def _chunks(body: str) -> tuple[list[str], list[list[str]]]:

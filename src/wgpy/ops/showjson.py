@@ -127,6 +127,8 @@ def interface_object(name: str, dev: dict, peers: list[dict], hide: bool = True)
         "listen_tcp": _int(dev.get("wgpy_listen_tcp"), None),
         "listen_tls": _int(dev.get("wgpy_listen_tls"), None),
         "metrics_listen": dev.get("wgpy_metrics_listen"),
+        "stun_server": dev.get("wgpy_stun_server"),
+        "stun_mapped": dev.get("wgpy_stun_mapped"),
         "local_macs": _learned(dev.get("wgpy_local_mac")) if l2 else None,
         "peers": [peer_object(p, l2, hide) for p in peers],
     }

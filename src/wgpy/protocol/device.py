@@ -101,6 +101,9 @@ class Device:
         self.timers.extensions = self._ext_timers
         self.handshakes = Handshakes(self)   # handshake and cookie messages, rate limits (handshake.py)
         self.receive_handshake = self.handshakes.receive
+        # STUN messages on the WireGuard socket (protocol/stun.py): (data, src, now) -> None, set by the runtime
+        # when it asks a STUN server; looked at only on the path of non-transport messages
+        self.stun_sink: Callable | None = None
         self.initiate_handshake = self.handshakes.initiate
         self.new_initiation = self.handshakes.new_initiation
         self.is_up = True

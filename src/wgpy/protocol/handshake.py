@@ -28,6 +28,7 @@ from .messages import (
 )
 from .peer import INF, Peer
 from .ratelimiter import RateLimiter
+from .stun import is_stun
 from .transport import receiver_index
 
 __all__ = ["Handshakes", "ratelimit_key"]
@@ -81,6 +82,9 @@ class Handshakes:
         dev = self.dev
         t = message_type(data)
         checker = dev.cookie_checker
+        if t == 0 and dev.stun_sink is not None and is_stun(data):
+            dev.stun_sink(data, src, now)                 # an answer from the runtime's STUN server (stun.py)
+            return
         if t == 0 or checker is None:
             dev.drops["invalid_message"] += 1
             return

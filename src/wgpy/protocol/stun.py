@@ -20,7 +20,6 @@ transaction, to the server it was sent to, from that server's address: anything 
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -170,8 +169,8 @@ class StunClient:
     receive() takes what is_stun() said was STUN; `mapped` is the latest answer (of any server)."""
 
     servers: list
+    rand: object                   # n -> n random bytes (os.urandom; the runtime's source)
     interval: float = 25.0
-    rand: object = os.urandom
     stats: dict = field(default_factory=lambda: {"requests": 0, "responses": 0, "unmatched": 0, "malformed": 0,
                                                   "timeouts": 0})
     mapped: tuple[str, int] | None = None

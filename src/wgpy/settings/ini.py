@@ -98,6 +98,7 @@ class InterfaceConfig:
     certificate_file: str | None = None
     key_file: str | None = None
     metrics_listen: tuple[str, int] | None = None   # MetricsListen: (address, port) of /metrics
+    stun_server: tuple[str, int] | None = None      # StunServer: (address, port) asked for the public mapping
     where: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False, compare=False)  # as in PeerConfig
 
 

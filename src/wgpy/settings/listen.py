@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .values import Bad, endpoint, host_port, is_ip
 
-__all__ = ["metrics_listen", "u_metrics_listen", "f_listen"]
+__all__ = ["metrics_listen", "u_metrics_listen", "f_listen", "stun_server", "u_stun_server"]
 
 
 def metrics_listen(s: str) -> tuple[str, int] | None:
@@ -31,3 +31,23 @@ def u_metrics_listen(value: str, k: str) -> tuple[str, int] | None:
 
 def f_listen(v: tuple[str, int] | None) -> str:
     return "" if v is None else host_port(*v)
+
+
+def stun_server(s: str) -> tuple[str, int] | None:
+    """StunServer = ADDRESS:PORT (numeric, as the daemon sends from its own socket) or off."""
+    if s.lower() == "off":
+        return None
+    host, port = endpoint(s)
+    if not is_ip(host):
+        raise Bad("a numeric address is needed, e.g. StunServer = 192.0.2.1:3478 (host names are not resolved)")
+    return host, port
+
+
+def u_stun_server(value: str, k: str) -> tuple[str, int] | None:
+    """wgpy_stun_server=ADDRESS:PORT, empty: off."""
+    if value == "":
+        return None
+    try:
+        return stun_server(value)
+    except Bad:
+        raise Bad(f"{k}: expected ADDRESS:PORT with a numeric address") from None

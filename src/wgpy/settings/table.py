@@ -87,6 +87,12 @@ TABLE: tuple[Setting, ...] = (
       parse_uapi=listen.u_metrics_listen, fmt=listen.f_listen, render="given", dest="metrics_listen",
       notes="ADDRESS:PORT of the Prometheus /metrics endpoint (ops/metrics.py), off by default; UAPI empty = off; "
             "may fail like listen_port (EADDRINUSE)"),
+    S("StunServer", "wgpy_stun_server", I, "stun_server", listen.stun_server, parse_uapi=listen.u_stun_server,
+      fmt=listen.f_listen, render="given", dest="stun_server",
+      notes="ADDRESS:PORT of a STUN server (RFC 8489), asked from the WireGuard socket itself for this host's "
+            "public mapping (the mesh sets it; protocol/stun.py); UAPI empty = off"),
+    S(None, "wgpy_stun_mapped", I, **ST, notes="get: ADDRESS:PORT the STUN server saw (the NAT's mapping of the "
+                                                "listen port), once answered"),
     S(None, "replace_peers", I, parse_uapi=v.u_true, get=False, render="always", fixed="true"),
     # host setup by `wgpy up` (wg-quick's keys): no UAPI key
     S("Address", None, I, "addresses", v.addresses, how="extend", render=None),

@@ -62,6 +62,7 @@ class SetPlan:
     mtu_auto: object = UNSET               # wgpy_mtu_auto: the automatic MTU mode (the host: Host.set_mtu_auto)
     mtu_min: object = UNSET                # wgpy_mtu_min: its floor
     metrics_listen: object = UNSET         # wgpy_metrics_listen: (address, port) or None (the host: Host.set_metrics_listen)
+    stun_server: object = UNSET            # wgpy_stun_server: (address, port) or None (the host: Host.set_stun_server)
     peers: list[PeerOp] = field(default_factory=list)
     transport: dict = field(default_factory=dict, repr=False)   # the wgpy_* stream keys (uapi/transport.py)
 

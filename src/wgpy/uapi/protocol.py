@@ -117,6 +117,9 @@ def handle_stats(host: Host) -> str:
     kernel_drops = getattr(getattr(host, "bind", None), "kernel_drops", None)
     if kernel_drops is not None:   # dropped by the kernel at the UDP sockets: the receiver filter, full queues
         lines.append(f"udp_kernel_drops={kernel_drops()}")
+    stun = getattr(host, "stun", None)
+    if stun is not None:           # STUN from the WireGuard socket: requests, answers, refused (unmatched, malformed)
+        lines += [f"stun_{k}={n}" for k, n in sorted(stun.stats.items())]
     lines += _transport.stats_lines(host)   # the TCP/TLS transports: stream_* counters
     return "".join(line + "\n" for line in lines)
 
@@ -149,6 +152,8 @@ def _apply_device(plan: SetPlan, host: Host) -> None:
         except OSError as e:
             raise UapiError(EADDRINUSE if e.errno == errno.EADDRINUSE else EIO,
                             f"cannot serve metrics on {plan.metrics_listen}: {e.strerror}") from None
+    if plan.stun_server is not UNSET and hasattr(host, "set_stun_server"):
+        host.set_stun_server(plan.stun_server)                 # STUN from the WireGuard socket (never fails)
     if plan.fwmark is not UNSET:
         host.set_fwmark(plan.fwmark)
     if plan.private_key is not UNSET:
@@ -378,6 +383,10 @@ _DEVICE_GET = {
     "wgpy_mtu_min": _if(lambda h, p: h.device.pmtu_auto, lambda h, p: h.mtu_min),
     "wgpy_metrics_listen": _if(lambda h, p: getattr(h, "metrics_listen", None),
                                lambda h, p: host_port(*h.metrics_listen)),
+    "wgpy_stun_server": _if(lambda h, p: getattr(h, "stun", None) is not None,
+                            lambda h, p: host_port(*h.stun_server)),
+    "wgpy_stun_mapped": _if(lambda h, p: getattr(h, "stun", None) is not None and h.stun.mapped is not None,
+                            lambda h, p: host_port(*h.stun.mapped)),
 }
 _PEER_GET = {
     "public_key": _if(lambda h, p: True, lambda h, p: p.public_key.hex()),
