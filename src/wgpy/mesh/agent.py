@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -43,6 +44,9 @@ log = logging.getLogger("wgpy.agent")
 STATE_DIR = Path("/var/lib/wgpy/mesh")
 DEFAULT_IFACE = "wgpy0"
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+KEEPALIVE = 25                 # seconds: the peers' persistent keepalive, which keeps the NATs' mappings open
+MAX_HOST_CANDIDATES = 6
+GATHER_FAST, GATHER_EVERY = 0.5, 10.0      # candidates looked at every 0.5 s for the first 15 s, then every 10 s
 CONNECT_TIMEOUT = 10.0
 
 
@@ -132,12 +136,38 @@ def _server_error(e: Exception, url: str) -> MeshError:
 
 # ---- applying a view --------------------------------------------------------------------------------------------
 
-def peer_lines(peer: dict, old: dict | None) -> list[str]:
-    """The UAPI set lines that make the interface's peer match a view entry (`old`: what was applied before)."""
+def _split(cand: str) -> tuple[str, ipaddress._BaseAddress, str]:
+    kind, addr = cand.split(" ", 1)
+    return kind, ipaddress.ip_address(addr.rpartition(":")[0].strip("[]")), addr
+
+
+def choose_endpoint(peer: dict, mine: "Candidates | None") -> tuple[str | None, str]:
+    """Where to send to a peer, and how that was decided. Same LAN first: a host candidate of the peer inside
+    one of this node's own networks; then its public mapping (STUN: "srflx"), through which both NATs are
+    punched open by the two sides sending at once; then the address the server saw its stream come from."""
+    cands = [_split(c) for c in peer.get("candidates", ()) if " " in c]
+    if mine is not None:
+        for kind, ip, addr in cands:
+            if kind == "host" and any(ip in net for net in mine.networks):
+                return addr, "lan"
+    for kind, ip, addr in cands:
+        if kind == "srflx":
+            return addr, "stun"
+    return peer.get("endpoint"), "server"
+
+
+def peer_lines(peer: dict, old: dict | None, mine: "Candidates | None" = None,
+               old_mine: "Candidates | None" = None) -> list[str]:
+    """The UAPI set lines that make the interface's peer match a view entry (`old`: what was applied before;
+    `mine`: this node's candidates now, `old_mine` when `old` was applied). A new endpoint is punched at once:
+    the persistent keepalive turned off and on in the same set sends a packet now (as wireguard-go does)."""
     key = base64.b64decode(peer["public_key"]).hex()
     lines = [f"public_key={key}"]
-    if peer.get("endpoint") and (old is None or old.get("endpoint") != peer["endpoint"]):
-        lines.append(f"endpoint={peer['endpoint']}")
+    ep, _ = choose_endpoint(peer, mine)
+    was = choose_endpoint(old, old_mine)[0] if old is not None else None
+    if ep and ep != was:
+        lines += [f"endpoint={ep}", "persistent_keepalive_interval=0",
+                  f"persistent_keepalive_interval={KEEPALIVE}"]
     if old is None or old.get("allowed_ips") != peer["allowed_ips"]:
         lines.append("replace_allowed_ips=true")
         lines += [f"allowed_ip={a}" for a in peer["allowed_ips"]]
@@ -154,6 +184,7 @@ class Applier:
         self.applied: dict[str, dict] = {}         # public key -> the entry applied
         self.forwarding = forwarding or enable_forwarding
         self.gateway = False
+        self.mine: Candidates | None = None        # this node's candidates (the endpoint choice depends on them)
 
     def _gateway(self, peer: dict) -> None:
         """A device in the view: this node is its gateway and forwards between it and the mesh."""
@@ -179,7 +210,7 @@ class Applier:
         for key, p in want.items():
             old = self.applied.get(key)
             if old != p:
-                lines += peer_lines(p, old)
+                lines += peer_lines(p, old, self.mine, self.mine)
                 self.applied[key] = p
             self._gateway(p)
         self._set(lines)
@@ -187,8 +218,22 @@ class Applier:
     def upsert(self, peer: dict) -> None:
         self._gateway(peer)
         old = self.applied.get(peer["public_key"])
-        self._set(peer_lines(peer, old))
+        self._set(peer_lines(peer, old, self.mine, self.mine))
         self.applied[peer["public_key"]] = peer
+
+    def set_mine(self, mine: "Candidates") -> None:
+        """This node's candidates changed: the peers whose endpoint choice changes with them are set again."""
+        old_mine, self.mine = self.mine, mine
+        lines: list[str] = []
+        for p in self.applied.values():
+            pl = peer_lines(p, p, mine, old_mine)
+            if len(pl) > 1:
+                lines += pl
+        self._set(lines)
+
+    def endpoints(self) -> dict[str, tuple[str | None, str]]:
+        """public key -> (endpoint, how it was chosen), for `wgpy status`."""
+        return {k: choose_endpoint(p, self.mine) for k, p in self.applied.items()}
 
     def remove(self, key: str) -> None:
         self._set([f"public_key={base64.b64decode(key).hex()}", "remove=true"])
@@ -213,6 +258,44 @@ def _present_keys(iface: str) -> set[str]:
     return {crypto.encode_key(bytes.fromhex(p["public_key"])) for p in peers}
 
 
+# ---- candidates: where this node may be reached ------------------------------------------------------------------
+
+class Candidates:
+    """This node's candidates: its public mapping (srflx, from the daemon's STUN client: the mapping of the
+    WireGuard socket itself) and its own addresses with the listen port (host), and its own networks (a peer's
+    host candidate inside one of them is on the same LAN)."""
+
+    def __init__(self, srflx: str | None, hosts: list[str], networks: list) -> None:
+        self.srflx, self.hosts, self.networks = srflx, hosts, networks
+
+    def wire(self) -> list[str]:
+        return ([f"srflx {self.srflx}"] if self.srflx else []) + [f"host {h}" for h in self.hosts]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Candidates) and self.wire() == other.wire()
+
+
+def gather_candidates(iface: str, port: int) -> Candidates:
+    """Read the STUN mapping from the interface (UAPI get: wgpy_stun_mapped) and this namespace's addresses
+    (not the mesh interface's own, nor loopback, link-local or multicast)."""
+    from ..show import parse_get
+    from ..uapi.server import request
+    dev, _ = parse_get(request(iface, "get=1\n"))
+    hosts, nets = [], []
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr():
+            if names.get(a["index"]) == iface:
+                continue
+            ip = ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast:
+                continue
+            nets.append(ipaddress.ip_network(f"{ip}/{a['prefixlen']}", strict=False))
+            hosts.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    return Candidates(dev.get("wgpy_stun_mapped"), hosts[:MAX_HOST_CANDIDATES], nets)
+
+
 # ---- the agent --------------------------------------------------------------------------------------------------
 
 class Agent:
@@ -223,13 +306,60 @@ class Agent:
         self.applier = Applier(iface)
         self.version = 0
         self.stop = False
+        self.lock = asyncio.Lock()      # one change of the interface's peers at a time (views, candidates)
 
     def _save_view(self) -> None:
         self.state["view"] = {"version": self.version, "peers": list(self.applier.applied.values()),
                               "saved": time.time()}
+        self.state["paths"] = {k: how for k, (_, how) in self.applier.endpoints().items()}
+        if self.applier.mine is not None:
+            self.state["candidates"] = self.applier.mine.wire()
         save_state(self.state_dir, self.iface, self.state)
 
+    async def _stun_on(self) -> None:
+        """The daemon asks the server's STUN port (its address looked up from the first server URL)."""
+        port = self.state.get("stun_port")
+        if not port:
+            return
+        import socket
+        from urllib.parse import urlsplit
+        host = urlsplit(self.state["servers"][0]).hostname
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as e:
+            log.warning("STUN: cannot resolve %s: %s", host, e)
+            return
+        ip = infos[0][4][0]
+        addr = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        await asyncio.to_thread(self.applier._set, [f"wgpy_stun_server={addr}"])
+        log.info("STUN: asking %s for this node's public address", addr)
+
+    async def _gather(self, ws) -> None:
+        """Report this node's candidates on the stream whenever they change (at once on a new stream)."""
+        sent = None
+        start = time.monotonic()
+        while True:
+            try:
+                mine = await asyncio.to_thread(gather_candidates, self.iface, self.state["listen_port"])
+            except Exception as e:            # the interface went away: the stream's end will tell
+                log.warning("candidates: %s", e)
+                mine = None
+            if mine is not None and mine != sent:
+                await ws.send_json({"type": "candidates", "candidates": mine.wire()})
+                log.info("candidates: %s", ", ".join(mine.wire()) or "none")
+                sent = mine
+                async with self.lock:
+                    await asyncio.to_thread(self.applier.set_mine, mine)
+                    await asyncio.to_thread(self._save_view)
+            elif mine is not None:
+                self.applier.mine = mine
+            await asyncio.sleep(GATHER_FAST if time.monotonic() - start < 15 else GATHER_EVERY)
+
     async def run(self) -> int:
+        try:
+            await self._stun_on()
+        except Exception as e:
+            log.warning("STUN: %s", e)
         cached = self.state.get("view")
         if cached:
             await asyncio.to_thread(self.applier.whole, cached["peers"], await asyncio.to_thread(_present_keys,
@@ -261,33 +391,48 @@ class Agent:
                                     headers=_auth_headers(self.state, "stream"), heartbeat=20.0,
                                     max_msg_size=64 << 20) as ws:
                 log.info("connected to %s", url)
-                async for msg in ws:
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
-                    m = json.loads(msg.data)
-                    kind = m.get("type")
-                    if kind == "removed":
-                        return True
-                    if kind == "view":
-                        present = await asyncio.to_thread(_present_keys, self.iface)
-                        await asyncio.to_thread(self.applier.whole, m["peers"], present)
-                        self.version = m["version"]
-                        log.info("view %d: %d peers", self.version, len(m["peers"]))
-                    elif kind in ("upsert", "remove"):
-                        if m["version"] != self.version + 1:
-                            log.info("view version %d after %d: resynchronising", m["version"], self.version)
-                            return False
-                        if kind == "upsert":
-                            await asyncio.to_thread(self.applier.upsert, m["peer"])
-                        else:
-                            await asyncio.to_thread(self.applier.remove, m["public_key"])
-                        self.version = m["version"]
-                    else:
-                        continue
-                    await asyncio.to_thread(self._save_view)
-                if ws.close_code == 4001:
-                    return True
+                gather = asyncio.create_task(self._gather(ws))
+                try:
+                    return await self._messages(ws)
+                finally:
+                    gather.cancel()
         return False
+
+    async def _messages(self, ws) -> bool:
+        import aiohttp
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            m = json.loads(msg.data)
+            kind = m.get("type")
+            if kind == "removed":
+                return True
+            async with self.lock:
+                if not await self._apply(m):
+                    return False
+        return ws.close_code == 4001
+
+    async def _apply(self, m: dict) -> bool:
+        """Apply a view message; False: a gap in the versions (resynchronise)."""
+        kind = m.get("type")
+        if kind == "view":
+            present = await asyncio.to_thread(_present_keys, self.iface)
+            await asyncio.to_thread(self.applier.whole, m["peers"], present)
+            self.version = m["version"]
+            log.info("view %d: %d peers", self.version, len(m["peers"]))
+        elif kind in ("upsert", "remove"):
+            if m["version"] != self.version + 1:
+                log.info("view version %d after %d: resynchronising", m["version"], self.version)
+                return False
+            if kind == "upsert":
+                await asyncio.to_thread(self.applier.upsert, m["peer"])
+            else:
+                await asyncio.to_thread(self.applier.remove, m["public_key"])
+            self.version = m["version"]
+        else:
+            return True
+        await asyncio.to_thread(self._save_view)
+        return True
 
     def _removed(self) -> int:
         log.info("this node was removed from the network: taking %s down", self.iface)
@@ -394,7 +539,8 @@ def join_main(url: str, token: str, name: str, ca: str | None, iface: str, port:
     servers = [url] + [u for u in reply.get("servers", []) if u != url]      # every instance, for failover
     state = {"servers": servers, "ca": os.path.abspath(ca) if ca else None, "interface": iface,
              "server_public_key": reply["server_public_key"], "node": node, "public_key": public,
-             "private_key": crypto.encode_key(private), "listen_port": port, "networks": nets, "view": None}
+             "private_key": crypto.encode_key(private), "listen_port": port, "networks": nets, "view": None,
+             "stun_port": int(reply.get("stun_port") or 0)}
     addresses = []
     for addr in node["addresses"]:
         net = next(n for n in nets if (":" in n) == (":" in addr))
@@ -478,6 +624,10 @@ def leave_main(iface: str, state_dir: Path, force: bool = False) -> int:
     return rc
 
 
+_PATH_WORDS = {"lan": "direct, same LAN", "stun": "direct, through the NATs (STUN)",
+               "server": "direct, the address the server saw"}
+
+
 def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
     from ..show import parse_get
     from ..uapi.server import request
@@ -510,14 +660,16 @@ def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
             break
         except Exception as e:
             log.debug("status from %s: %s", url, e)
+    paths = state.get("paths") or {}
     rows = [{"name": me["name"], "addresses": me["addresses"], "self": True, "online": True, "last_seen": None,
-             "endpoint": None, "latest_handshake": None}]
+             "endpoint": None, "latest_handshake": None, "candidates": state.get("candidates") or []}]
     for p in sorted(view["peers"], key=lambda p: p["name"]):
         pr = presence.get(p["public_key"], {})
         rows.append({"name": p["name"], "addresses": [a.split("/")[0] for a in p["allowed_ips"]][:2],
                      "self": False, "device": bool(p.get("device")),
                      "online": pr.get("online") if presence else None, "last_seen": pr.get("last_seen"),
                      "endpoint": endpoints.get(p["public_key"], p.get("endpoint")),
+                     "path": _PATH_WORDS.get(paths.get(p["public_key"])) if not p.get("device") else None,
                      "latest_handshake": handshakes.get(p["public_key"]) or None})
     if as_json:
         print(json.dumps({"interface": iface, "servers": state["servers"], "server_reached": server,
@@ -534,7 +686,8 @@ def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
         hs = "" if r["self"] else (f", handshake {_ago(now, r['latest_handshake'])}" if r["latest_handshake"]
                                    else ", no handshake yet")
         ep = f", endpoint {r['endpoint']}" if r["endpoint"] else ""
-        print(f"  {r['name']:<20} {', '.join(r['addresses']):<32} {state_txt}{ep}{hs}")
+        path = f" ({r['path']})" if r.get("path") else ""
+        print(f"  {r['name']:<20} {', '.join(r['addresses']):<32} {state_txt}{ep}{path}{hs}")
     return 0
 
 

@@ -46,6 +46,8 @@ def add_parsers(sub) -> None:
     run.add_argument("--listen", default="0.0.0.0:8443", help="ADDRESS:PORT (default 0.0.0.0:8443)")
     run.add_argument("--cert", required=True, help="TLS certificate (PEM)")
     run.add_argument("--key", required=True, help="its private key (PEM)")
+    run.add_argument("--stun-port", type=int, default=3478, help="UDP port STUN is answered on, on the --listen "
+                                                                 "address (default 3478; 0: none)")
     tok = ss.add_parser("token", help="join tokens")
     ts = tok.add_subparsers(dest="token_cmd", required=True)
     tc = ts.add_parser("create", help="make a join token (printed once)")
@@ -199,7 +201,10 @@ def server_main(args) -> int:
                     print(f"wgpy: {f}: no such file", file=sys.stderr)
                     return 1
             store.server_private()            # initialised? (a clear error before binding)
-            run_server(store, host.strip("[]"), int(port), args.cert, args.key)
+            if not 0 <= args.stun_port <= 65535:
+                print(f"wgpy: --stun-port {args.stun_port}: expected 0-65535", file=sys.stderr)
+                return 1
+            run_server(store, host.strip("[]"), int(port), args.cert, args.key, args.stun_port)
             return 0
         if args.server_cmd == "token":
             if args.token_cmd == "create":

@@ -45,6 +45,8 @@ class Node:
     last_seen: float = 0.0                # Unix time its stream was last seen
     listen_port: int = 0                  # its UDP port (the endpoint is the address its stream comes from)
     gateway: int | None = None            # a device: the node it is reached through (None: a node)
+    candidates: tuple[str, ...] = ()      # where it may be reached, as it found them: "srflx ip:port" (its
+                                          # NAT's mapping, by STUN), "host ip:port" (its own addresses)
 
 
 def _host_routes(addresses) -> list[str]:
@@ -56,6 +58,8 @@ def peer_entry(node: Node, routed: tuple[str, ...] = ()) -> dict:
     e = {"name": node.name, "public_key": node.public_key,
          "allowed_ips": _host_routes(node.addresses) + _host_routes(routed),
          "endpoint": node.endpoint, "tags": sorted(node.tags)}
+    if node.candidates:
+        e["candidates"] = list(node.candidates)
     if node.gateway is not None:
         e["device"] = True
     return e

@@ -89,7 +89,9 @@ class ControlPlane:
         self.streams: dict[int, set[_Stream]] = {}
         self.last_change = 0
         self.applied: set[int] = set()            # change ids applied, within LOOKBACK of last_change
-        self.stats = {"joins": 0, "deltas": 0, "streams_cut": 0, "changes": 0}
+        self.stats = {"joins": 0, "deltas": 0, "streams_cut": 0, "changes": 0, "bad_messages": 0,
+                      "stun_answered": 0, "stun_refused": 0}
+        self.stun_port = 0                        # the UDP port STUN is answered on (0: not answered here)
         self.latency: list[float] = []            # seconds from a change's commit to its deltas queued (recent)
         self.lock = asyncio.Lock()                # one reader of the change log at a time (see apply_changes)
         self._kicked: asyncio.Task | None = None
@@ -204,6 +206,7 @@ class ControlPlane:
 CP_KEY = web.AppKey("cp", ControlPlane)
 POLLER_KEY = web.AppKey("poller", asyncio.Task)
 PRESENCE_KEY = web.AppKey("presence", asyncio.Task)
+STUN_KEY = web.AppKey("stun", asyncio.DatagramTransport)
 
 
 async def _json_body(request: web.Request) -> dict:
@@ -295,6 +298,7 @@ def make_app(store: Store) -> web.Application:
                                            "tags": sorted(node.tags)},
                                   "networks": await cp.db(store.networks),
                                   "servers": await cp.db(store.urls),
+                                  "stun_port": cp.stun_port,
                                   "server_public_key": cp.verifier.public_b64})
 
     async def leave(request: web.Request) -> web.Response:
@@ -334,9 +338,16 @@ def make_app(store: Store) -> web.Application:
 
         task = asyncio.create_task(sender())
         try:
-            async for msg in ws:                  # the node says nothing but pings; closes end the stream
+            async for msg in ws:                  # the node says only where it may be reached (and pings)
                 if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                     break
+                if msg.type == WSMsgType.TEXT:
+                    cands = parse_candidates(msg.data)
+                    if cands is None:
+                        cp.stats["bad_messages"] += 1
+                        continue
+                    if await cp.db(store.set_candidates, node.id, cands, time.time()):
+                        cp.kick()
         finally:
             task.cancel()
             cp.streams.get(node.id, set()).discard(st)
@@ -374,6 +385,66 @@ def make_app(store: Store) -> web.Application:
     return app
 
 
+MAX_CANDIDATES = 8
+
+
+def parse_candidates(text: str) -> list[str] | None:
+    """A node's {"type": "candidates", "candidates": ["srflx 203.0.113.7:40001", "host 192.168.1.5:51820"]}:
+    at most MAX_CANDIDATES, each a kind and a numeric address:port, normalised; None when malformed."""
+    import ipaddress
+    try:
+        m = json.loads(text)
+        if not isinstance(m, dict) or m.get("type") != "candidates" or not isinstance(m.get("candidates"), list):
+            return None
+        out = []
+        for c in m["candidates"][:MAX_CANDIDATES]:
+            kind, addr = str(c).split(" ")
+            host, _, port = addr.rpartition(":")
+            ip = ipaddress.ip_address(host.strip("[]"))
+            if kind not in ("host", "srflx") or not 0 < int(port) < 65536 or ip.is_unspecified or ip.is_multicast:
+                return None
+            out.append(f"{kind} {f'[{ip}]' if ip.version == 6 else ip}:{int(port)}")
+        return out
+    except (ValueError, TypeError):
+        return None
+
+
+class StunResponder(asyncio.DatagramProtocol):
+    """`wgpy server run` answers STUN Binding requests (protocol/stun.py) on a UDP port of its own, so a node
+    learns the public mapping of its WireGuard socket. Nothing else gets an answer; each source address is
+    limited to RATE answers a second (a burst of BURST): a spoofed flood is not reflected at its victim."""
+
+    RATE, BURST, TABLE = 5.0, 10.0, 10000
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.transport = None
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        from ..protocol.stun import binding_response
+        reply = binding_response(data, addr)
+        if reply is None or not self._allow(addr[0], time.monotonic()):
+            self.cp.stats["stun_refused"] += 1
+            return
+        self.cp.stats["stun_answered"] += 1
+        self.transport.sendto(reply, addr)
+
+    def _allow(self, ip: str, now: float) -> bool:
+        tokens, last = self.buckets.get(ip, (self.BURST, now))
+        tokens = min(self.BURST, tokens + (now - last) * self.RATE)
+        if tokens < 1.0:
+            self.buckets[ip] = (tokens, now)
+            return False
+        if len(self.buckets) >= self.TABLE and ip not in self.buckets:
+            self.buckets.clear()                  # bounded: a flood of sources resets the table
+        self.buckets[ip] = (tokens - 1.0, now)
+        return True
+
+
 def _registry(cp: ControlPlane):
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
@@ -384,6 +455,10 @@ def _registry(cp: ControlPlane):
             yield GaugeMetricFamily("wgpy_mesh_nodes_online", "Nodes with a stream to this instance",
                                     value=len(cp.streams))
             for name, key, doc in (("joins", "joins", "Joins accepted by this instance"),
+                                   ("stun_answered", "stun_answered", "STUN Binding requests answered"),
+                                   ("stun_refused", "stun_refused", "STUN datagrams not answered (not a "
+                                    "Binding request, or over a source's rate)"),
+                                   ("bad_messages", "bad_messages", "Malformed messages on node streams"),
                                    ("changes", "changes", "Change-log entries applied to the views"),
                                    ("view_updates", "deltas", "View updates queued to node streams"),
                                    ("streams_cut", "streams_cut", "Node streams cut off for falling behind")):
@@ -397,13 +472,32 @@ def _registry(cp: ControlPlane):
     return reg
 
 
-def run_server(store: Store, host: str, port: int, cert: str | None, key: str | None) -> None:
+def run_server(store: Store, host: str, port: int, cert: str | None, key: str | None,
+               stun_port: int = 3478) -> None:
     ctx = None
     if cert:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
     store.upgrade()                           # tables added since `init` (the web admin's sessions)
     app = make_app(store)
+    if stun_port:
+        async def stun_start(app: web.Application) -> None:
+            cp = app[CP_KEY]
+            loop = asyncio.get_running_loop()
+            try:
+                transport, _ = await loop.create_datagram_endpoint(lambda: StunResponder(cp),
+                                                                   local_addr=(host, stun_port))
+            except OSError as e:
+                raise SystemExit(f"wgpy: cannot answer STUN on UDP {host}:{stun_port}: {e.strerror} "
+                                 "(--stun-port 0: not at all)") from None
+            cp.stun_port = stun_port
+            app[STUN_KEY] = transport
+
+        async def stun_stop(app: web.Application) -> None:
+            if STUN_KEY in app:
+                app[STUN_KEY].close()
+        app.on_startup.append(stun_start)
+        app.on_cleanup.append(stun_stop)
     web.run_app(app, host=host, port=port, ssl_context=ctx, print=None, access_log=None,
                 handle_signals=True)
 

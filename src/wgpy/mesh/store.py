@@ -52,6 +52,7 @@ nodes_t = Table(
     Column("last_seen", Float, nullable=False, default=0.0),
     Column("gateway", Integer),                           # a device (a plain WireGuard client): its gateway node
     Column("connected", Boolean, nullable=False, default=False),   # its stream is held by some instance
+    Column("candidates", Text, nullable=False, default=""),         # "kind ip:port" entries, one per line
 )
 tokens_t = Table(
     "tokens", metadata,
@@ -148,9 +149,14 @@ class Store:
                     c.execute(insert(meta_t).values(key=k, value=v))
 
     def upgrade(self) -> None:
-        """Tables added since the database was made (`wgpy server run` calls it; existing tables are kept)."""
+        """Tables and columns added since the database was made (`wgpy server run` calls it; what exists is
+        kept): the web admin's sessions, the nodes' candidates."""
+        from sqlalchemy import inspect, text
         try:
             metadata.create_all(self.engine, checkfirst=True)
+            if "candidates" not in {c["name"] for c in inspect(self.engine).get_columns("nodes")}:
+                with self.engine.begin() as c:
+                    c.execute(text("ALTER TABLE nodes ADD COLUMN candidates TEXT NOT NULL DEFAULT ''"))
         except OperationalError as e:
             raise StoreError(f"database {redact_url(self.url)} unreachable: {e.orig}") from None
 
@@ -356,6 +362,17 @@ class Store:
             if endpoint and old.endpoint != endpoint:
                 c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=when))
 
+    def set_candidates(self, node_id: int, candidates: list[str], when: float) -> bool:
+        """A node's candidates as it reported them; a change of the views only when they changed."""
+        text = "\n".join(candidates)
+        with self._begin() as c:
+            old = c.execute(select(nodes_t.c.candidates).where(nodes_t.c.id == node_id)).first()
+            if old is None or old.candidates == text:
+                return False
+            c.execute(update(nodes_t).where(nodes_t.c.id == node_id).values(candidates=text))
+            c.execute(insert(changes_t).values(node_id=node_id, kind="node", at=when))
+            return True
+
     def touch(self, node_ids: list[int], when: float) -> None:
         """The nodes whose streams an instance holds are still there (every PRESENCE_EVERY seconds)."""
         with self._begin() as c:
@@ -399,7 +416,7 @@ def _addresses(c, nets: list[str], node_id: int) -> dict[str, str]:
 def _node(r) -> Node:
     addrs = tuple(a for a in (r.ipv4, r.ipv6) if a)
     return Node(r.id, r.name, r.public_key, addrs, frozenset(r.tags.split()), r.endpoint, False, r.last_seen,
-                r.listen_port, r.gateway)
+                r.listen_port, r.gateway, tuple(r.candidates.split("\n")) if r.candidates else ())
 
 
 def redact_url(url: str) -> str:
