@@ -184,3 +184,87 @@ def test_two_nodes_behind_one_nat_use_the_lan(natlab):
         netlab.assert_ping(far["ns"], x["address"])
     eps = {n.wg(far, "endpoints")[x["public_key"]] for x in (one, two)}
     assert all(e.startswith(a_site["wan"] + ":") for e in eps) and len(eps) == 2     # two mappings on one NAT
+
+
+def _flush_conntrack(ns: str) -> None:
+    """Every connection-tracking entry of a NAT router forgotten (its mappings with them), as a reboot does."""
+    import sys
+    run(ns, sys.executable, "-c", "from pyroute2 import NFCTSocket\nwith NFCTSocket() as s: s.flush()", timeout=10)
+
+
+def test_nat_mappings_flushed_mid_transfer(natlab):
+    """Both NATs forget every mapping in the middle of a transfer (conntrack flushed, one after the other): the
+    next packet out makes a new mapping and the tunnel goes on; the transfer completes intact. The stall is
+    measured with a ping every 50 ms across both flushes."""
+    import re
+    n = natlab
+    a_site, b_site = n.site("a", 1), n.site("b", 2)
+    n.init_and_run()
+    a, b = n.join(n.host(a_site)[0], "alpha"), n.join(n.host(b_site)[0], "bravo")
+    wait_for(lambda: n.handshaken(a, b) and n.handshaken(b, a), 5, interval=0.1, what="the direct path")
+    xfer = n.lab.start_transfer(a["ns"], b["ns"], a["address"], 20 << 20, timeout=60, rate=4 << 20)
+    pinger = n.lab.popen(a["ns"], "ping", "-n", "-i", "0.05", "-c", "120", "-W", "1", b["address"], name="ping")
+    time.sleep(1.5)
+    _flush_conntrack(a_site["ns"])
+    time.sleep(1.5)
+    _flush_conntrack(b_site["ns"])
+    got, sent = xfer.wait()
+    assert got["bytes"] == sent["bytes"] == 20 << 20 and got["sha256"] == sent["sha256"]
+    wait_for(lambda: not pinger.alive(), 20, what="the pings")
+    seqs = sorted({int(m) for m in re.findall(r"icmp_seq=(\d+)", pinger.stdout())})
+    assert len(seqs) > 60, pinger.stdout()[-500:]
+    gaps = [y - x - 1 for x, y in zip(seqs, seqs[1:])] + [0]
+    print(f"pings answered {len(seqs)}/120, longest run lost {max(gaps)} (stall <= {(max(gaps) + 1) * 0.05:.2f} s)")
+    assert max(gaps) * 0.05 < 2.0                               # the path came back at once, not at a keepalive
+    assert n.path(a, b) == "direct, through the NATs (STUN)"
+
+
+def test_hostile_stun_answers_are_dropped_and_counted(natlab):
+    """STUN answers sent to a node's WireGuard port that match no request of its own (a machine on its LAN
+    spraying them; one on the internet spoofing the STUN server's address and port, which the NAT lets in, with
+    transaction ids the node never used): dropped and counted, the node's public address unchanged, its tunnel
+    unaffected. (From any other internet address the NAT itself drops them: it has no mapping towards it.)"""
+    import sys
+    n = natlab
+    a_site = n.site("a", 1)
+    n.init_and_run()
+    ans, ans_ip = n.host(a_site)
+    a = n.join(ans, "alpha")
+    b = n.join(n.server, "bravo")                     # a node on the internet itself (no NAT)
+    wait_for(lambda: n.handshaken(a, b), 5, interval=0.1, what="the path")
+    uapi_get = [netlab.WGPY, "show", a["iface"], "--json"]
+    before = json.loads(run(a["ns"], *uapi_get, timeout=15).stdout)["stun_mapped"]
+    assert before == f"{a_site['wan']}:51820"
+    attacker, _ = n.host(a_site)                     # a machine on the node's LAN: no NAT in between
+    import wgpy
+    src = str(__import__("pathlib").Path(wgpy.__file__).parent.parent)
+    spray = ("import os, socket, sys\n"
+             "sys.path.insert(0, sys.argv[3])\n"
+             "from wgpy.protocol import stun\n"
+             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             "for i in range(100):\n"
+             "    r = stun.binding_response(stun.binding_request(os.urandom(12)), ('6.6.6.6', 666))\n"
+             "    s.sendto(r, (sys.argv[1], int(sys.argv[2])))\n")
+    run(attacker, sys.executable, "-c", spray, ans_ip, "51820", src, timeout=30)
+    # from the internet, spoofing the STUN server's address and port (the NAT lets those in: it has a mapping
+    # towards them), with transaction ids the node never used: a raw socket writes the IP and UDP headers
+    spoof = ("import os, socket, struct, sys\n"
+             "sys.path.insert(0, sys.argv[4])\n"
+             "from wgpy.protocol import stun\n"
+             "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
+             "src, dst, dport = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2]), int(sys.argv[3])\n"
+             "for i in range(100):\n"
+             "    body = stun.binding_response(stun.binding_request(os.urandom(12)), ('6.6.6.6', 666))\n"
+             "    udp = struct.pack('!HHHH', 3478, dport, 8 + len(body), 0) + body\n"
+             "    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0, src, dst)\n"
+             "    s.sendto(ip + udp, (sys.argv[2], 0))\n")
+    run(n.server, sys.executable, "-c", spoof, SERVER_IP, a_site["wan"], "51820", src, timeout=30)
+    time.sleep(0.5)
+    out = n.lab.wgpy(a["ns"], "show", a["iface"], "stats", check=True).stdout
+    stats = dict(line.split("\t") for line in out.splitlines())
+    after = json.loads(run(a["ns"], *uapi_get, timeout=15).stdout)["stun_mapped"]
+    assert after == before
+    assert int(stats["stun_unmatched"]) >= 200, out                 # the LAN's 100 and the spoofed 100
+    assert int(stats["stun_responses"]) >= 1
+    assert int(stats.get("drop_invalid_message", "0")) == 0          # told apart from WireGuard, not junk
+    netlab.assert_ping(a["ns"], b["address"])
