@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,10 @@ class NatLab:
         lab.defer("mesh nodes leave", self._leave_all)
 
     def _leave_all(self) -> None:
+        import shutil
+        for n in self.nodes:                      # the agents' logs kept for a failure's diagnosis
+            for log in Path(n["state"]).glob("*.log"):
+                shutil.copy(log, self.lab.tmp / f"agent-{n['name']}.log")
         for n in self.nodes:
             self.lab.wgpy(n["ns"], "leave", "--force", "--interface", n["iface"], "--state-dir", n["state"],
                           timeout=30)
@@ -268,3 +273,70 @@ def test_hostile_stun_answers_are_dropped_and_counted(natlab):
     assert int(stats["stun_responses"]) >= 1
     assert int(stats.get("drop_invalid_message", "0")) == 0          # told apart from WireGuard, not junk
     netlab.assert_ping(a["ns"], b["address"])
+
+
+def _relayed(n: NatLab, a: dict, b: dict) -> bool:
+    rows = {r["name"]: r for r in n.status(a)["nodes"]}
+    return bool(rows[b["name"]].get("relayed")) and n.handshaken(a, b)
+
+
+def test_relay_between_two_symmetric_nats(natlab):
+    """Both NATs give every destination a mapping of its own (masquerade fully-random: the mapping STUN finds is
+    not the one a peer would need): no direct path exists, so both nodes give each other the relay and the
+    traffic goes through the server within 3 s of the second join; 20 MB intact; status says relayed."""
+    n = natlab
+    a_site, b_site = n.site("a", 1, "masquerade fully-random"), n.site("b", 2, "masquerade fully-random")
+    n.init_and_run()
+    a = n.join(n.host(a_site)[0], "alpha")
+    t0 = time.monotonic()
+    b = n.join(n.host(b_site)[0], "bravo")
+    wait_for(lambda: _relayed(n, a, b) and _relayed(n, b, a), 3.0 + (time.monotonic() - t0), interval=0.1,
+             what="the relayed path")
+    print(f"relayed {time.monotonic() - t0:.2f} s after the second join started")
+    assert n.path(a, b) == "relayed, through the server"
+    netlab.assert_ping(a["ns"], b["address"])
+    got, sent = n.lab.transfer(b["ns"], a["ns"], b["address"], 20 * 1024 * 1024)
+    assert got["bytes"] == sent["bytes"] == 20 * 1024 * 1024 and got["sha256"] == sent["sha256"]
+
+
+def test_one_symmetric_one_port_preserving_nat(natlab):
+    """One NAT maps per destination (fully-random), the other preserves ports but, as both do, lets in only
+    what conntrack knows. Punching cannot meet: the preserving side sends to the mapping STUN saw of the
+    symmetric side, which only the STUN server may use; the symmetric side's mapping towards the preserving
+    side is a port nobody learns. So the pair is relayed (the technique here is candidate exchange + a
+    simultaneous punch, without port prediction); the traffic flows."""
+    n = natlab
+    a_site, b_site = n.site("a", 1, "masquerade fully-random"), n.site("b", 2)
+    n.init_and_run()
+    a = n.join(n.host(a_site)[0], "alpha")
+    b = n.join(n.host(b_site)[0], "bravo")
+    wait_for(lambda: _relayed(n, a, b) and _relayed(n, b, a), 6, interval=0.1, what="the relayed path")
+    netlab.assert_ping(a["ns"], b["address"])
+    got, sent = n.lab.transfer(b["ns"], a["ns"], b["address"], 5 * 1024 * 1024)
+    assert got["bytes"] == sent["bytes"] and got["sha256"] == sent["sha256"]
+
+
+def test_udp_blocked_for_one_node_then_back_to_direct(natlab):
+    """UDP from and to one node blocked on its router (nftables drop, STUN included): the pair is relayed over
+    the server's HTTPS port; a transfer runs across the unblocking and the return to the direct path, on one
+    inner TCP connection, intact; back to direct within the fallback's probe interval (10 s) plus a probe."""
+    n = natlab
+    a_site, b_site = n.site("a", 1), n.site("b", 2)
+    block = n.lab.tmp / "block.nft"
+    block.write_text("table inet block {\n  chain udp_off { type filter hook forward priority -10; "
+                     "meta l4proto udp drop; }\n}\n")
+    run(a_site["ns"], "nft", "-f", block)
+    n.init_and_run()
+    a = n.join(n.host(a_site)[0], "alpha")
+    b = n.join(n.host(b_site)[0], "bravo")
+    wait_for(lambda: _relayed(n, a, b) and _relayed(n, b, a), 8, interval=0.1, what="the relayed path")
+    xfer = n.lab.start_transfer(a["ns"], b["ns"], a["address"], 40 << 20, timeout=90, rate=2 << 20)
+    time.sleep(2.0)
+    run(a_site["ns"], "nft", "delete", "table", "inet", "block")
+    t0 = time.monotonic()
+    wait_for(lambda: not _relayed(n, a, b) and not _relayed(n, b, a), 25, interval=0.2,
+             what="the return to the direct path")
+    print(f"back to direct {time.monotonic() - t0:.1f} s after UDP was unblocked")
+    got, sent = xfer.wait()
+    assert got["bytes"] == sent["bytes"] == 40 << 20 and got["sha256"] == sent["sha256"]
+    assert n.wg(a, "endpoints")[b["public_key"]].startswith(b_site["wan"] + ":")

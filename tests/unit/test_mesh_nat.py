@@ -101,7 +101,79 @@ def test_a_new_endpoint_is_punched_at_once_and_an_unchanged_one_is_left():
     p = _peer(["srflx 203.0.113.1:40002"])
     lines = peer_lines(p, None, mine)
     i = lines.index("endpoint=203.0.113.1:40002")
-    assert lines[i + 1:i + 3] == ["persistent_keepalive_interval=0", "persistent_keepalive_interval=25"]
+    assert lines[i + 1:i + 3] == ["persistent_keepalive_interval=25", "wgpy_punch=true"]
     assert not any(ln.startswith(("endpoint=", "persistent")) for ln in peer_lines(p, p, mine, mine))
     moved = _peer(["srflx 203.0.113.1:40999"])
     assert "endpoint=203.0.113.1:40999" in peer_lines(moved, p, mine, mine)          # the NAT rebooted
+
+
+def test_relay_forwards_only_to_allowed_peers_and_counts_the_rest(tmp_path):
+    """The relay over aiohttp's test server: a message reaches the peer it names, with the sender's key in
+    front; one for a peer the policy denies, for an unknown key, a short or a text message is dropped and
+    counted; a sender over its rate is cut to its burst; /metrics has the counters."""
+    import asyncio
+    import base64
+    from aiohttp.test_utils import TestClient, TestServer
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from wgpy.mesh import server as srv
+    from wgpy.mesh.auth import proof
+    from wgpy.mesh.model import Policy
+
+    def headers(priv, spub, purpose):
+        when, nonce = int(time.time()), os.urandom(16)
+        return {"X-Wgpy-Key": crypto.encode_key(crypto.public_from_private(priv)), "X-Wgpy-Time": str(when),
+                "X-Wgpy-Nonce": nonce.hex(), "X-Wgpy-Proof": proof(priv, base64.b64decode(spub), purpose, when,
+                                                                   nonce)}
+
+    async def go():
+        store = Store(f"sqlite:///{tmp_path}/server.db")
+        store.create(X25519PrivateKey.generate().private_bytes_raw(), hash_password("correct horse"),
+                     ["100.80.0.0/16"])
+        store.set_policy(Policy.parse('{"rules": [{"from": ["a"], "to": ["a"]}]}'))
+        client = TestClient(TestServer(srv.make_app(store)))
+        await client.start_server()
+        try:
+            keys, spub = [], None
+            for name, tag in (("n0", "a"), ("n1", "a"), ("n2", "b")):
+                tok = store.create_token([tag], 3600, False)
+                k = crypto.clamp(os.urandom(32))
+                r = await client.post("/api/v1/join", json={"token": tok, "name": name, "listen_port": 51820,
+                                                            "public_key": crypto.encode_key(crypto.public_from_private(k))})
+                spub = (await r.json())["server_public_key"]
+                keys.append(k)
+            pubs = [crypto.public_from_private(k) for k in keys]
+            r = await client.get("/api/v1/relay")
+            assert r.status == 401                                    # no credentials
+            ws0 = await client.ws_connect("/api/v1/relay", headers=headers(keys[0], spub, "relay"))
+            ws1 = await client.ws_connect("/api/v1/relay", headers=headers(keys[1], spub, "relay"))
+            ws2 = await client.ws_connect("/api/v1/relay", headers=headers(keys[2], spub, "relay"))
+            await asyncio.sleep(0.1)
+            msg = b"\x04\x00\x00\x00" + os.urandom(60)                # (the relay never looks inside)
+            await ws0.send_bytes(pubs[1] + msg)
+            got = await ws1.receive_bytes(timeout=5)
+            assert got == pubs[0] + msg
+            await ws0.send_bytes(pubs[2] + msg)                       # denied by the policy
+            await ws0.send_bytes(os.urandom(32) + msg)                # no such node
+            await ws0.send_bytes(b"short")
+            await ws0.send_str("text")
+            await asyncio.sleep(0.2)
+            cp = client.server.app[srv.CP_KEY]
+            assert cp.stats["relay_not_allowed"] == 2 and cp.stats["relay_malformed"] == 2
+            try:                                                      # n2 got nothing
+                await ws2.receive_bytes(timeout=0.3)
+                raise AssertionError("a denied message was relayed")
+            except asyncio.TimeoutError:
+                pass
+            big = pubs[1] + bytes(60000)
+            for _ in range(40):                                       # 2.4 MB at once: over the 1 MiB burst
+                await ws0.send_bytes(big)
+            await asyncio.sleep(0.5)
+            assert cp.stats["relay_over_rate"] >= 20
+            text = await (await client.get("/metrics")).text()
+            assert 'wgpy_mesh_relay_dropped_total{reason="not_allowed"} 2.0' in text
+            assert "wgpy_mesh_relay_connections 3.0" in text
+            for w in (ws0, ws1, ws2):
+                await w.close()
+        finally:
+            await client.close()
+    asyncio.run(go())

@@ -227,6 +227,7 @@ CHECKS = {
     "wgpy_rate_limit_burst": ("l3", lambda r: r["a"]["wgpy_rate_limit_burst"] == "262144"
                               and r["host"].device.peers[PUB_A].limit.tx.burst == 262144),
     "wgpy_rate_limit_dropped": ("l3", lambda r: r["a"]["wgpy_rate_limit_dropped"] == "0 0"),
+    "wgpy_punch": ("l3", lambda r: "wgpy_punch" not in r["body"]),      # set only: test_uapi_protocol
     "wgpy_last_error": ("l3", lambda r: "wgpy_last_error" not in r["a"] and "last error" not in r["show"]),
 }
 

@@ -72,6 +72,25 @@ def test_udp_blocked_falls_back_after_the_configured_time():
     assert data_paths(w, "A", 4.0) == {"stream"} and data_paths(w, "B", 4.0) == {"stream"}
 
 
+def test_configured_during_an_unanswered_handshake_counts_from_its_initiation():
+    """The mesh agent gives a peer its relay when a punch got no answer: the initiation already out counts."""
+    w = Pair(1, endpoints=(A_UDP, B_UDP), inner_v6=False, rand_a=seeded_rand(11), rand_b=seeded_rand(12),
+             strict=True)
+    w.pa.endpoint, w.pb.endpoint = B_UDP, None
+    w.link(T, "B", seen_as=C)
+    w.link(C, "A", seen_as=T)
+    w.blocked |= BOTH_WAYS
+    w.send_udp("A", b"first", 0.0)                     # an initiation at 0.0, unanswered
+    w.advance(1.5)
+    out: list = []
+    fallback.configure(w.a, w.pa, T, 1.5, out, after=0.5, probe_interval=10.0)
+    assert w.pa.fallback.unanswered_since == 0.0
+    w.advance(1.6)
+    assert w.pa.endpoint is T and w.pa.fallback.switches == 1        # at once, not after the retry at 5 s
+    assert [p[1:] for p in paths(w)][:3] == [("A", "udp", 1), ("A", "stream", 1), ("B", "stream", 2)]
+    assert len(w.tun["B"]) == 1
+
+
 def test_back_to_udp_within_the_probe_interval_once_unblocked():
     w = wire(after=3.0, probe=10.0)
     w.blocked |= BOTH_WAYS

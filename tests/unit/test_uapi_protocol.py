@@ -544,3 +544,34 @@ def test_regression_lenient_allowed_ip(loaded, value):
     before = get(loaded)
     assert req(loaded, "set=1", _peer(loaded), f"allowed_ip={value}") == "errno=-22\n\n"
     assert get(loaded) == before
+
+
+def test_punch_initiates_now_even_within_rekey_timeout(host):
+    """wgpy_punch: the mesh agent's hole punch on a new endpoint. Without a session, an initiation goes to the
+    new endpoint at once, although one went to the old endpoint a moment ago (which the 5 s REKEY_TIMEOUT
+    would otherwise hold back); a peer without an endpoint gets nothing; a set without it sends nothing."""
+    p = new_public()
+    do_set(host, f"public_key={p.hex()}", "endpoint=192.0.2.1:51820", "persistent_keepalive_interval=25")
+    assert [(d[0], ep) for d, ep in host.flushed] == [(1, ("192.0.2.1", 51820))]      # the keepalive's initiation
+    host.flushed.clear()
+    host.clock += 0.5
+    do_set(host, f"public_key={p.hex()}", "endpoint=198.51.100.7:40001")
+    assert host.flushed == []                                                         # rate-limited as usual
+    do_set(host, f"public_key={p.hex()}", "wgpy_punch=true")
+    assert [(d[0], ep) for d, ep in host.flushed] == [(1, ("198.51.100.7", 40001))]
+    host.flushed.clear()
+    q = new_public()
+    do_set(host, f"public_key={q.hex()}", "wgpy_punch=true")
+    assert host.flushed == []
+    assert "wgpy_punch" not in get(host)
+    assert req(host, "set=1", f"public_key={p.hex()}", "wgpy_punch=yes").startswith("errno=-22")
+
+
+def test_punch_after_the_keepalive_initiation_sends_no_second_one(host):
+    """The agent sets the keepalive (which initiates) and punches in one set: one initiation, not two (the
+    second would carry the same 16.8 ms timestamp: the peer would refuse it as a replay, or it would replace
+    the first whose answer is on its way)."""
+    p = new_public()
+    do_set(host, f"public_key={p.hex()}", "endpoint=192.0.2.1:51820", "persistent_keepalive_interval=25",
+           "wgpy_punch=true")
+    assert [d[0] for d, ep in host.flushed] == [1]

@@ -7,7 +7,8 @@ to, by setting `peer.endpoint`, exactly as roaming does.
 
 Rules (all per peer; "on the fallback" means `peer.endpoint is fb.target`):
     1. Not on the fallback: the first handshake initiation we send that is not answered starts a clock
-       (`unanswered_since`); a handshake response from the peer stops it. When the clock reaches `after`
+       (`unanswered_since`; one still unanswered when the fallback is configured counts from when it was
+       sent); a handshake response from the peer stops it. When the clock reaches `after`
        seconds, the peer's endpoint becomes the fallback target and an initiation goes out over it at once.
     2. On the fallback, every `probe_interval` seconds (only while a session is up: a probe replaces the
        handshake state, which must not disturb a handshake over the stream), one initiation goes to the primary
@@ -95,6 +96,11 @@ def configure(dev, peer: Peer, target: object | None, now: float, out: list, *, 
         fb.primary = peer.endpoint
     if peer.endpoint is None:
         peer.endpoint = target
+    if (not fb.on_fallback(peer) and fb.unanswered_since is None and peer.current is None
+            and peer.t_retransmit is not None):
+        # configured while an initiation over UDP is still unanswered (the mesh agent gives a peer the relay
+        # when its punch got no answer): the clock started with that initiation, not with the next one in 5 s
+        fb.unanswered_since = peer.last_sent_handshake
     if fb.on_fallback(peer):
         fb.since = now if fb.since is None else fb.since
         fb.unanswered_since = None

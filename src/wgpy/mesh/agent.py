@@ -159,15 +159,14 @@ def choose_endpoint(peer: dict, mine: "Candidates | None") -> tuple[str | None, 
 def peer_lines(peer: dict, old: dict | None, mine: "Candidates | None" = None,
                old_mine: "Candidates | None" = None) -> list[str]:
     """The UAPI set lines that make the interface's peer match a view entry (`old`: what was applied before;
-    `mine`: this node's candidates now, `old_mine` when `old` was applied). A new endpoint is punched at once:
-    the persistent keepalive turned off and on in the same set sends a packet now (as wireguard-go does)."""
+    `mine`: this node's candidates now, `old_mine` when `old` was applied). A new endpoint is punched at once
+    (wgpy_punch: a packet now, an initiation even within the 5 s that WireGuard leaves between two)."""
     key = base64.b64decode(peer["public_key"]).hex()
     lines = [f"public_key={key}"]
     ep, _ = choose_endpoint(peer, mine)
     was = choose_endpoint(old, old_mine)[0] if old is not None else None
     if ep and ep != was:
-        lines += [f"endpoint={ep}", "persistent_keepalive_interval=0",
-                  f"persistent_keepalive_interval={KEEPALIVE}"]
+        lines += [f"endpoint={ep}", f"persistent_keepalive_interval={KEEPALIVE}", "wgpy_punch=true"]
     if old is None or old.get("allowed_ips") != peer["allowed_ips"]:
         lines.append("replace_allowed_ips=true")
         lines += [f"allowed_ip={a}" for a in peer["allowed_ips"]]
@@ -185,6 +184,7 @@ class Applier:
         self.forwarding = forwarding or enable_forwarding
         self.gateway = False
         self.mine: Candidates | None = None        # this node's candidates (the endpoint choice depends on them)
+        self.punched: dict[str, float] = {}        # public key -> when its endpoint was last set (monotonic)
 
     def _gateway(self, peer: dict) -> None:
         """A device in the view: this node is its gateway and forwards between it and the mesh."""
@@ -195,6 +195,12 @@ class Applier:
     def _set(self, lines: list[str]) -> None:
         if not lines:
             return
+        now, key = time.monotonic(), None
+        for ln in lines:                           # which peers' endpoints this set punches
+            if ln.startswith("public_key="):
+                key = ln[11:]
+            elif ln.startswith("endpoint=") and key is not None:
+                self.punched[crypto.encode_key(bytes.fromhex(key))] = now
         reply = self.request(self.iface, "set=1\n" + "".join(ln + "\n" for ln in lines))
         if reply.strip() != "errno=0":
             raise MeshError(f"{self.iface}: the interface refused the peers ({reply.strip()})")
@@ -238,6 +244,7 @@ class Applier:
     def remove(self, key: str) -> None:
         self._set([f"public_key={base64.b64decode(key).hex()}", "remove=true"])
         self.applied.pop(key, None)
+        self.punched.pop(key, None)
 
 
 def enable_forwarding() -> None:
@@ -307,6 +314,10 @@ class Agent:
         self.version = 0
         self.stop = False
         self.lock = asyncio.Lock()      # one change of the interface's peers at a time (views, candidates)
+        from .relay import RelayClient
+        self.relay = RelayClient(self._relay_ws)
+        self.relayed: set[str] = set()  # peers given the relay as their fallback
+        self._relay_server = 0
 
     def _save_view(self) -> None:
         self.state["view"] = {"version": self.version, "peers": list(self.applier.applied.values()),
@@ -355,11 +366,75 @@ class Agent:
                 self.applier.mine = mine
             await asyncio.sleep(GATHER_FAST if time.monotonic() - start < 15 else GATHER_EVERY)
 
+    def _relay_ws(self):
+        """An async context manager: the relay WebSocket to a server (the next one after a failure)."""
+        import contextlib
+        import aiohttp
+
+        @contextlib.asynccontextmanager
+        async def connect():
+            servers = self.state["servers"]
+            url = servers[self._relay_server % len(servers)]
+            timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT)
+            try:
+                async with aiohttp.ClientSession(timeout=timeout) as s:
+                    async with s.ws_connect(url.rstrip("/") + "/api/v1/relay", ssl=_ssl(self.state.get("ca")),
+                                            headers=_auth_headers(self.state, "relay"), heartbeat=20.0,
+                                            max_msg_size=32 + 65535) as ws:
+                        yield ws
+            except Exception:
+                self._relay_server += 1
+                raise
+        return connect()
+
+    async def _watch(self) -> None:
+        """Every 0.5 s: a peer with no direct path (no handshake soon after its punch, or none for a long time)
+        gets the relay as its fallback; a peer that left loses its relay listener."""
+        from ..show import parse_get
+        from ..uapi.server import request
+        from .relay import fallback_lines, needs_relay
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                _, peers = await asyncio.to_thread(parse_get, await asyncio.to_thread(request, self.iface,
+                                                                                      "get=1\n"))
+            except OSError:
+                continue
+            hs = {crypto.encode_key(bytes.fromhex(p["public_key"])): int(p.get("last_handshake_time_sec", "0"))
+                  for p in peers}
+            for key in list(self.relayed):
+                if key not in self.applier.applied:
+                    self.relayed.discard(key)
+                    self.relay.forget(key)
+            now_m, now_w = time.monotonic(), time.time()
+            for key, p in list(self.applier.applied.items()):
+                if key in self.relayed or p.get("device") or key not in hs:
+                    continue
+                if needs_relay(hs[key], self.applier.punched.get(key), now_m, now_w):
+                    port = await self.relay.listen(key)
+                    async with self.lock:
+                        if key in self.applier.applied:
+                            await asyncio.to_thread(self.applier._set, [
+                                f"public_key={base64.b64decode(key).hex()}", "update_only=true",
+                                *fallback_lines(port)])
+                            self.relayed.add(key)
+                            log.info("%s: no direct path yet; the relay is its fallback", p["name"])
+
     async def run(self) -> int:
         try:
             await self._stun_on()
         except Exception as e:
             log.warning("STUN: %s", e)
+        relay_task = asyncio.create_task(self.relay.run())
+        watch_task = asyncio.create_task(self._watch())
+        try:
+            return await self._run()
+        finally:
+            relay_task.cancel()
+            watch_task.cancel()
+            self.relay.close()
+
+    async def _run(self) -> int:
         cached = self.state.get("view")
         if cached:
             await asyncio.to_thread(self.applier.whole, cached["peers"], await asyncio.to_thread(_present_keys,
@@ -638,6 +713,7 @@ def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
         return 1
     handshakes: dict[str, int] = {}
     endpoints: dict[str, str] = {}
+    relayed: set[str] = set()
     try:
         _, peers = parse_get(request(iface, "get=1\n"))
         for p in peers:
@@ -645,6 +721,8 @@ def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
             handshakes[k] = int(p.get("last_handshake_time_sec", "0"))
             if p.get("endpoint"):
                 endpoints[k] = p["endpoint"]
+            if p.get("wgpy_fallback") == "active":
+                relayed.add(k)
     except OSError:
         pass
     view = state.get("view") or {"peers": []}
@@ -669,7 +747,9 @@ def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
                      "self": False, "device": bool(p.get("device")),
                      "online": pr.get("online") if presence else None, "last_seen": pr.get("last_seen"),
                      "endpoint": endpoints.get(p["public_key"], p.get("endpoint")),
-                     "path": _PATH_WORDS.get(paths.get(p["public_key"])) if not p.get("device") else None,
+                     "path": None if p.get("device") else "relayed, through the server"
+                     if p["public_key"] in relayed else _PATH_WORDS.get(paths.get(p["public_key"])),
+                     "relayed": p["public_key"] in relayed,
                      "latest_handshake": handshakes.get(p["public_key"]) or None})
     if as_json:
         print(json.dumps({"interface": iface, "servers": state["servers"], "server_reached": server,

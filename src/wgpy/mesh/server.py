@@ -9,6 +9,7 @@ API (JSON; every body at most MAX_BODY bytes):
     GET  /api/v1/stream   WebSocket, authenticated by the node's key (mesh/auth.py; headers X-Wgpy-Key,
                           X-Wgpy-Time, X-Wgpy-Nonce, X-Wgpy-Proof): the whole view, then every delta
     POST /api/v1/leave    authenticated likewise: the node is removed everywhere
+    GET  /api/v1/relay    WebSocket, authenticated likewise: the node's relay connection (relay_forward)
     GET  /api/v1/status   authenticated likewise: the node and its peers, online or not, last seen (asked for,
                           never pushed: presence is no part of the views)
     GET  /healthz         "ok"
@@ -51,6 +52,9 @@ HEARTBEAT = 20.0              # WebSocket pings
 PRESENCE_EVERY = 30.0         # seconds between an instance's "still connected" writes
 PRESENCE_TIMEOUT = 75.0       # a node not confirmed for this long is offline (its instance died)
 LOOKBACK = 256                # change-log ids read again behind the highest seen (see apply_changes)
+RELAY_QUEUE = 512             # relayed messages waiting for one node's relay connection; more are dropped
+RELAY_RATE = 100e6 / 8        # bytes/s each node may send through the relay (token bucket) ...
+RELAY_BURST = 1 << 20         # ... with this burst
 
 
 class _Stream:
@@ -90,7 +94,10 @@ class ControlPlane:
         self.last_change = 0
         self.applied: set[int] = set()            # change ids applied, within LOOKBACK of last_change
         self.stats = {"joins": 0, "deltas": 0, "streams_cut": 0, "changes": 0, "bad_messages": 0,
-                      "stun_answered": 0, "stun_refused": 0}
+                      "stun_answered": 0, "stun_refused": 0, "relay_messages": 0, "relay_bytes": 0,
+                      "relay_not_allowed": 0, "relay_no_peer": 0, "relay_queue_full": 0, "relay_over_rate": 0,
+                      "relay_malformed": 0}
+        self.relays: dict[int, "_Relay"] = {}      # node id -> its relay connection (the latest)
         self.stun_port = 0                        # the UDP port STUN is answered on (0: not answered here)
         self.latency: list[float] = []            # seconds from a change's commit to its deltas queued (recent)
         self.lock = asyncio.Lock()                # one reader of the change log at a time (see apply_changes)
@@ -201,6 +208,55 @@ class ControlPlane:
                         "online": bool(connected and now - seen < PRESENCE_TIMEOUT) or n.id in self.streams,
                         "last_seen": seen or None})
         return out
+
+
+class _Relay:
+    """One node's relay connection: a bounded queue of messages for it, and its send budget."""
+
+    __slots__ = ("node_id", "key", "queue", "tokens", "last")
+
+    def __init__(self, node_id: int, key: bytes) -> None:
+        self.node_id, self.key = node_id, key
+        self.queue: asyncio.Queue = asyncio.Queue(RELAY_QUEUE)
+        self.tokens, self.last = float(RELAY_BURST), time.monotonic()
+
+    def spend(self, n: int, now: float) -> bool:
+        self.tokens = min(RELAY_BURST, self.tokens + (now - self.last) * RELAY_RATE)
+        self.last = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
+
+
+def relay_forward(cp: ControlPlane, src: _Relay, data: bytes, now: float) -> str | None:
+    """Forward one relayed message from `src`'s node: DEST KEY (32 bytes) + a WireGuard message, delivered as
+    SOURCE KEY + the message to the destination's relay connection. Only to a peer of the sender's view (what
+    policy lets it reach); each node's sending limited (RELAY_RATE), each destination's queue bounded. Returns
+    the counter of a drop, None when forwarded. The relay sees only WireGuard's ciphertext."""
+    stats = cp.stats
+    if not 32 + 32 <= len(data) <= 32 + 65535:
+        stats["relay_malformed"] += 1
+        return "relay_malformed"
+    dest_id = cp.mesh.by_key.get(base64.b64encode(data[:32]).decode())
+    if dest_id is None or dest_id not in cp.mesh.peers.get(src.node_id, ()):
+        stats["relay_not_allowed"] += 1
+        return "relay_not_allowed"
+    dest = cp.relays.get(dest_id)
+    if dest is None:
+        stats["relay_no_peer"] += 1
+        return "relay_no_peer"
+    if not src.spend(len(data), now):
+        stats["relay_over_rate"] += 1
+        return "relay_over_rate"
+    try:
+        dest.queue.put_nowait(src.key + data[32:])
+    except asyncio.QueueFull:
+        stats["relay_queue_full"] += 1
+        return "relay_queue_full"
+    stats["relay_messages"] += 1
+    stats["relay_bytes"] += len(data) - 32
+    return None
 
 
 CP_KEY = web.AppKey("cp", ControlPlane)
@@ -359,6 +415,46 @@ def make_app(store: Store) -> web.Application:
                     pass
         return ws
 
+    async def relay(request: web.Request) -> web.StreamResponse:
+        """GET /api/v1/relay: the node's relay connection (a WebSocket, authenticated as the stream is), binary
+        messages both ways: DEST KEY + WireGuard message from the node, SOURCE KEY + message to it."""
+        if cp.mesh.find(request.headers.get("X-Wgpy-Key", "")) is None:
+            await cp.apply_changes()
+        node = _auth(cp, request, "relay")
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=32 + 65535)
+        await ws.prepare(request)
+        me = _Relay(node.id, base64.b64decode(node.public_key))
+        old = cp.relays.get(node.id)
+        cp.relays[node.id] = me
+        if old is not None:                       # the node reconnected: the old connection is closed
+            try:
+                old.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                pass
+
+        async def sender() -> None:
+            while True:
+                msg = await me.queue.get()
+                if msg is None:                   # replaced by a newer connection of the node
+                    await ws.close()
+                    return
+                await ws.send_bytes(msg)
+
+        task = asyncio.create_task(sender())
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    relay_forward(cp, me, msg.data, time.monotonic())
+                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+                else:
+                    cp.stats["relay_malformed"] += 1
+        finally:
+            task.cancel()
+            if cp.relays.get(node.id) is me:
+                del cp.relays[node.id]
+        return ws
+
     async def status(request: web.Request) -> web.Response:
         node = _auth(cp, request, "status")
         return web.json_response({"nodes": await cp.status(node)})
@@ -375,6 +471,7 @@ def make_app(store: Store) -> web.Application:
     app.router.add_post("/api/v1/join", join)
     app.router.add_post("/api/v1/leave", leave)
     app.router.add_get("/api/v1/stream", stream)
+    app.router.add_get("/api/v1/relay", relay)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/status", status)
     app.router.add_get("/metrics", metrics)
@@ -459,10 +556,19 @@ def _registry(cp: ControlPlane):
                                    ("stun_refused", "stun_refused", "STUN datagrams not answered (not a "
                                     "Binding request, or over a source's rate)"),
                                    ("bad_messages", "bad_messages", "Malformed messages on node streams"),
+                                   ("relay_messages", "relay_messages", "WireGuard messages relayed"),
+                                   ("relay_bytes", "relay_bytes", "Bytes of WireGuard messages relayed"),
                                    ("changes", "changes", "Change-log entries applied to the views"),
                                    ("view_updates", "deltas", "View updates queued to node streams"),
                                    ("streams_cut", "streams_cut", "Node streams cut off for falling behind")):
                 yield CounterMetricFamily(f"wgpy_mesh_{name}", doc, value=cp.stats[key])
+            drops = CounterMetricFamily("wgpy_mesh_relay_dropped", "Relayed messages dropped, by reason",
+                                        labels=["reason"])
+            for reason in ("not_allowed", "no_peer", "queue_full", "over_rate", "malformed"):
+                drops.add_metric([reason], cp.stats[f"relay_{reason}"])
+            yield drops
+            yield GaugeMetricFamily("wgpy_mesh_relay_connections", "Nodes with a relay connection to this "
+                                    "instance", value=len(cp.relays))
             lat = cp.latency
             yield SummaryMetricFamily("wgpy_mesh_view_update_latency_seconds", "From a change's commit to its "
                                       "view updates queued (the last 1000 changes)", count_value=len(lat),

@@ -41,7 +41,7 @@ from typing import Callable, Iterable
 from .. import crypto
 from ..constants import (
     MAX_PEERS, MAX_STAGED_PACKETS_TOTAL, MESSAGE_TRANSPORT_MIN_SIZE, REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME,
+    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT,
 )
 from ..routing.allowedips import AllowedIPs
 from ..routing.mactable import MacTable
@@ -335,6 +335,20 @@ class Device:
         pkts = list(peer.staged)
         self.clear_staged(peer)
         self._send_to_peer(peer, pkts, now, out)
+
+    def punch(self, peer: Peer, now: float, out: list) -> None:
+        """wgpy_punch: a packet to the peer's endpoint now (the mesh agent, on a new endpoint from the peer's
+        candidates: it opens this side's NAT towards it). Over a session a keepalive; without one a handshake
+        initiation, even if one went out within REKEY_TIMEOUT, to another endpoint (to this one: nothing)."""
+        if peer.endpoint is None or not self.is_up:
+            return
+        kp = peer.current
+        if kp is None or now - kp.created >= REJECT_AFTER_TIME:
+            if peer.initiation_to == peer.endpoint and now - peer.last_sent_handshake < REKEY_TIMEOUT:
+                return       # one went there already (its retry follows): a second within the timestamp's
+                             # 16.8 ms would be refused as a replay, and later it would only replace the first
+            peer.last_sent_handshake = -float("inf")
+        self.send_keepalive(peer, now, out)
 
     def send_keepalive(self, peer: Peer, now: float, out: list) -> None:
         """Send staged packets, or an empty transport message if none are staged."""

@@ -196,6 +196,7 @@ class Handshakes:
             return
         if peer.endpoint is not None:
             out.append((data, peer.endpoint))
+            peer.initiation_to = peer.endpoint
             peer.unanswered_initiations += 1     # until a handshake completes (Timers.handshake_complete)
             self.initiations_sent += 1
         else:

@@ -39,7 +39,7 @@ class Peer:
         "previous", "current", "next", "staged",
         "rx_bytes", "tx_bytes", "last_handshake_wall",
         "t_retransmit", "t_send_keepalive", "t_new_handshake", "t_zero_keys", "t_persistent",
-        "handshake_attempts", "last_sent_handshake", "sent_lastminute_handshake", "need_another_keepalive",
+        "handshake_attempts", "last_sent_handshake", "initiation_to", "sent_lastminute_handshake", "need_another_keepalive",
         "unanswered_initiations",
         "scheduled", "removed", "allowed_macs",
         "flood",        # L2 relay hub: the storm-control buckets of this peer's flooded frames (protocol/switch.py)
@@ -70,6 +70,7 @@ class Peer:
         self.t_persistent: float | None = None
         self.handshake_attempts = 0
         self.last_sent_handshake = -INF
+        self.initiation_to: object = None       # the endpoint the last initiation went to (Device.punch)
         self.sent_lastminute_handshake = False
         self.need_another_keepalive = False
         self.unanswered_initiations = 0   # initiations sent since the last completed handshake

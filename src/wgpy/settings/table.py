@@ -133,6 +133,9 @@ TABLE: tuple[Setting, ...] = (
       render="nonzero", notes="INI: bytes (256k, 1m); UAPI: bytes, 0 = the default (10 ms of the rate, at least "
                               "64 KiB); kept when only the rate changes; get: when given"),
     S(None, "wgpy_rate_limit_dropped", P, **ST, notes="get: SENT RECEIVED packets the limit dropped (when set)"),
+    S(None, "wgpy_punch", P, parse_uapi=v.u_true, get=False, render=None, dest="punch",
+      notes="set only: a packet to the endpoint now (a keepalive, or without a session an initiation even within "
+            "REKEY_TIMEOUT of the last): the mesh agent's hole punch on a new endpoint"),
     S(None, "replace_allowed_ips", P, parse_uapi=v.u_true, get=False, render="always", fixed="true"),
     S("AllowedIPs", "allowed_ip", P, "allowed_ips", v.cidrs, how="extend", parse_uapi=v.u_cidr_op, mode="l3",
       list=True, render="each", notes="UAPI: a leading '-' removes the prefix; refused on L2"),

@@ -42,6 +42,7 @@ class PeerOp:
     persistent_keepalive: object = UNSET
     rate_limit: object = UNSET          # wgpy_rate_limit, bits per second (0: none)
     rate_limit_burst: object = UNSET    # wgpy_rate_limit_burst, bytes (0: the default)
+    punch: bool = False                 # wgpy_punch: a packet to the endpoint now (Device.punch)
     replace_allowed_ips: bool = False
     allowed_ips: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network]] = field(default_factory=list)
     replace_allowed_macs: bool = False

@@ -214,6 +214,8 @@ def _apply_peer(op: PeerOp, host: Host, now: float, out: list, first: bool = Tru
             lim.burst_given if lim is not None else None)
         dev.set_rate_limit(peer, bits, burst, now, out)
     _transport.apply_peer(op, peer, host, now, out)     # the TCP/TLS transports and the fallback
+    if op.punch:
+        dev.punch(peer, now, out)
 
 
 # ---- a large set, in slices -----------------------------------------------------------------------------------
