@@ -161,6 +161,8 @@ def test_direct_path_through_two_port_preserving_nats(natlab):
     assert n.wg(a, "endpoints")[b["public_key"]].startswith(b_site["wan"] + ":")
     assert n.wg(b, "endpoints")[a["public_key"]].startswith(a_site["wan"] + ":")
     assert n.path(a, b) == n.path(b, a) == "direct, through the NATs (STUN)"
+    wait_for(lambda: n.status(a)["nat"].get("punched_direct") == 1, 3, interval=0.2, what="the punch counted")
+    assert n.status(a)["nat"]["relayed"] == 0
     me = [r for r in n.status(a)["nodes"] if r["self"]][0]
     assert f"srflx {a_site['wan']}:51820" in me["candidates"]              # the mapping of the WireGuard socket
     netlab.assert_ping(a["ns"], b["address"])
@@ -294,6 +296,8 @@ def test_relay_between_two_symmetric_nats(natlab):
              what="the relayed path")
     print(f"relayed {time.monotonic() - t0:.2f} s after the second join started")
     assert n.path(a, b) == "relayed, through the server"
+    wait_for(lambda: n.status(a)["nat"].get("relayed") == 1, 3, interval=0.2, what="the relay counted")
+    assert n.status(a)["nat"]["punched_direct"] == 0
     netlab.assert_ping(a["ns"], b["address"])
     got, sent = n.lab.transfer(b["ns"], a["ns"], b["address"], 20 * 1024 * 1024)
     assert got["bytes"] == sent["bytes"] == 20 * 1024 * 1024 and got["sha256"] == sent["sha256"]

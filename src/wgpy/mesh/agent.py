@@ -185,6 +185,8 @@ class Applier:
         self.gateway = False
         self.mine: Candidates | None = None        # this node's candidates (the endpoint choice depends on them)
         self.punched: dict[str, float] = {}        # public key -> when its endpoint was last set (monotonic)
+        self.nat = {"punches": 0, "punched_direct": 0, "relayed": 0}   # wgpy status --json "nat"
+        self._waiting: dict[str, float] = {}       # punched peers not answered yet: key -> wall time of the punch
 
     def _gateway(self, peer: dict) -> None:
         """A device in the view: this node is its gateway and forwards between it and the mesh."""
@@ -200,7 +202,10 @@ class Applier:
             if ln.startswith("public_key="):
                 key = ln[11:]
             elif ln.startswith("endpoint=") and key is not None:
-                self.punched[crypto.encode_key(bytes.fromhex(key))] = now
+                k = crypto.encode_key(bytes.fromhex(key))
+                self.punched[k] = now
+                self.nat["punches"] += 1
+                self._waiting[k] = time.time()
         reply = self.request(self.iface, "set=1\n" + "".join(ln + "\n" for ln in lines))
         if reply.strip() != "errno=0":
             raise MeshError(f"{self.iface}: the interface refused the peers ({reply.strip()})")
@@ -323,6 +328,7 @@ class Agent:
         self.state["view"] = {"version": self.version, "peers": list(self.applier.applied.values()),
                               "saved": time.time()}
         self.state["paths"] = {k: how for k, (_, how) in self.applier.endpoints().items()}
+        self.state["nat"] = dict(self.applier.nat)
         if self.applier.mine is not None:
             self.state["candidates"] = self.applier.mine.wire()
         save_state(self.state_dir, self.iface, self.state)
@@ -393,8 +399,13 @@ class Agent:
         from ..show import parse_get
         from ..uapi.server import request
         from .relay import fallback_lines, needs_relay
+        saved: dict = {}
         while True:
             await asyncio.sleep(0.5)
+            if self.applier.nat != saved:          # the counters reach `wgpy status` through the state file
+                saved = dict(self.applier.nat)
+                async with self.lock:
+                    await asyncio.to_thread(self._save_view)
             try:
                 _, peers = await asyncio.to_thread(parse_get, await asyncio.to_thread(request, self.iface,
                                                                                       "get=1\n"))
@@ -402,6 +413,15 @@ class Agent:
                 continue
             hs = {crypto.encode_key(bytes.fromhex(p["public_key"])): int(p.get("last_handshake_time_sec", "0"))
                   for p in peers}
+            on_stream = {crypto.encode_key(bytes.fromhex(p["public_key"])) for p in peers
+                         if p.get("wgpy_fallback") == "active"}
+            nat = self.applier.nat
+            for key, since in list(self.applier._waiting.items()):        # a punch answered on the direct path
+                if hs.get(key, 0) >= int(since) and key not in on_stream:
+                    nat["punched_direct"] += 1
+                    del self.applier._waiting[key]
+                elif key not in self.applier.applied or key in on_stream:
+                    del self.applier._waiting[key]
             for key in list(self.relayed):
                 if key not in self.applier.applied:
                     self.relayed.discard(key)
@@ -418,6 +438,7 @@ class Agent:
                                 f"public_key={base64.b64decode(key).hex()}", "update_only=true",
                                 *fallback_lines(port)])
                             self.relayed.add(key)
+                            nat["relayed"] += 1
                             log.info("%s: no direct path yet; the relay is its fallback", p["name"])
 
     async def run(self) -> int:
@@ -753,11 +774,15 @@ def status_main(iface: str, state_dir: Path, as_json: bool) -> int:
                      "latest_handshake": handshakes.get(p["public_key"]) or None})
     if as_json:
         print(json.dumps({"interface": iface, "servers": state["servers"], "server_reached": server,
-                          "nodes": rows}, indent=1))
+                          "nat": state.get("nat") or {}, "nodes": rows}, indent=1))
         return 0
     now = time.time()
     print(f"network of {', '.join(state['servers'])}, interface {iface}"
           + ("" if server else " (server unreachable: online state unknown, peers from the cached view)"))
+    nat = state.get("nat") or {}
+    if nat:
+        print(f"  paths: {nat.get('punches', 0)} punch(es), {nat.get('punched_direct', 0)} answered directly, "
+              f"{nat.get('relayed', 0)} peer(s) given the relay")
     for r in rows:
         words = ["this node"] if r["self"] else (["device"] if r.get("device") else []) + (
             [] if r["online"] is None else ["online"] if r["online"] else
