@@ -213,10 +213,10 @@ def add_routes(app: web.Application, cp) -> None:
         for n in sorted(nodes, key=lambda n: n.name):
             if (n.gateway is not None) != devices:
                 continue
-            connected, seen = pres.get(n.id, (False, 0.0))
-            online = n.id in cp.streams or bool(connected and now - seen < cp.presence_timeout)
+            seen = pres.get(n.id, (False, 0.0))[1]
             out.append({"id": n.id, "name": n.name, "addresses": n.addresses, "tags": sorted(n.tags),
-                        "endpoint": n.endpoint, "online": online, "last_seen": seen or n.last_seen or None,
+                        "endpoint": n.endpoint, "online": cp.online(n.id, pres, now),
+                        "last_seen": seen or n.last_seen or None,
                         "gateway": names.get(n.gateway, "?") if n.gateway is not None else None})
         return out
 
@@ -263,9 +263,7 @@ def add_routes(app: web.Application, cp) -> None:
         now = time.time()
         out = []
         for t in reversed(await cp.db(store.tokens)):
-            state = "revoked" if t.revoked else "expired" if t.expires < now else \
-                "used" if t.uses and not t.reusable else "valid"
-            out.append({"id": t.id, "state": state, "reusable": t.reusable, "uses": t.uses, "tags": t.tags,
+            out.append({"id": t.id, "state": t.state(now), "reusable": t.reusable, "uses": t.uses, "tags": t.tags,
                         "expires": t.expires})
         return out
 

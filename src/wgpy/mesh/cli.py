@@ -218,8 +218,7 @@ def server_main(args) -> int:
             if args.token_cmd == "list":
                 now = time.time()
                 for t in store.tokens():
-                    state = "revoked" if t.revoked else "expired" if t.expires < now else \
-                        "used" if t.uses and not t.reusable else "valid"
+                    state = t.state(now)
                     print(f"{t.id}\t{state}\t{'reusable' if t.reusable else 'single-use'}\tuses {t.uses}\t"
                           f"tags {','.join(t.tags) or '-'}\texpires {time.strftime('%Y-%m-%d %H:%M', time.localtime(t.expires))}")
                 return 0

@@ -103,7 +103,6 @@ class ControlPlane:
         self.lock = asyncio.Lock()                # one reader of the change log at a time (see apply_changes)
         self._kicked: asyncio.Task | None = None
         self._again = False
-        self.presence_timeout = PRESENCE_TIMEOUT
 
     async def db(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
@@ -194,6 +193,11 @@ class ControlPlane:
             except StoreError as e:
                 log.warning("%s", e)
 
+    def online(self, node_id: int, presence: dict[int, tuple[bool, float]], now: float) -> bool:
+        """A stream of the node held here, or by some instance that confirmed it within PRESENCE_TIMEOUT."""
+        connected, seen = presence.get(node_id, (False, 0.0))
+        return node_id in self.streams or bool(connected and now - seen < PRESENCE_TIMEOUT)
+
     async def status(self, node: Node) -> list[dict]:
         """What `wgpy status` shows a node: itself and its view's peers, each online or not (a stream held by
         some instance, seen within PRESENCE_TIMEOUT) and last seen."""
@@ -205,7 +209,7 @@ class ControlPlane:
             connected, seen = pres.get(n.id, (False, 0.0))
             out.append({"name": n.name, "public_key": n.public_key, "addresses": list(n.addresses),
                         "endpoint": n.endpoint, "device": n.gateway is not None, "self": n.id == node.id,
-                        "online": bool(connected and now - seen < PRESENCE_TIMEOUT) or n.id in self.streams,
+                        "online": self.online(n.id, pres, now),
                         "last_seen": seen or None})
         return out
 

@@ -100,6 +100,11 @@ class TokenInfo:
     uses: int
     revoked: bool
 
+    def state(self, now: float) -> str:
+        """revoked, expired, used (single-use, once used) or valid: what the CLI and the web admin show."""
+        return ("revoked" if self.revoked else "expired" if self.expires < now else
+                "used" if self.uses and not self.reusable else "valid")
+
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
